@@ -1,0 +1,326 @@
+//! One loaded checkpoint and the generation of one answer (huatuo-reference.md §2–§5).
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+
+use crate::chat::template::{self, Exchange};
+use crate::model::preprocess::{self, ProcessorConfig};
+use crate::model::sampling::{Sampler, SamplingParams};
+use crate::model::tokenizer::{AnswerStream, Tokenizer, IMAGE_TOKEN_INDEX};
+use crate::model::{Checkpoint, Huatuo, Logits, ModelError};
+
+/// The most images one turn may attach (cli.py:315 asserts `len(images) < 6`).
+pub const MAX_IMAGES_PER_TURN: usize = 5;
+
+/// Numeric precision of weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// f32 on a CPU, bf16 on a GPU.
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePref {
+    /// A GPU when huatuo was built with one and it is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+/// What went wrong, naming the file, flag or limit involved.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("image {path}: {source}")]
+    Image {
+        path: PathBuf,
+        source: preprocess::PreprocessError,
+    },
+    #[error("{count} images in one turn: at most {MAX_IMAGES_PER_TURN} are allowed")]
+    TooManyImages { count: usize },
+    #[error(
+        "the prompt needs {total} positions ({text} text tokens + {images} images × {per_image}) but the context window is {limit}: shorten the text or attach fewer images"
+    )]
+    ContextOverflow {
+        total: usize,
+        text: usize,
+        images: usize,
+        per_image: usize,
+        limit: usize,
+    },
+    #[error("device {0:?} is not available: {1}")]
+    Device(DevicePref, String),
+    #[error("invalid sampling setting: {0}")]
+    Sampling(String),
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// The model produced its end-of-sequence token.
+    Eos,
+    /// `max_new_tokens` was reached.
+    Length,
+    /// The caller asked to stop (Ctrl-C, a closed pipe).
+    Cancelled,
+}
+
+/// Wall-clock costs of one answer.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub image_encode: Duration,
+    pub prefill: Duration,
+    pub decode: Duration,
+    /// From the start of the request to the first token.
+    pub first_token: Duration,
+}
+
+/// One finished (or stopped) answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Decoded without special tokens and stripped: what cli.py's `inference()` returns.
+    pub text: String,
+    /// What `chat()` keeps in its history: the streamer's concatenated output, unstripped
+    /// (usually, not always, the plain decode; see `Tokenizer::streamed_text`).
+    pub raw: String,
+    /// Generated ids, EOS included when it was produced.
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub stop: Stop,
+    pub timings: Timings,
+}
+
+/// A loaded checkpoint: network, tokenizer and image settings.
+pub struct Pipeline {
+    pub checkpoint: Checkpoint,
+    pub model: Huatuo,
+    pub tokenizer: Tokenizer,
+    pub processor: ProcessorConfig,
+    device: Device,
+}
+
+impl Pipeline {
+    /// Loads the checkpoint at `dir` on the chosen device and dtype.
+    pub fn load(dir: &Path, device: DevicePref, dtype: DType) -> Result<Self, EngineError> {
+        let checkpoint = Checkpoint::open(dir)?;
+        let device = select_device(device)?;
+        let dtype = resolve_dtype(dtype, &device);
+        let tokenizer = Tokenizer::from_dir(dir).map_err(ModelError::from)?;
+        let processor = ProcessorConfig::from_file(&checkpoint.preprocessor_config)
+            .map_err(ModelError::from)?;
+        let model = Huatuo::load(&checkpoint, &device, dtype)?;
+        Ok(Self {
+            checkpoint,
+            model,
+            tokenizer,
+            processor,
+            device,
+        })
+    }
+
+    /// The device the model runs on, e.g. "cpu".
+    pub fn device_name(&self) -> &'static str {
+        match self.device {
+            Device::Cpu => "cpu",
+            Device::Cuda(_) => "cuda",
+            Device::Metal(_) => "metal",
+        }
+    }
+
+    /// Prompt ids of a conversation, with `IMAGE_TOKEN_INDEX` where each image goes.
+    /// `user` is the raw text of this turn; it is sanitised and gets one placeholder per
+    /// image of the turn (§3.1).
+    pub fn prompt_ids(
+        &self,
+        history: &[Exchange],
+        user: &str,
+        new_images: usize,
+    ) -> Result<(Vec<i64>, String), EngineError> {
+        if new_images > MAX_IMAGES_PER_TURN {
+            return Err(EngineError::TooManyImages { count: new_images });
+        }
+        let user =
+            template::with_image_placeholders(&template::sanitize_user_text(user), new_images);
+        let segments = template::segments(history, &user);
+        let ids = self
+            .tokenizer
+            .prompt_ids(&segments)
+            .map_err(ModelError::from)?;
+        Ok((ids, user))
+    }
+
+    /// Checks that a prompt fits in the context window, counting image positions.
+    pub fn check_context(&self, ids: &[i64]) -> Result<usize, EngineError> {
+        let images = ids.iter().filter(|&&t| t == IMAGE_TOKEN_INDEX).count();
+        let text = ids.len() - images;
+        let per_image = self.model.tokens_per_image();
+        let total = text + images * per_image;
+        let limit = self.checkpoint.config.context_length();
+        if total > limit {
+            return Err(EngineError::ContextOverflow {
+                total,
+                text,
+                images,
+                per_image,
+                limit,
+            });
+        }
+        Ok(total)
+    }
+
+    /// Preprocesses image files (Pillow-exact) into CHW pixels.
+    pub fn load_images(&self, paths: &[PathBuf]) -> Result<Vec<Vec<f32>>, EngineError> {
+        paths
+            .iter()
+            .map(|p| {
+                preprocess::preprocess_file(p, &self.processor).map_err(|source| {
+                    EngineError::Image {
+                        path: p.clone(),
+                        source,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Generates an answer to `ids` (with one image per sentinel, in order), calling
+    /// `on_text` with each piece of streamable text; `ControlFlow::Break` stops generation
+    /// (the partial answer is returned with `Stop::Cancelled`).
+    pub fn generate(
+        &self,
+        ids: &[i64],
+        images: &[Vec<f32>],
+        params: &SamplingParams,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Answer, EngineError> {
+        params.validate().map_err(EngineError::Sampling)?;
+        let start = Instant::now();
+        let prompt_tokens = self.check_context(ids)?;
+        let mut timings = Timings::default();
+        let features = self.model.encode_images(images)?;
+        timings.image_encode = start.elapsed();
+        let embeds = self.model.embed_prompt(ids, &features)?;
+        let mut cache = self.model.new_cache();
+        let t = Instant::now();
+        let mut logits = self.model.forward(&embeds, &mut cache, Logits::Last)?;
+        timings.prefill = t.elapsed();
+        let eos = self.tokenizer.eos_id();
+        let max_positions = self.checkpoint.config.max_position_embeddings;
+        let mut sampler = Sampler::new(params.clone(), eos);
+        let mut stream = AnswerStream::new(&self.tokenizer);
+        let mut tokens = Vec::new();
+        let decode_start = Instant::now();
+        let mut stop = Stop::Length;
+        while tokens.len() < params.max_new_tokens {
+            let mut row = logits
+                .squeeze(0)
+                .and_then(|r| r.to_vec1::<f32>())
+                .map_err(ModelError::from)?;
+            let next = sampler.next(&mut row, &tokens);
+            if tokens.is_empty() {
+                timings.first_token = start.elapsed();
+            }
+            tokens.push(next);
+            if next == eos {
+                stop = Stop::Eos;
+                break;
+            }
+            let piece = stream.push(next).map_err(ModelError::from)?;
+            if !piece.is_empty() && on_text(&piece).is_break() {
+                stop = Stop::Cancelled;
+                break;
+            }
+            if tokens.len() == params.max_new_tokens
+                || max_positions.is_some_and(|m| cache.len() + 1 > m)
+            {
+                break;
+            }
+            let embeds = self.model.embed_tokens(&[next])?;
+            logits = self.model.forward(&embeds, &mut cache, Logits::Last)?;
+        }
+        if stop != Stop::Cancelled {
+            let rest = stream.finish().map_err(ModelError::from)?;
+            if !rest.is_empty() {
+                // The answer is complete; a Break here changes nothing.
+                let _ = on_text(&rest);
+            }
+        }
+        timings.decode = decode_start.elapsed();
+        let text = template::py_strip(&stream.text().map_err(ModelError::from)?).to_string();
+        let raw = stream.history_text().map_err(ModelError::from)?;
+        Ok(Answer {
+            text,
+            raw,
+            tokens,
+            prompt_tokens,
+            stop,
+            timings,
+        })
+    }
+}
+
+/// The candle device for a preference; GPUs exist only in builds with their feature.
+fn select_device(pref: DevicePref) -> Result<Device, EngineError> {
+    match pref {
+        DevicePref::Cpu => Ok(Device::Cpu),
+        DevicePref::Cuda => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(EngineError::Device(
+                    pref,
+                    "this huatuo was built without the `cuda` feature (cargo install --features cuda)".into(),
+                ));
+            }
+            Device::new_cuda(0).map_err(|e| EngineError::Device(pref, e.to_string()))
+        }
+        DevicePref::Metal => {
+            if !candle_core::utils::metal_is_available() {
+                return Err(EngineError::Device(
+                    pref,
+                    "this huatuo was built without the `metal` feature (cargo install --features metal)".into(),
+                ));
+            }
+            Device::new_metal(0).map_err(|e| EngineError::Device(pref, e.to_string()))
+        }
+        DevicePref::Auto => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok(d);
+                }
+            }
+            if candle_core::utils::metal_is_available() {
+                if let Ok(d) = Device::new_metal(0) {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+/// `auto` is f32 on a CPU (candle has no fast bf16 CPU matmul) and bf16 on a GPU.
+fn resolve_dtype(dtype: DType, device: &Device) -> candle_core::DType {
+    match dtype {
+        DType::F32 => candle_core::DType::F32,
+        DType::Bf16 => candle_core::DType::BF16,
+        DType::F16 => candle_core::DType::F16,
+        DType::Auto => {
+            if device.is_cpu() {
+                candle_core::DType::F32
+            } else {
+                candle_core::DType::BF16
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The CLIP ViT vision tower as LLaVA uses it: patch + class + position embeddings,
+//! `pre_layrnorm`, then encoder layers, returning `hidden_states[select_layer]` (before
+//! `post_layernorm`, which LLaVA never applies). Mirrors transformers' `CLIPVisionModel`
+//! (modeling_clip.py) and huatuo-reference.md §1.3, §5.2. Layers after the selected one are
+//! neither loaded nor run.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
+
+use super::config::ClipVisionConfig;
+use super::linear::Linear;
+
+/// Which hidden state and which tokens of it the projector sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection {
+    /// Index into transformers' `hidden_states` (embeddings = 0), negative from the end.
+    pub layer: i64,
+    /// `patch` drops the CLS token; `cls_patch` keeps it.
+    pub drop_cls: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(cfg: &ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            q: Linear::load(h, h, true, vb.pp("q_proj"))?,
+            k: Linear::load(h, h, true, vb.pp("k_proj"))?,
+            v: Linear::load(h, h, true, vb.pp("v_proj"))?,
+            out: Linear::load(h, h, true, vb.pp("out_proj"))?,
+            heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+        })
+    }
+
+    /// Bidirectional multi-head attention over all 577 positions (no mask).
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = xs.dims3()?;
+        let split = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, n, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        // transformers scales q before the product (CLIPAttention: q_proj(x) * scale).
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q = split((self.q.forward(xs)? * scale)?)?;
+        let k = split(self.k.forward(xs)?)?;
+        let v = split(self.v.forward(xs)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        self.out.forward(&ctx)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    quick_gelu: bool,
+}
+
+impl EncoderLayer {
+    fn load(cfg: &ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let i = cfg.intermediate_size;
+        Ok(Self {
+            norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: Linear::load(h, i, true, vb.pp("mlp.fc1"))?,
+            fc2: Linear::load(i, h, true, vb.pp("mlp.fc2"))?,
+            quick_gelu: cfg.hidden_act == "quick_gelu",
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = (xs + self.attn.forward(&self.norm1.forward(xs)?)?)?;
+        let h = self.fc1.forward(&self.norm2.forward(&xs)?)?;
+        let h = if self.quick_gelu {
+            // x * sigmoid(1.702 x), transformers' QuickGELUActivation.
+            (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?
+        } else {
+            h.gelu_erf()?
+        };
+        xs + self.fc2.forward(&h)?
+    }
+}
+
+/// The vision tower up to the selected hidden state.
+#[derive(Debug, Clone)]
+pub struct VisionTower {
+    patch_embedding: Conv2d,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layernorm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    drop_cls: bool,
+    image_size: usize,
+}
+
+impl VisionTower {
+    /// Loads the tower from `vb` rooted at `...vision_model`. Only the layers needed for
+    /// `selection` are read.
+    pub fn load(cfg: &ClipVisionConfig, selection: Selection, vb: VarBuilder) -> Result<Self> {
+        let n_states = cfg.num_hidden_layers as i64 + 1;
+        let index = if selection.layer < 0 {
+            n_states + selection.layer
+        } else {
+            selection.layer
+        };
+        if !(0..n_states).contains(&index) {
+            candle_core::bail!(
+                "mm_vision_select_layer {} is outside the tower's {} hidden states",
+                selection.layer,
+                n_states
+            );
+        }
+        let h = cfg.hidden_size;
+        let emb = vb.pp("embeddings");
+        let conv_cfg = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let weight = emb.get(
+            (h, cfg.num_channels, cfg.patch_size, cfg.patch_size),
+            "patch_embedding.weight",
+        )?;
+        let patch_embedding = Conv2d::new(weight, None, conv_cfg);
+        let class_embedding = emb.get(h, "class_embedding")?;
+        let position_embedding =
+            emb.get((cfg.num_patches() + 1, h), "position_embedding.weight")?;
+        let pre_layernorm = candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?;
+        let layers = (0..index as usize)
+            .map(|l| EncoderLayer::load(cfg, vb.pp(format!("encoder.layers.{l}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_embedding,
+            class_embedding,
+            position_embedding,
+            pre_layernorm,
+            layers,
+            drop_cls: selection.drop_cls,
+            image_size: cfg.image_size,
+        })
+    }
+
+    /// The side of the square input images in pixels.
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// `[N, 3, S, S]` normalised pixels → `[N, patches(+1), hidden]` features.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let dtype = self.class_embedding.dtype();
+        let pixels = pixels.to_dtype(dtype)?;
+        let patches = self.patch_embedding.forward(&pixels)?; // [N, h, g, g]
+        let (n, h, _, _) = patches.dims4()?;
+        let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [N, g*g, h]
+        let cls = self.class_embedding.reshape((1, 1, h))?.expand((n, 1, h))?;
+        let xs = Tensor::cat(&[&cls, &patches], 1)?;
+        let xs = xs.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let mut xs = self.pre_layernorm.forward(&xs)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs)?;
+        }
+        if self.drop_cls {
+            let len = xs.dim(D::Minus2)?;
+            xs = xs.narrow(1, 1, len - 1)?;
+        }
+        Ok(xs)
+    }
+}

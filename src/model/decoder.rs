@@ -1,0 +1,286 @@
+//! The language model of both HuatuoGPT-Vision sizes: a pre-norm decoder with RMSNorm,
+//! rotary positions (non-interleaved "rotate_half"), grouped-query attention and a SiLU-gated
+//! MLP. Qwen2 (7B) and Yi/Llama (34B) differ here only in the q/k/v biases and RoPE θ, which
+//! come from the config, so one implementation serves both (transformers' modeling_qwen2.py and
+//! modeling_llama.py, huatuo-reference.md §5.4). It is fed input embeddings, not token ids, so
+//! that image features can be spliced in (candle's qwen2 cannot do that).
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, RmsNorm, VarBuilder};
+
+use super::config::LlavaConfig;
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position of the input: parity tests compare these.
+    All,
+    /// Only the last position: generation needs nothing else.
+    Last,
+}
+
+#[derive(Debug, Clone)]
+struct Geometry {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    rope_theta: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    geo: Geometry,
+}
+
+impl Attention {
+    fn load(cfg: &LlavaConfig, geo: &Geometry, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let bias = cfg.qkv_bias();
+        Ok(Self {
+            q: Linear::load(h, geo.heads * geo.head_dim, bias, vb.pp("q_proj"))?,
+            k: Linear::load(h, geo.kv_heads * geo.head_dim, bias, vb.pp("k_proj"))?,
+            v: Linear::load(h, geo.kv_heads * geo.head_dim, bias, vb.pp("v_proj"))?,
+            o: Linear::load(geo.heads * geo.head_dim, h, cfg.o_bias(), vb.pp("o_proj"))?,
+            geo: geo.clone(),
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        let g = &self.geo;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            t.reshape((b, n, heads, g.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(self.q.forward(xs)?, g.heads)?;
+        let k = split(self.k.forward(xs)?, g.kv_heads)?;
+        let v = split(self.v.forward(xs)?, g.kv_heads)?;
+        let (cos, sin) = rope;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let groups = g.heads / g.kv_heads;
+        let k = repeat_kv(&k, groups)?;
+        let v = repeat_kv(&v, groups)?;
+        let scale = 1.0 / (g.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        // Softmax in f32 whatever the activation dtype, as transformers does.
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, ()))?;
+        self.o.forward(&ctx)
+    }
+}
+
+/// `[b, kv, t, d]` → `[b, kv*groups, t, d]`, each kv head repeated for its query group.
+fn repeat_kv(xs: &Tensor, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return Ok(xs.clone());
+    }
+    let (b, kv, t, d) = xs.dims4()?;
+    xs.unsqueeze(2)?
+        .expand((b, kv, groups, t, d))?
+        .reshape((b, kv * groups, t, d))
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn load(cfg: &LlavaConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate: Linear::load(h, i, false, vb.pp("gate_proj"))?,
+            up: Linear::load(h, i, false, vb.pp("up_proj"))?,
+            down: Linear::load(i, h, false, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate.forward(xs)?)?;
+        self.down.forward(&(gate * self.up.forward(xs)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// The decoder with its embedding table and LM head.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    geo: Geometry,
+    hidden: usize,
+}
+
+impl Decoder {
+    /// Loads the decoder from a VarBuilder at the checkpoint root (`model.*`, `lm_head.*`).
+    pub fn load(cfg: &LlavaConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let geo = Geometry {
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_kv_heads(),
+            head_dim: cfg.head_dim(),
+            rope_theta: cfg.rope_theta,
+        };
+        let m = vb.pp("model");
+        let embed_weight = m.get((cfg.vocab_size, h), "embed_tokens.weight")?;
+        let embed = Embedding::new(embed_weight.clone(), h);
+        let eps = cfg.rms_norm_eps;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| {
+                let lv = m.pp(format!("layers.{l}"));
+                Ok(Layer {
+                    input_norm: candle_nn::rms_norm(h, eps, lv.pp("input_layernorm"))?,
+                    attn: Attention::load(cfg, &geo, lv.pp("self_attn"))?,
+                    post_norm: candle_nn::rms_norm(h, eps, lv.pp("post_attention_layernorm"))?,
+                    mlp: Mlp::load(cfg, lv.pp("mlp"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = candle_nn::rms_norm(h, eps, m.pp("norm"))?;
+        let lm_head =
+            if cfg.tie_word_embeddings.unwrap_or(false) && !vb.contains_tensor("lm_head.weight") {
+                Linear::from_weight(embed_weight)
+            } else {
+                Linear::load(h, cfg.vocab_size, false, vb.pp("lm_head"))?
+            };
+        Ok(Self {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            geo,
+            hidden: h,
+        })
+    }
+
+    /// Number of decoder layers (the KV cache needs one slot per layer).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The model width.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    /// The dtype activations run in (that of the embedding table).
+    pub fn dtype(&self) -> DType {
+        self.embed.embeddings().dtype()
+    }
+
+    /// `[n]` token ids → `[n, hidden]` embeddings (no scaling, §5.4).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed.forward(ids)
+    }
+
+    /// Runs `[1, n, hidden]` embeddings at positions `cache.len()..` and returns f32 logits
+    /// `[n, vocab]` (`Logits::All`) or `[1, vocab]` (`Logits::Last`).
+    pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        let (_, n, _) = embeds.dims3()?;
+        let offset = cache.len();
+        let device = embeds.device();
+        let dtype = embeds.dtype();
+        let rope = self.rope_tables(offset, n, dtype, device)?;
+        let mask = if n > 1 {
+            Some(causal_mask(n, offset, dtype, device)?)
+        } else {
+            None
+        };
+        let mut xs = embeds.clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn.forward(
+                &layer.input_norm.forward(&xs)?,
+                &rope,
+                mask.as_ref(),
+                cache,
+                l,
+            )?;
+            xs = (xs + h)?;
+            let h = layer.mlp.forward(&layer.post_norm.forward(&xs)?)?;
+            xs = (xs + h)?;
+        }
+        cache.advance(n);
+        let xs = match which {
+            Logits::All => xs,
+            Logits::Last => xs.narrow(1, n - 1, 1)?,
+        };
+        let xs = self.norm.forward(&xs)?;
+        self.lm_head.forward(&xs)?.squeeze(0)?.to_dtype(DType::F32)
+    }
+
+    /// cos/sin `[n, head_dim/2]` for positions `offset..offset+n`, computed in f32 as
+    /// transformers does (`inv_freq = 1/θ^(2i/d)`, then `position · inv_freq`), then cast.
+    fn rope_tables(
+        &self,
+        offset: usize,
+        n: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let d = self.geo.head_dim;
+        let theta = self.geo.rope_theta as f32;
+        let inv_freq: Vec<f32> = (0..d)
+            .step_by(2)
+            .map(|i| 1.0 / theta.powf(i as f32 / d as f32))
+            .collect();
+        let mut freqs = Vec::with_capacity(n * d / 2);
+        for p in offset..offset + n {
+            let p = p as f32;
+            freqs.extend(inv_freq.iter().map(|f| p * f));
+        }
+        let cos: Vec<f32> = freqs.iter().map(|x| x.cos()).collect();
+        let sin: Vec<f32> = freqs.iter().map(|x| x.sin()).collect();
+        let cos = Tensor::from_vec(cos, (n, d / 2), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, d / 2), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// `[n, offset+n]` additive mask: 0 where query i may see key j (j ≤ offset+i), -inf elsewhere.
+fn causal_mask(n: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let total = offset + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, total), device)?.to_dtype(dtype)
+}
