@@ -1,0 +1,165 @@
+//! The `huatuo` binary as scripts see it: stdout carries the answer alone, errors are one line
+//! on stderr naming the file, exit codes are 0 and 2.
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+use crate::util::{fixture, tiny_checkpoint, tiny_copy};
+
+fn huatuo() -> Command {
+    Command::cargo_bin("huatuo").expect("binary")
+}
+
+fn reference_answer(family: &str) -> String {
+    let json = std::fs::read_to_string(fixture(&format!("parity/{family}.json"))).expect("fixture");
+    let meta: Value = serde_json::from_str(&json).expect("json");
+    meta["ask"]["answer"].as_str().expect("answer").to_string()
+}
+
+fn ask_args(model: &std::path::Path) -> Vec<String> {
+    vec![
+        "ask".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--image".into(),
+        fixture("images/cell.png").display().to_string(),
+        "--temperature".into(),
+        "0".into(),
+        "--max-new-tokens".into(),
+        "24".into(),
+        "--dtype".into(),
+        "f32".into(),
+        "What does the picture show?".into(),
+    ]
+}
+
+#[test]
+fn ask_prints_the_reference_greedy_answer() {
+    for family in ["qwen2", "yi"] {
+        let out = huatuo()
+            .args(ask_args(tiny_checkpoint(family)))
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{family}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = reference_answer(family);
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        let expected_out = if expected.is_empty() {
+            String::new()
+        } else {
+            format!("{expected}\n")
+        };
+        assert_eq!(stdout, expected_out, "{family}");
+    }
+}
+
+#[test]
+fn missing_image_is_one_line_naming_it() {
+    let out = huatuo()
+        .args(["ask", "--model"])
+        .arg(tiny_checkpoint("qwen2"))
+        .args(["--image", "/nonexistent/xray.png", "hi"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/xray.png"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn corrupt_image_is_one_line_naming_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bad = tmp.path().join("scan.png");
+    let png = std::fs::read(fixture("images/cell.png")).expect("png");
+    std::fs::write(&bad, &png[..png.len() / 3]).expect("write");
+    let out = huatuo()
+        .args(["ask", "--model"])
+        .arg(tiny_checkpoint("qwen2"))
+        .arg("--image")
+        .arg(&bad)
+        .arg("hi")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("scan.png"), "{err}");
+}
+
+#[test]
+fn missing_checkpoint_file_is_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tiny_copy("qwen2", tmp.path());
+    let shard = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("model-00001"))
+        .expect("first shard");
+    std::fs::remove_file(dir.join(&shard)).expect("rm");
+    let out = huatuo()
+        .args(["ask", "--model"])
+        .arg(&dir)
+        .arg("hi")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&shard), "{err}");
+}
+
+#[test]
+fn truncated_shard_is_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tiny_copy("yi", tmp.path());
+    let shard = dir.join("model-00001-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).expect("shard");
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).expect("truncate");
+    let out = huatuo()
+        .args(["ask", "--model"])
+        .arg(&dir)
+        .arg("hi")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("model-00001-of-00002.safetensors"), "{err}");
+}
+
+#[test]
+fn unknown_model_type_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tiny_copy("qwen2", tmp.path());
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).expect("config");
+    std::fs::write(&cfg_path, text.replace("llava_qwen2", "llava_mistral")).expect("write");
+    let out = huatuo()
+        .args(["ask", "--model"])
+        .arg(&dir)
+        .arg("hi")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).expect("utf-8");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("llava_mistral") && err.contains("config.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flag_value_exits_2() {
+    let out = huatuo()
+        .args(["ask", "--model", "x", "--dtype", "f64", "hi"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
