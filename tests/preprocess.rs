@@ -9,7 +9,6 @@ use huatuo::model::preprocess::{
     CropSize, PreprocessError, ProcessorConfig, ResizeTarget,
 };
 use image::{Rgb, RgbImage};
-use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -19,83 +18,87 @@ fn config() -> ProcessorConfig {
     ProcessorConfig::from_file(&fixtures().join("preprocessor_config.json")).expect("config")
 }
 
-/// Where two byte buffers of the same stage differ: (count, max |diff|, first index).
-fn byte_diff(ours: &[u8], want: &[u8]) -> Option<(usize, u8, usize)> {
-    let mut count = 0;
-    let mut max = 0;
-    let mut first = None;
-    for (i, (a, b)) in ours.iter().zip(want).enumerate() {
-        if a != b {
-            count += 1;
-            max = max.max(a.abs_diff(*b));
-            first.get_or_insert(i);
-        }
-    }
-    first.map(|f| (count, max, f))
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// tests/fixtures/pixels.json, written by scripts/reference/pixels.py.
+fn reference() -> &'static serde_json::Value {
+    static REF: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    REF.get_or_init(|| {
+        let text = std::fs::read_to_string(fixtures().join("pixels.json"))
+            .expect("tests/fixtures/pixels.json (run scripts/reference/pixels.py)");
+        serde_json::from_str(&text).expect("pixels.json")
+    })
+}
+
+#[track_caller]
+fn check_stage(name: &str, stage: &str, width: u32, height: u32, bytes: &[u8]) {
+    let want = &reference()["images"][name][stage];
+    assert_eq!(
+        (u64::from(width), u64::from(height)),
+        (
+            want["width"].as_u64().expect("width"),
+            want["height"].as_u64().expect("height")
+        ),
+        "{name}: {stage} size"
+    );
+    assert_eq!(
+        sha256_hex(bytes),
+        want["sha256"].as_str().expect("sha256"),
+        "{name}: {stage} bytes differ from Pillow's (dump them with `scripts/reference/pixels.py --dump DIR`)"
+    );
 }
 
 /// Checks one image at every stage: Pillow's convert('RGB'), the uint8 image after
-/// expand2square + resize + center crop, and the normalised float32 pixels.
+/// expand2square + resize + center crop (both byte for byte, by hash), and the normalised
+/// float32 pixels (the reference's are `normalisation[c][resized]`, asserted by pixels.py).
 fn check_image(name: &str) {
     let image_path = fixtures().join("images").join(name);
-    let fixture = fixtures()
-        .join("pixels")
-        .join(format!("{name}.safetensors"));
-    let bytes = std::fs::read(&fixture).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run scripts/reference/pixels.py)",
-            fixture.display()
-        )
-    });
-    let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+    assert!(
+        reference()["images"].get(name).is_some(),
+        "{name} is not in pixels.json: run scripts/reference/pixels.py"
+    );
     let cfg = config();
 
     // Stage 1: decode.
-    let want_rgb = st.tensor("rgb").expect("rgb");
     let rgb = load_rgb(&image_path).unwrap_or_else(|e| panic!("{e}"));
-    let (h, w) = (want_rgb.shape()[0], want_rgb.shape()[1]);
-    assert_eq!(
-        (rgb.height() as usize, rgb.width() as usize),
-        (h, w),
-        "{name}: decoded size"
-    );
-    if let Some((n, max, first)) = byte_diff(rgb.as_raw(), want_rgb.data()) {
-        panic!(
-            "{name}: decode (convert('RGB')) differs from Pillow in {n} of {} values, \
-             max |diff| {max}, first at pixel {} channel {}",
-            want_rgb.data().len(),
-            first / 3,
-            first % 3
-        );
-    }
+    check_stage(name, "rgb", rgb.width(), rgb.height(), rgb.as_raw());
 
     // Stage 2: expand2square + resize + center crop, uint8.
-    let want_resized = st.tensor("resized").expect("resized");
     let square = expand_to_square(&rgb, cfg.background());
     let resized = resize_and_crop(&square, &cfg).expect("resize");
-    assert_eq!(
-        [resized.height() as usize, resized.width() as usize, 3],
-        want_resized.shape(),
-        "{name}: resized shape"
+    check_stage(
+        name,
+        "resized",
+        resized.width(),
+        resized.height(),
+        resized.as_raw(),
     );
-    if let Some((n, max, first)) = byte_diff(resized.as_raw(), want_resized.data()) {
-        panic!(
-            "{name}: expand2square+resize+crop differs from Pillow in {n} of {} values, \
-             max |diff| {max}, first at pixel {} channel {}",
-            want_resized.data().len(),
-            first / 3,
-            first % 3
-        );
-    }
 
     // Stage 3: float32 pixels, CHW.
-    let want = st.tensor("pixel_values").expect("pixel_values");
-    assert_eq!(want.shape(), [3, 336, 336], "{name}: fixture shape");
-    let want: Vec<f32> = want
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    let table: Vec<Vec<f32>> = reference()["normalisation"]
+        .as_array()
+        .expect("table")
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .expect("row")
+                .iter()
+                .map(|v| v.as_f64().expect("value") as f32)
+                .collect()
+        })
         .collect();
+    let (w, h) = (resized.width() as usize, resized.height() as usize);
+    let raw = resized.as_raw();
+    let mut want = Vec::with_capacity(3 * w * h);
+    for (c, row) in table.iter().enumerate() {
+        want.extend((0..w * h).map(|i| row[raw[3 * i + c] as usize]));
+    }
     let ours = pixel_values(&square, &cfg).expect("pixel_values");
     let end_to_end = preprocess_file(&image_path, &cfg).expect("preprocess_file");
     assert_eq!(

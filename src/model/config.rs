@@ -294,7 +294,8 @@ impl ClipVisionConfig {
                 cfg.image_size, cfg.patch_size
             )));
         }
-        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(bad(
                 "hidden_size is not a multiple of num_attention_heads".into()
             ));
