@@ -1,7 +1,178 @@
-//! Running a loaded model: building the prompt exactly as the reference does, encoding the
-//! images, prefill, then the decode loop with streaming text. Front ends (`ask`, later the
-//! TUI through engine messages) call this; it never prints.
+//! The model engine: one worker thread owns the device and the loaded model and answers
+//! plain messages ([`protocol`]); front ends (`ask`, the TUI) hold an [`EngineHandle`]. The
+//! worker builds each prompt exactly as the reference does, re-encodes the conversation's
+//! images, prefills and streams the answer (`pipeline` is the synchronous core it runs).
+//! Nothing here prints.
+//!
+//! Models are found through an injected [`Resolver`] so the hub can plug in later
+//! ([`local_resolver`] takes checkpoint directories only). Cancellation reaches a busy worker
+//! within one token through state shared with the handle, not only through the queue.
 
 mod pipeline;
+pub mod protocol;
+mod worker;
 
-pub use pipeline::{Answer, DType as ModelDType, DevicePref, EngineError, Pipeline, Stop, Timings};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use pipeline::{
+    Answer, DType as ModelDType, DevicePref, EngineError, Pipeline, Stop, Timings,
+    MAX_IMAGES_PER_TURN,
+};
+#[doc(hidden)]
+pub use worker::Faults;
+
+use protocol::{Command, Event, FailureKind, LoadStage, ModelSpec, RequestId};
+use worker::{Signals, Worker};
+
+/// Finds (and, with the hub, downloads) the checkpoint directory of a [`ModelSpec`],
+/// reporting progress as `(stage, done, total)`. Injected so the worker needs no knowledge of
+/// the hub or the cache layout; the error is one line naming what to do.
+pub type Resolver = Box<
+    dyn FnMut(&ModelSpec, &mut dyn FnMut(LoadStage, u64, u64)) -> Result<ResolvedModel, String>
+        + Send,
+>;
+
+/// Where a resolver found a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel {
+    /// The checkpoint directory to load.
+    pub dir: PathBuf,
+    /// The hub repo id, when the model came from the hub.
+    pub repo: Option<String>,
+    /// The hub commit, when the model came from the hub.
+    pub revision: Option<String>,
+}
+
+/// A resolver for local checkpoint directories only, until the hub resolver exists: the
+/// source must name an existing directory.
+pub fn local_resolver() -> Resolver {
+    Box::new(|spec, _progress| {
+        let dir = PathBuf::from(&spec.source);
+        if !dir.is_dir() {
+            return Err(format!(
+                "{} is not a checkpoint directory (give the path of a downloaded HuatuoGPT-Vision checkpoint)",
+                spec.source
+            ));
+        }
+        Ok(ResolvedModel {
+            dir: std::fs::canonicalize(&dir).unwrap_or(dir),
+            repo: None,
+            revision: None,
+        })
+    })
+}
+
+/// The worker has ended (after `Shutdown`), so a command can no longer be queued.
+#[derive(Debug, thiserror::Error)]
+#[error("the model worker has stopped")]
+pub struct WorkerStopped;
+
+/// Starts the model worker.
+pub struct Engine;
+
+impl Engine {
+    /// Spawns the worker thread with no model loaded; send [`Command::Load`] first.
+    pub fn spawn(resolver: Resolver) -> EngineHandle {
+        Self::spawn_with_faults(resolver, Faults::default())
+    }
+
+    /// [`Engine::spawn`] with injected faults, for tests only.
+    #[doc(hidden)]
+    pub fn spawn_with_faults(resolver: Resolver, faults: Faults) -> EngineHandle {
+        let (command_tx, command_rx) = mpsc::channel();
+        let (event_tx, event_rx) = mpsc::channel();
+        let signals = Arc::new(Signals::default());
+        let worker = Worker::new(resolver, event_tx.clone(), Arc::clone(&signals), faults);
+        let spawned = std::thread::Builder::new()
+            .name("huatuo-engine".into())
+            .spawn(move || worker.run(command_rx));
+        let (thread, dead) = match spawned {
+            Ok(thread) => (Some(thread), None),
+            Err(e) => (
+                None,
+                Some((
+                    event_tx,
+                    format!("cannot start the model worker thread: {e}"),
+                )),
+            ),
+        };
+        EngineHandle {
+            commands: command_tx,
+            events: event_rx,
+            signals,
+            thread,
+            dead,
+        }
+    }
+}
+
+/// The front end's end of the engine: send commands, read events, cancel a request.
+/// Dropping it stops the worker (a generation in progress ends within one token).
+pub struct EngineHandle {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+    signals: Arc<Signals>,
+    thread: Option<JoinHandle<()>>,
+    /// Set when the thread could not start: requests are answered here with this error
+    /// instead of leaving the front end waiting.
+    dead: Option<(Sender<Event>, String)>,
+}
+
+impl EngineHandle {
+    /// Queues a command. `Cancel` and `Shutdown` also take effect at once through shared
+    /// state, even while the worker is busy generating. Fails only once the worker has ended
+    /// (after `Shutdown`); if its thread never started, each `Load` and `Generate` is
+    /// answered with a `Failed` event saying why.
+    pub fn send(&self, command: Command) -> Result<(), WorkerStopped> {
+        match &command {
+            Command::Cancel { id } => self.signals.cancel(*id),
+            Command::Shutdown => self.signals.shutdown.store(true, Ordering::SeqCst),
+            _ => {}
+        }
+        if let Some((events, error)) = &self.dead {
+            if let Command::Load { id, .. } | Command::Generate { id, .. } = &command {
+                let _ = events.send(Event::Failed {
+                    id: *id,
+                    kind: FailureKind::Internal,
+                    error: error.clone(),
+                    partial: String::new(),
+                });
+            }
+            return Ok(());
+        }
+        self.commands.send(command).map_err(|_| WorkerStopped)
+    }
+
+    /// The events, in the order they happen. Use `recv_timeout` or `try_recv` to keep a UI
+    /// responsive; a disconnected channel means the worker has stopped.
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    /// Stops request `id` within one token (a generation ends with `Finished` and
+    /// `Stop::Cancelled`, keeping its partial text; a queued one ends before it starts).
+    /// Unknown and finished ids are ignored.
+    pub fn cancel(&self, id: RequestId) {
+        let _ = self.send(Command::Cancel { id });
+    }
+
+    /// Stops the worker and waits for it: at most one token of a generation in progress, but
+    /// a load in progress runs to its end.
+    pub fn shutdown(mut self) {
+        let _ = self.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.signals.shutdown.store(true, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Shutdown);
+    }
+}

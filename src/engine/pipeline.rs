@@ -16,7 +16,9 @@ use crate::model::{Checkpoint, Huatuo, Logits, ModelError};
 pub const MAX_IMAGES_PER_TURN: usize = 5;
 
 /// Numeric precision of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     /// f32 on a CPU, bf16 on a GPU.
@@ -27,7 +29,9 @@ pub enum DType {
 }
 
 /// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DevicePref {
     /// A GPU when huatuo was built with one and it is present, else the CPU.
@@ -63,10 +67,16 @@ pub enum EngineError {
     Device(DevicePref, String),
     #[error("invalid sampling setting: {0}")]
     Sampling(String),
+    /// A generation was requested while no model is loaded (none yet, the last load failed,
+    /// or it was unloaded).
+    #[error(
+        "no model loaded: load a model first (the last load failed or the model was unloaded)"
+    )]
+    NotLoaded,
 }
 
 /// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stop {
     /// The model produced its end-of-sequence token.
@@ -139,6 +149,11 @@ impl Pipeline {
         }
     }
 
+    /// The dtype the weights were loaded in, e.g. "f32" or "bf16" (what `auto` resolved to).
+    pub fn dtype_name(&self) -> &'static str {
+        self.model.dtype().as_str()
+    }
+
     /// Prompt ids of a conversation, with `IMAGE_TOKEN_INDEX` where each image goes.
     /// `user` is the raw text of this turn; it is sanitised and gets one placeholder per
     /// image of the turn (§3.1).
@@ -196,14 +211,29 @@ impl Pipeline {
     }
 
     /// Generates an answer to `ids` (with one image per sentinel, in order), calling
-    /// `on_text` with each piece of streamable text; `ControlFlow::Break` stops generation
-    /// (the partial answer is returned with `Stop::Cancelled`).
+    /// `on_text` after every generated token with the text that became printable (often
+    /// empty); `ControlFlow::Break` stops generation (the partial answer is returned with
+    /// `Stop::Cancelled`), so cancellation is checked once per token.
     pub fn generate(
         &self,
         ids: &[i64],
         images: &[Vec<f32>],
         params: &SamplingParams,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Answer, EngineError> {
+        self.generate_with(ids, images, params, |piece| Ok(on_text(piece)))
+    }
+
+    /// [`Pipeline::generate`] with a callback that may fail: its error ends generation and
+    /// is returned as is. The engine worker uses it so that a failure on its side of the
+    /// callback (and, in tests, an injected fault) takes the same path as a failure of the
+    /// model, and the partial answer it streamed so far is reported with the error.
+    pub(crate) fn generate_with(
+        &self,
+        ids: &[i64],
+        images: &[Vec<f32>],
+        params: &SamplingParams,
+        mut on_text: impl FnMut(&str) -> Result<ControlFlow<()>, EngineError>,
     ) -> Result<Answer, EngineError> {
         params.validate().map_err(EngineError::Sampling)?;
         let start = Instant::now();
@@ -238,7 +268,7 @@ impl Pipeline {
                 break;
             }
             let piece = stream.push(next).map_err(ModelError::from)?;
-            if !piece.is_empty() && on_text(&piece).is_break() {
+            if on_text(&piece)?.is_break() {
                 stop = Stop::Cancelled;
                 break;
             }
@@ -254,7 +284,7 @@ impl Pipeline {
             let rest = stream.finish().map_err(ModelError::from)?;
             if !rest.is_empty() {
                 // The answer is complete; a Break here changes nothing.
-                let _ = on_text(&rest);
+                let _ = on_text(&rest)?;
             }
         }
         timings.decode = decode_start.elapsed();

@@ -1,0 +1,527 @@
+//! The model worker: one thread that owns the device and the loaded [`Pipeline`] and talks to
+//! front ends only through [`Command`] and [`Event`] (style.md §2, rule 9).
+//!
+//! It answers each turn exactly as the reference's multi-turn `chat()` does
+//! (huatuo-reference.md §3.1, §3.4): the whole history is re-tokenized and every image of the
+//! conversation is re-encoded. Cancellation reaches a busy worker through shared state checked
+//! once per generated token, not only through the command queue. Loading goes through an
+//! injected [`Resolver`], so the hub can plug in without the worker knowing about downloads;
+//! on a swap the old weights are dropped before the new ones are read. It never prints.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::pipeline::{EngineError, Pipeline, Stop, Timings};
+use super::protocol::{
+    Command, Completion, Event, FailureKind, GenerateRequest, GenerationStats, LoadStage,
+    ModelInfo, ModelSpec, PromptStats, RequestId,
+};
+use super::Resolver;
+use crate::model::tokenizer::IMAGE_TOKEN_INDEX;
+use crate::model::ModelError;
+
+/// Faults to inject, so tests can exercise failure paths that real models almost never take.
+/// Not part of the API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Every generation fails (as a model computation error would) after streaming this many
+    /// tokens.
+    pub fail_after_tokens: Option<usize>,
+    /// Every generated token takes at least this long, so tests can interrupt an answer
+    /// midway (tiny test models otherwise finish in milliseconds).
+    pub token_delay: Option<std::time::Duration>,
+}
+
+/// What the handle tells a busy worker without waiting for the queue.
+#[derive(Debug, Default)]
+pub(super) struct Signals {
+    /// Ids whose cancellation the worker has not yet received through the queue. An id
+    /// leaves the set when its `Cancel` command is dequeued, which is always after the
+    /// request it cancels (if that was queued first), so the set stays small.
+    cancelled: Mutex<HashSet<RequestId>>,
+    /// Set when the handle is dropped or sends `Shutdown`: everything stops.
+    pub(super) shutdown: AtomicBool,
+}
+
+impl Signals {
+    fn set(&self) -> MutexGuard<'_, HashSet<RequestId>> {
+        // A panic while holding this lock cannot leave the set inconsistent.
+        self.cancelled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `id` cancelled; the worker sees it at its next token.
+    pub(super) fn cancel(&self, id: RequestId) {
+        self.set().insert(id);
+    }
+
+    fn forget(&self, id: RequestId) {
+        self.set().remove(&id);
+    }
+
+    /// Whether request `id` must stop now.
+    fn stop_requested(&self, id: RequestId) -> bool {
+        self.shutdown.load(Ordering::SeqCst) || self.set().contains(&id)
+    }
+}
+
+/// The loaded model and what the front ends were told about it.
+struct Loaded {
+    pipeline: Pipeline,
+    info: ModelInfo,
+}
+
+/// The worker thread's state.
+pub(super) struct Worker {
+    resolver: Resolver,
+    loaded: Option<Loaded>,
+    events: Sender<Event>,
+    signals: Arc<Signals>,
+    faults: Faults,
+}
+
+/// A failed request: the error (boxed: it is large, and failures are rare) and the answer
+/// text streamed before it.
+struct Failure {
+    error: Box<EngineError>,
+    partial: String,
+}
+
+impl From<EngineError> for Failure {
+    fn from(error: EngineError) -> Self {
+        Self {
+            error: Box::new(error),
+            partial: String::new(),
+        }
+    }
+}
+
+impl Worker {
+    /// A worker with no model loaded that reports to `events`.
+    pub(super) fn new(
+        resolver: Resolver,
+        events: Sender<Event>,
+        signals: Arc<Signals>,
+        faults: Faults,
+    ) -> Self {
+        Self {
+            resolver,
+            loaded: None,
+            events,
+            signals,
+            faults,
+        }
+    }
+
+    /// Serves commands until `Shutdown` or until the handle is dropped.
+    pub(super) fn run(mut self, commands: Receiver<Command>) {
+        while let Ok(command) = commands.recv() {
+            if self.signals.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            match command {
+                Command::Load { id, spec } => self.guarded(id, |w| w.load(id, &spec)),
+                Command::Generate { id, request } => self.guarded(id, |w| w.generate(id, &request)),
+                Command::Cancel { id } => self.signals.forget(id),
+                Command::Unload => {
+                    self.loaded = None;
+                    self.emit(Event::Unloaded);
+                }
+                Command::Shutdown => break,
+            }
+        }
+    }
+
+    /// Runs one request, turning a panic (a bug, never expected) into `Failed` so the front
+    /// end is not left waiting and the worker keeps serving.
+    fn guarded(&mut self, id: RequestId, f: impl FnOnce(&mut Self)) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(self))) {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let error = format!("internal error in the model worker: {}", one_line(&what));
+            self.emit(failed(id, FailureKind::Internal, error, ""));
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        // Nobody listening is not an error: the front end has gone.
+        let _ = self.events.send(event);
+    }
+
+    /// Loads a model, dropping the current one first so two never share memory.
+    fn load(&mut self, id: RequestId, spec: &ModelSpec) {
+        let progress = |stage, done, total| Event::LoadProgress {
+            id,
+            stage,
+            done,
+            total,
+        };
+        if self.loaded.is_some() {
+            self.emit(progress(LoadStage::Unload, 0, 1));
+            self.loaded = None;
+            self.emit(progress(LoadStage::Unload, 1, 1));
+        }
+        let events = &self.events;
+        let resolved = (self.resolver)(spec, &mut |stage, done, total| {
+            let _ = events.send(progress(stage, done, total));
+        });
+        let fail = |error: String| {
+            let error = format!(
+                "cannot load model {}: {}; no model is loaded",
+                spec.source,
+                one_line(&error)
+            );
+            failed(id, FailureKind::Model, error, "")
+        };
+        let resolved = match resolved {
+            Ok(r) => r,
+            Err(e) => return self.emit(fail(e)),
+        };
+        self.emit(progress(LoadStage::Weights, 0, 1));
+        let pipeline = match Pipeline::load(&resolved.dir, spec.device, spec.dtype) {
+            Ok(p) => p,
+            Err(e) => return self.emit(fail(e.to_string())),
+        };
+        self.emit(progress(LoadStage::Weights, 1, 1));
+        let config = &pipeline.checkpoint.config;
+        let info = ModelInfo {
+            source: spec.source.clone(),
+            path: resolved.dir,
+            repo: resolved.repo,
+            revision: resolved.revision,
+            family: config
+                .family()
+                .map_or_else(|| config.model_type.clone(), |f| f.name().to_string()),
+            dtype: pipeline.dtype_name().to_string(),
+            device: pipeline.device_name().to_string(),
+            quantization: "none".into(),
+            context_length: config.context_length(),
+            tokens_per_image: pipeline.model.tokens_per_image(),
+        };
+        self.emit(Event::Loaded {
+            id,
+            info: info.clone(),
+        });
+        self.loaded = Some(Loaded { pipeline, info });
+    }
+
+    /// Answers one turn: `Started`, `Token`s, then `Finished`, or `Failed` with the partial
+    /// answer.
+    fn generate(&mut self, id: RequestId, request: &GenerateRequest) {
+        let event = match self.answer(id, request) {
+            Ok(completion) => Event::Finished { id, completion },
+            Err(Failure { error, partial }) => {
+                failed(id, failure_kind(&error), error.to_string(), &partial)
+            }
+        };
+        self.emit(event);
+    }
+
+    /// The answer to one turn, as `chat()` computes it (reference §3.1, §3.4): the prompt
+    /// from the whole history, every image of the conversation in order, then generation,
+    /// streaming each printable piece as a `Token` and stopping within a token of a cancel.
+    fn answer(&self, id: RequestId, request: &GenerateRequest) -> Result<Completion, Failure> {
+        let Some(loaded) = &self.loaded else {
+            return Err(EngineError::NotLoaded.into());
+        };
+        let pipeline = &loaded.pipeline;
+        let (ids, user) =
+            pipeline.prompt_ids(&request.history, &request.user, request.images.len())?;
+        let prompt = prompt_stats(&ids, &loaded.info);
+        let image_count = request.history_images.len() + request.images.len();
+        if prompt.images != image_count {
+            return Err(EngineError::Model(ModelError::ImageCount {
+                placeholders: prompt.images,
+                images: image_count,
+            })
+            .into());
+        }
+        pipeline.check_context(&ids)?;
+        request.params.validate().map_err(EngineError::Sampling)?;
+        let mut completion = Completion {
+            text: String::new(),
+            history_text: String::new(),
+            stop: Stop::Cancelled,
+            stats: GenerationStats {
+                prompt,
+                ..GenerationStats::default()
+            },
+            user_with_placeholders: user,
+        };
+        if self.signals.stop_requested(id) {
+            return Ok(completion);
+        }
+        let start = Instant::now();
+        let paths: Vec<PathBuf> = (request.history_images.iter())
+            .chain(&request.images)
+            .map(|image| image.path.clone())
+            .collect();
+        let pixels = pipeline.load_images(&paths)?;
+        let preprocess = start.elapsed();
+        self.emit(Event::Started { id, prompt });
+
+        let mut streamed = String::new();
+        let mut calls = 0usize;
+        let result = pipeline.generate_with(&ids, &pixels, &request.params, |piece| {
+            if self.faults.fail_after_tokens.is_some_and(|n| calls >= n) {
+                return Err(injected_fault(calls));
+            }
+            calls += 1;
+            if let Some(delay) = self.faults.token_delay {
+                std::thread::sleep(delay);
+            }
+            if !piece.is_empty() {
+                let token = Event::Token {
+                    id,
+                    text: piece.to_owned(),
+                };
+                if self.events.send(token).is_err() {
+                    return Ok(ControlFlow::Break(()));
+                }
+                streamed.push_str(piece);
+            }
+            if self.signals.stop_requested(id) {
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        });
+        let answer = result.map_err(|error| Failure {
+            error: Box::new(error),
+            partial: streamed.clone(),
+        })?;
+        // Uncancelled, the streamed pieces are the stripped answer; cancelled, they are the
+        // part of it no further token could have changed, a prefix of the full answer.
+        completion.text = if answer.stop == Stop::Cancelled {
+            streamed
+        } else {
+            answer.text
+        };
+        completion.history_text = answer.raw;
+        completion.stop = answer.stop;
+        completion.stats =
+            generation_stats(prompt, answer.tokens.len(), &answer.timings, preprocess);
+        Ok(completion)
+    }
+}
+
+fn failed(id: RequestId, kind: FailureKind, error: String, partial: &str) -> Event {
+    Event::Failed {
+        id,
+        kind,
+        error: one_line(&error),
+        partial: partial.to_owned(),
+    }
+}
+
+/// The error a [`Faults::fail_after_tokens`] fault raises: a model computation error.
+fn injected_fault(tokens: usize) -> EngineError {
+    EngineError::Model(ModelError::Candle(candle_core::Error::Msg(format!(
+        "injected fault after {tokens} tokens"
+    ))))
+}
+
+/// Which kind of failure an error is, so front ends can react: bad input can be fixed by the
+/// user's next request; a model problem needs another `Load`.
+fn failure_kind(error: &EngineError) -> FailureKind {
+    match error {
+        EngineError::Image { .. }
+        | EngineError::TooManyImages { .. }
+        | EngineError::ContextOverflow { .. }
+        | EngineError::Sampling(_)
+        | EngineError::Model(ModelError::ImageCount { .. }) => FailureKind::BadInput,
+        EngineError::Device(..) | EngineError::NotLoaded => FailureKind::Model,
+        EngineError::Model(_) => FailureKind::Internal,
+    }
+}
+
+/// Error texts are shown on one line (a status bar, one stderr line per failure).
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How a prompt of `ids` (with one sentinel per image) fills the model's context.
+fn prompt_stats(ids: &[i64], info: &ModelInfo) -> PromptStats {
+    let images = ids.iter().filter(|&&t| t == IMAGE_TOKEN_INDEX).count();
+    let text_tokens = ids.len() - images;
+    let image_tokens = images * info.tokens_per_image;
+    PromptStats {
+        text_tokens,
+        images,
+        image_tokens,
+        total: text_tokens + image_tokens,
+        context_length: info.context_length,
+    }
+}
+
+/// The costs of one answer. `preprocess` is the time spent reading and resizing the images
+/// before the pipeline ran, counted in the image time and the time to first token.
+/// Prefill speed is prompt positions per second of the prefill forward pass; decode speed
+/// counts the forward passes of the decode loop (one per token after the first).
+fn generation_stats(
+    prompt: PromptStats,
+    generated_tokens: usize,
+    timings: &Timings,
+    preprocess: Duration,
+) -> GenerationStats {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let rate = |n: usize, d: Duration| {
+        let secs = d.as_secs_f64();
+        if n == 0 || secs <= 0.0 {
+            0.0
+        } else {
+            n as f64 / secs
+        }
+    };
+    GenerationStats {
+        prompt,
+        generated_tokens,
+        image_encode_ms: ms(preprocess + timings.image_encode),
+        time_to_first_token_ms: if generated_tokens == 0 {
+            0.0
+        } else {
+            ms(preprocess + timings.first_token)
+        },
+        prefill_tokens_per_s: rate(prompt.total, timings.prefill),
+        decode_tokens_per_s: rate(generated_tokens.saturating_sub(1), timings.decode),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            source: "x".into(),
+            path: PathBuf::from("x"),
+            repo: None,
+            revision: None,
+            family: "qwen2".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            quantization: "none".into(),
+            context_length: 4096,
+            tokens_per_image: 576,
+        }
+    }
+
+    #[test]
+    fn prompt_stats_count_images_as_their_positions() {
+        let ids = [5, IMAGE_TOKEN_INDEX, 6, 7, IMAGE_TOKEN_INDEX, 8];
+        let s = prompt_stats(&ids, &info());
+        assert_eq!(
+            s,
+            PromptStats {
+                text_tokens: 4,
+                images: 2,
+                image_tokens: 1152,
+                total: 1156,
+                context_length: 4096,
+            }
+        );
+    }
+
+    #[test]
+    fn stats_rates_and_times() {
+        let timings = Timings {
+            image_encode: Duration::from_millis(30),
+            prefill: Duration::from_millis(500),
+            decode: Duration::from_secs(2),
+            first_token: Duration::from_millis(600),
+        };
+        let prompt = PromptStats {
+            total: 1000,
+            ..PromptStats::default()
+        };
+        let s = generation_stats(prompt, 11, &timings, Duration::from_millis(20));
+        assert_eq!(s.generated_tokens, 11);
+        assert!((s.image_encode_ms - 50.0).abs() < 1e-9);
+        assert!((s.time_to_first_token_ms - 620.0).abs() < 1e-9);
+        assert!((s.prefill_tokens_per_s - 2000.0).abs() < 1e-9);
+        assert!((s.decode_tokens_per_s - 5.0).abs() < 1e-9);
+        // Nothing generated, nothing timed: no division by zero, no fake numbers.
+        let s = generation_stats(prompt, 0, &Timings::default(), Duration::ZERO);
+        assert_eq!(
+            (
+                s.time_to_first_token_ms,
+                s.prefill_tokens_per_s,
+                s.decode_tokens_per_s
+            ),
+            (0.0, 0.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn failure_kinds() {
+        let bad = [
+            EngineError::TooManyImages { count: 6 },
+            EngineError::Sampling("x".into()),
+            EngineError::ContextOverflow {
+                total: 5000,
+                text: 10,
+                images: 8,
+                per_image: 576,
+                limit: 4096,
+            },
+            EngineError::Model(ModelError::ImageCount {
+                placeholders: 1,
+                images: 2,
+            }),
+        ];
+        for e in &bad {
+            assert_eq!(failure_kind(e), FailureKind::BadInput, "{e}");
+        }
+        assert_eq!(failure_kind(&EngineError::NotLoaded), FailureKind::Model);
+        assert_eq!(failure_kind(&injected_fault(3)), FailureKind::Internal);
+    }
+
+    #[test]
+    fn errors_fit_on_one_line() {
+        assert_eq!(one_line("a\n  b\n\nc  "), "a; b; c");
+        assert_eq!(one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn cancel_signals_clear_when_their_command_is_dequeued() {
+        let s = Signals::default();
+        assert!(!s.stop_requested(1));
+        s.cancel(1);
+        assert!(s.stop_requested(1));
+        assert!(!s.stop_requested(2));
+        s.forget(1);
+        assert!(!s.stop_requested(1));
+        s.shutdown.store(true, Ordering::SeqCst);
+        assert!(s.stop_requested(2));
+    }
+
+    #[test]
+    fn local_resolver_wants_a_directory() {
+        let mut resolve = crate::engine::local_resolver();
+        let spec = |source: &str| ModelSpec {
+            source: source.into(),
+            revision: None,
+            device: super::super::pipeline::DevicePref::Cpu,
+            dtype: super::super::pipeline::DType::F32,
+            offline: true,
+        };
+        let err = resolve(&spec("/no/such/dir"), &mut |_, _, _| {}).unwrap_err();
+        assert!(err.contains("/no/such/dir"), "{err}");
+        let dir = std::env::temp_dir();
+        let found = resolve(&spec(&dir.to_string_lossy()), &mut |_, _, _| {}).unwrap();
+        assert!(found.dir.is_dir());
+        assert_eq!((found.repo, found.revision), (None, None));
+    }
+}

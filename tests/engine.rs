@@ -1,0 +1,707 @@
+//! The engine protocol end to end on the tiny checkpoints of both families: event order,
+//! cancellation, failures with the partial answer, model swaps with the conversation kept,
+//! and three-turn conversations answered exactly as the reference's `chat()`
+//! (tests/fixtures/chat/*.json, from scripts/reference/chat.py).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use huatuo::chat::template::Exchange;
+use huatuo::engine::protocol::{
+    Command, Completion, Event, FailureKind, GenerateRequest, ImageRef, LoadStage, ModelInfo,
+    ModelSpec, PromptStats, RequestId, Stop,
+};
+use huatuo::engine::{
+    local_resolver, DevicePref, Engine, EngineHandle, Faults, ModelDType, Pipeline,
+};
+use huatuo::model::sampling::SamplingParams;
+use serde_json::Value;
+
+use crate::util::{fixture, tiny_checkpoint};
+
+/// Long enough for a debug build on a busy machine, short enough to fail a hung test.
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn spec(source: &str) -> ModelSpec {
+    ModelSpec {
+        source: source.to_string(),
+        revision: None,
+        device: DevicePref::Cpu,
+        dtype: ModelDType::F32,
+        offline: true,
+    }
+}
+
+fn spec_of(family: &str) -> ModelSpec {
+    spec(&tiny_checkpoint(family).to_string_lossy())
+}
+
+fn greedy(max_new_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_new_tokens,
+        ..SamplingParams::default()
+    }
+}
+
+fn image(name: &str) -> ImageRef {
+    image_at(fixture(&format!("images/{name}")))
+}
+
+fn image_at(path: PathBuf) -> ImageRef {
+    ImageRef { path, sha256: None }
+}
+
+fn request(
+    history: &[Exchange],
+    history_images: &[ImageRef],
+    user: &str,
+    images: &[ImageRef],
+    params: SamplingParams,
+) -> Box<GenerateRequest> {
+    Box::new(GenerateRequest {
+        history: history.to_vec(),
+        history_images: history_images.to_vec(),
+        user: user.to_string(),
+        images: images.to_vec(),
+        params,
+    })
+}
+
+#[track_caller]
+fn next(engine: &EngineHandle) -> Event {
+    engine
+        .events()
+        .recv_timeout(TIMEOUT)
+        .expect("an event from the engine")
+}
+
+/// Loads a model; returns the progress events and the info.
+#[track_caller]
+fn load(
+    engine: &EngineHandle,
+    id: RequestId,
+    spec: ModelSpec,
+) -> (Vec<(LoadStage, u64, u64)>, ModelInfo) {
+    engine.send(Command::Load { id, spec }).expect("send");
+    let mut progress = Vec::new();
+    loop {
+        match next(engine) {
+            Event::LoadProgress {
+                id: i,
+                stage,
+                done,
+                total,
+            } if i == id => progress.push((stage, done, total)),
+            Event::Loaded { id: i, info } if i == id => return (progress, info),
+            other => panic!("unexpected event while loading: {other:?}"),
+        }
+    }
+}
+
+/// The events of one generation, checked to come in the order Started → Token* → end.
+#[derive(Debug)]
+struct Run {
+    started: Option<PromptStats>,
+    tokens: Vec<String>,
+    end: Event,
+}
+
+impl Run {
+    fn streamed(&self) -> String {
+        self.tokens.concat()
+    }
+
+    #[track_caller]
+    fn completion(&self) -> &Completion {
+        match &self.end {
+            Event::Finished { completion, .. } => completion,
+            other => panic!("expected Finished, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn failure(&self) -> (FailureKind, &str, &str) {
+        match &self.end {
+            Event::Failed {
+                kind,
+                error,
+                partial,
+                ..
+            } => (*kind, error.as_str(), partial.as_str()),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+}
+
+/// Collects the events of request `id` until it ends. `on_token` runs after each Token.
+#[track_caller]
+fn collect(engine: &EngineHandle, id: RequestId, mut on_token: impl FnMut(&str)) -> Run {
+    let mut started = None;
+    let mut tokens = Vec::new();
+    loop {
+        match next(engine) {
+            Event::Started { id: i, prompt } if i == id => {
+                assert!(started.is_none(), "Started twice");
+                assert!(tokens.is_empty(), "Started after a Token");
+                started = Some(prompt);
+            }
+            Event::Token { id: i, text } if i == id => {
+                assert!(started.is_some(), "Token before Started");
+                assert!(!text.is_empty(), "empty Token event");
+                on_token(&text);
+                tokens.push(text);
+            }
+            end @ (Event::Finished { id: i, .. } | Event::Failed { id: i, .. }) if i == id => {
+                return Run {
+                    started,
+                    tokens,
+                    end,
+                }
+            }
+            other => panic!("unexpected event for request {id}: {other:?}"),
+        }
+    }
+}
+
+#[track_caller]
+fn generate(engine: &EngineHandle, id: RequestId, request: Box<GenerateRequest>) -> Run {
+    engine
+        .send(Command::Generate { id, request })
+        .expect("send");
+    collect(engine, id, |_| {})
+}
+
+fn loaded(family: &str) -> EngineHandle {
+    let engine = Engine::spawn(local_resolver());
+    load(&engine, 1, spec_of(family));
+    engine
+}
+
+/// Started, then non-empty Tokens that concatenate to the answer, then Finished with its
+/// stats; the answer is the reference's single-turn answer (parity fixture).
+#[test]
+fn streams_started_tokens_finished_in_order() {
+    let engine = Engine::spawn(local_resolver());
+    let (progress, info) = load(&engine, 1, spec_of("qwen2"));
+    assert_eq!(
+        progress,
+        [(LoadStage::Weights, 0, 1), (LoadStage::Weights, 1, 1)],
+        "a first load has nothing to unload"
+    );
+    assert_eq!(info.family, "qwen2");
+    assert_eq!((info.dtype.as_str(), info.device.as_str()), ("f32", "cpu"));
+    assert_eq!(info.quantization, "none");
+    assert_eq!((info.context_length, info.tokens_per_image), (4096, 576));
+    assert!(info.path.is_absolute() && info.path.is_dir());
+    assert_eq!(
+        (info.repo.as_deref(), info.revision.as_deref()),
+        (None, None)
+    );
+
+    let parity: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("parity/qwen2.json")).expect("fixture"),
+    )
+    .expect("json");
+    let ask = &parity["ask"];
+    let max_new_tokens = ask["max_new_tokens"].as_u64().expect("n") as usize;
+    let run = generate(
+        &engine,
+        7,
+        request(
+            &[],
+            &[],
+            ask["prompt"].as_str().expect("prompt"),
+            &[image(ask["image"].as_str().expect("image"))],
+            greedy(max_new_tokens),
+        ),
+    );
+    let c = run.completion();
+    assert!(run.tokens.len() > 1, "the answer should stream in pieces");
+    assert_eq!(
+        run.streamed(),
+        c.text,
+        "Token texts concatenate to the answer"
+    );
+    assert_eq!(c.text, ask["answer"].as_str().expect("answer"));
+    assert_eq!(c.stop, Stop::Length);
+    assert_eq!(
+        c.user_with_placeholders,
+        "<image>\nWhat does the picture show?"
+    );
+    assert_eq!(c.history_text.trim(), c.text);
+    let prompt = run.started.expect("Started");
+    assert_eq!(c.stats.prompt, prompt);
+    assert_eq!((prompt.images, prompt.image_tokens), (1, 576));
+    assert_eq!(prompt.total, prompt.text_tokens + 576);
+    assert_eq!(prompt.context_length, 4096);
+    let s = &c.stats;
+    assert_eq!(s.generated_tokens, max_new_tokens);
+    assert!(s.image_encode_ms > 0.0 && s.time_to_first_token_ms >= s.image_encode_ms);
+    assert!(s.prefill_tokens_per_s > 0.0 && s.decode_tokens_per_s > 0.0);
+    engine.shutdown();
+}
+
+/// Cancel reaches a busy worker: the answer stops with `Stop::Cancelled` and keeps what was
+/// streamed, a prefix of the uncancelled greedy answer. A request cancelled while queued ends
+/// before it starts; cancelling unknown ids changes nothing.
+#[test]
+fn cancel_mid_generation_keeps_a_prefix() {
+    const N: usize = 200;
+    let engine = loaded("qwen2");
+    let ask = || {
+        request(
+            &[],
+            &[],
+            "Describe the image.",
+            &[image("cell.png")],
+            greedy(N),
+        )
+    };
+    let full = generate(&engine, 2, ask());
+    let full = full.completion().clone();
+    assert_eq!(full.stop, Stop::Length, "the test needs a long answer");
+
+    engine
+        .send(Command::Generate {
+            id: 3,
+            request: ask(),
+        })
+        .expect("send");
+    let mut cancelled = false;
+    let run = collect(&engine, 3, |_| {
+        if !cancelled {
+            engine.cancel(3);
+            cancelled = true;
+        }
+    });
+    let c = run.completion();
+    assert_eq!(c.stop, Stop::Cancelled);
+    assert!(!c.text.is_empty());
+    assert_eq!(
+        run.streamed(),
+        c.text,
+        "the partial answer is what was streamed"
+    );
+    assert!(
+        full.text.starts_with(&c.text),
+        "partial {:?} is not a prefix of {:?}",
+        c.text,
+        full.text
+    );
+    eprintln!(
+        "cancelled after {} of {N} tokens: {:?}",
+        c.stats.generated_tokens, c.text
+    );
+    assert!(
+        c.stats.generated_tokens < N,
+        "stopped after {} tokens",
+        c.stats.generated_tokens
+    );
+    assert!(full.history_text.starts_with(&c.history_text));
+    assert_eq!(c.user_with_placeholders, full.user_with_placeholders);
+
+    // Request 5 is queued behind 4 and cancelled before it starts: no Started, no tokens.
+    engine
+        .send(Command::Generate {
+            id: 4,
+            request: ask(),
+        })
+        .expect("send");
+    engine
+        .send(Command::Generate {
+            id: 5,
+            request: ask(),
+        })
+        .expect("send");
+    engine.cancel(5);
+    engine.cancel(99); // unknown: ignored
+    engine.send(Command::Cancel { id: 100 }).expect("send"); // the same, as a message
+    let mut first = true;
+    let run4 = collect(&engine, 4, |_| {
+        if first {
+            engine.cancel(4);
+            first = false;
+        }
+    });
+    assert_eq!(run4.completion().stop, Stop::Cancelled);
+    let run5 = collect(&engine, 5, |_| {
+        panic!("a cancelled queued request streamed")
+    });
+    assert!(run5.started.is_none());
+    let c5 = run5.completion();
+    assert_eq!(
+        (c5.stop, c5.text.as_str(), c5.stats.generated_tokens),
+        (Stop::Cancelled, "", 0)
+    );
+    assert_eq!(c5.stats.prompt.images, 1, "the prompt was still measured");
+
+    // Stale cancellations do not leak into later requests with other ids.
+    let again = generate(&engine, 6, ask());
+    assert_eq!(again.completion().text, full.text);
+    assert_eq!(again.completion().stop, Stop::Length);
+}
+
+/// A computation failure in the middle of an answer is reported with the text streamed so
+/// far (a fault injected after 5 tokens, as a candle error would surface).
+#[test]
+fn failure_mid_generation_keeps_the_partial_answer() {
+    let engine = Engine::spawn_with_faults(
+        local_resolver(),
+        Faults {
+            token_delay: None,
+            fail_after_tokens: Some(5),
+        },
+    );
+    load(&engine, 1, spec_of("qwen2"));
+    let parity: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("parity/qwen2.json")).expect("fixture"),
+    )
+    .expect("json");
+    let run = generate(
+        &engine,
+        2,
+        request(
+            &[],
+            &[],
+            "What does the picture show?",
+            &[image("cell.png")],
+            greedy(24),
+        ),
+    );
+    assert!(run.started.is_some());
+    let (kind, error, partial) = run.failure();
+    assert_eq!(kind, FailureKind::Internal);
+    assert!(error.contains("injected fault after 5 tokens"), "{error}");
+    assert!(!error.contains('\n'));
+    assert!(!partial.is_empty());
+    assert_eq!(partial, run.streamed(), "the partial is what was streamed");
+    let full = parity["ask"]["answer"].as_str().expect("answer");
+    assert!(full.starts_with(partial), "{partial:?} vs {full:?}");
+}
+
+/// An image removed between turns fails the next turn as bad input naming the file, before
+/// anything is generated; the engine keeps serving.
+#[test]
+fn missing_history_image_is_bad_input() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let copy = tmp.path().join("scan.png");
+    std::fs::copy(fixture("images/cell.png"), &copy).expect("copy");
+    let engine = loaded("yi");
+    let first = generate(
+        &engine,
+        2,
+        request(
+            &[],
+            &[],
+            "What is this?",
+            &[image_at(copy.clone())],
+            greedy(8),
+        ),
+    );
+    let history = [first.completion().exchange()];
+    std::fs::remove_file(&copy).expect("rm");
+    let run = generate(
+        &engine,
+        3,
+        request(
+            &history,
+            &[image_at(copy.clone())],
+            "And now?",
+            &[],
+            greedy(8),
+        ),
+    );
+    assert!(run.started.is_none() && run.tokens.is_empty());
+    let (kind, error, partial) = run.failure();
+    assert_eq!(kind, FailureKind::BadInput);
+    assert!(error.contains("scan.png"), "{error}");
+    assert_eq!(partial, "");
+    // Placeholders and images that disagree are refused, not clamped as the reference does.
+    let run = generate(
+        &engine,
+        4,
+        request(&history, &[], "And now?", &[], greedy(8)),
+    );
+    let (kind, error, _) = run.failure();
+    assert_eq!(kind, FailureKind::BadInput);
+    assert!(
+        error.contains("1 image placeholders but 0 images"),
+        "{error}"
+    );
+    // Still serving.
+    let ok = generate(&engine, 5, request(&[], &[], "Hello", &[], greedy(4)));
+    assert_eq!(ok.completion().stats.generated_tokens, 4);
+}
+
+/// Too many images in one turn and prompts past the context window are bad input.
+#[test]
+fn limits_are_bad_input() {
+    let engine = loaded("qwen2");
+    let six = vec![image("cell.png"); 6];
+    let run = generate(&engine, 2, request(&[], &[], "Compare", &six, greedy(4)));
+    let (kind, error, _) = run.failure();
+    assert_eq!(kind, FailureKind::BadInput);
+    assert!(error.contains("6 images in one turn"), "{error}");
+
+    let long = "word ".repeat(5000);
+    let run = generate(
+        &engine,
+        3,
+        request(&[], &[], &long, &[image("cell.png")], greedy(4)),
+    );
+    let (kind, error, _) = run.failure();
+    assert_eq!(kind, FailureKind::BadInput);
+    assert!(error.contains("context window is 4096"), "{error}");
+    assert!(error.contains("1 images × 576"), "{error}");
+
+    let bad = SamplingParams {
+        top_p: 0.0,
+        ..greedy(4)
+    };
+    let run = generate(&engine, 4, request(&[], &[], "Hi", &[], bad));
+    assert_eq!(run.failure().0, FailureKind::BadInput);
+}
+
+/// qwen2 → yi in one engine: the old model is dropped first (Unload progress before
+/// Weights), and a second turn on the new model answers with the full history, images
+/// included — exactly what the yi pipeline answers to the same conversation directly.
+#[test]
+fn swap_models_keeps_the_conversation() {
+    let engine = loaded("qwen2");
+    let turn1 = generate(
+        &engine,
+        2,
+        request(
+            &[],
+            &[],
+            "What does the picture show?",
+            &[image("cell.png")],
+            greedy(12),
+        ),
+    );
+    let history = vec![turn1.completion().exchange()];
+    assert_eq!(history[0].user, "<image>\nWhat does the picture show?");
+
+    let (progress, info) = load(&engine, 3, spec_of("yi"));
+    assert_eq!(
+        progress,
+        [
+            (LoadStage::Unload, 0, 1),
+            (LoadStage::Unload, 1, 1),
+            (LoadStage::Weights, 0, 1),
+            (LoadStage::Weights, 1, 1),
+        ]
+    );
+    assert_eq!(info.family, "llama");
+
+    let user = "Compare it with this one.";
+    let run = generate(
+        &engine,
+        4,
+        request(
+            &history,
+            &[image("cell.png")],
+            user,
+            &[image("hubble_deep_field.jpg")],
+            greedy(12),
+        ),
+    );
+    let c = run.completion();
+    assert_eq!(c.user_with_placeholders, format!("<image>\n{user}"));
+
+    // The same turn computed directly with the yi pipeline.
+    let yi =
+        Pipeline::load(tiny_checkpoint("yi"), DevicePref::Cpu, ModelDType::F32).expect("load yi");
+    let (ids, _) = yi.prompt_ids(&history, user, 1).expect("ids");
+    let text_tokens = ids.iter().filter(|&&t| t >= 0).count();
+    let prompt = run.started.expect("Started");
+    assert_eq!((prompt.images, prompt.image_tokens), (2, 2 * 576));
+    assert_eq!(prompt.text_tokens, text_tokens);
+    assert!(
+        text_tokens > 20,
+        "the history's text is in the prompt ({text_tokens} tokens)"
+    );
+    assert_eq!(prompt.total, text_tokens + 2 * 576);
+    let pixels = yi
+        .load_images(&[
+            fixture("images/cell.png"),
+            fixture("images/hubble_deep_field.jpg"),
+        ])
+        .expect("images");
+    let direct = yi
+        .generate(&ids, &pixels, &greedy(12), |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("generate");
+    assert_eq!(c.text, direct.text);
+    assert_eq!(c.history_text, direct.raw);
+}
+
+/// A load that fails leaves no model loaded (the old one was dropped first) and says so; the
+/// next generation is refused as a model problem. Also for a directory that is not a
+/// checkpoint.
+#[test]
+fn failed_load_leaves_no_model() {
+    let engine = loaded("qwen2");
+    engine
+        .send(Command::Load {
+            id: 2,
+            spec: spec("/no/such/checkpoint"),
+        })
+        .expect("send");
+    let mut stages = Vec::new();
+    let error = loop {
+        match next(&engine) {
+            Event::LoadProgress { id: 2, stage, .. } => stages.push(stage),
+            Event::Failed {
+                id: 2,
+                kind,
+                error,
+                partial,
+            } => {
+                assert_eq!((kind, partial.as_str()), (FailureKind::Model, ""));
+                break error;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(stages, [LoadStage::Unload, LoadStage::Unload]);
+    assert!(error.contains("/no/such/checkpoint"), "{error}");
+    assert!(error.contains("no model is loaded"), "{error}");
+
+    let run = generate(&engine, 3, request(&[], &[], "Hi", &[], greedy(4)));
+    let (kind, error, _) = run.failure();
+    assert_eq!(kind, FailureKind::Model);
+    assert!(error.starts_with("no model loaded"), "{error}");
+
+    let empty = tempfile::tempdir().expect("tmp");
+    engine
+        .send(Command::Load {
+            id: 4,
+            spec: spec(&empty.path().to_string_lossy()),
+        })
+        .expect("send");
+    let error = loop {
+        match next(&engine) {
+            Event::LoadProgress { id: 4, .. } => {}
+            Event::Failed {
+                id: 4,
+                kind: FailureKind::Model,
+                error,
+                ..
+            } => break error,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(error.contains("config.json"), "{error}");
+    let run = generate(&engine, 5, request(&[], &[], "Hi", &[], greedy(4)));
+    assert_eq!(run.failure().0, FailureKind::Model);
+
+    // Loading again recovers.
+    load(&engine, 6, spec_of("yi"));
+    let ok = generate(&engine, 7, request(&[], &[], "Hi", &[], greedy(4)));
+    assert_eq!(ok.completion().stats.generated_tokens, 4);
+}
+
+/// Unload frees the model; generation is then refused until the next Load.
+#[test]
+fn unload_then_generate_fails() {
+    let engine = loaded("yi");
+    engine.send(Command::Unload).expect("send");
+    assert_eq!(next(&engine), Event::Unloaded);
+    let run = generate(&engine, 2, request(&[], &[], "Hi", &[], greedy(4)));
+    let (kind, error, partial) = run.failure();
+    assert_eq!((kind, partial), (FailureKind::Model, ""));
+    assert!(error.starts_with("no model loaded"), "{error}");
+    engine.send(Command::Shutdown).expect("send");
+    assert!(
+        engine.events().recv_timeout(TIMEOUT).is_err(),
+        "the worker ends on Shutdown"
+    );
+    assert!(engine.send(Command::Unload).is_err());
+}
+
+/// A three-turn conversation (image, no image, a new image) through the engine answers turn
+/// by turn exactly what the reference's `chat()` answers, and stores what it stores.
+fn chat_parity(family: &str) {
+    let path = fixture(&format!("chat/{family}.json"));
+    let fx: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json");
+    let p = &fx["params"];
+    let params = SamplingParams {
+        temperature: p["temperature"].as_f64().expect("t") as f32,
+        max_new_tokens: p["max_new_tokens"].as_u64().expect("n") as usize,
+        repetition_penalty: p["repetition_penalty"].as_f64().expect("r") as f32,
+        min_new_tokens: p["min_new_tokens"].as_u64().expect("m") as usize,
+        ..SamplingParams::default()
+    };
+    let engine = loaded(family);
+    let mut history: Vec<Exchange> = Vec::new();
+    let mut history_images: Vec<ImageRef> = Vec::new();
+    for (i, turn) in fx["turns"].as_array().expect("turns").iter().enumerate() {
+        let images: Vec<ImageRef> = turn["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .map(|n| image(n.as_str().expect("name")))
+            .collect();
+        let run = generate(
+            &engine,
+            10 + i as u64,
+            request(
+                &history,
+                &history_images,
+                turn["user"].as_str().expect("user"),
+                &images,
+                params.clone(),
+            ),
+        );
+        let c = run.completion();
+        let what = format!("{family} turn {}", i + 1);
+        assert_eq!(
+            c.user_with_placeholders,
+            turn["user_with_placeholders"].as_str().expect("u"),
+            "{what}"
+        );
+        let ids: Vec<i64> = turn["prompt_ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_i64().expect("id"))
+            .collect();
+        let sentinels = ids.iter().filter(|&&t| t < 0).count();
+        let prompt = run.started.expect("Started");
+        assert_eq!(prompt.images, sentinels, "{what}");
+        assert_eq!(prompt.text_tokens, ids.len() - sentinels, "{what}");
+        assert_eq!(
+            prompt.total,
+            ids.len() - sentinels + 576 * sentinels,
+            "{what}"
+        );
+        assert_eq!(c.text, turn["answer"].as_str().expect("answer"), "{what}");
+        assert_eq!(
+            c.history_text,
+            turn["history_answer"].as_str().expect("history"),
+            "{what}"
+        );
+        assert_eq!(
+            c.stats.generated_tokens,
+            turn["ids"].as_array().expect("ids").len(),
+            "{what}"
+        );
+        assert_eq!(run.streamed(), c.text, "{what}");
+        history.push(c.exchange());
+        history_images.extend(images);
+    }
+}
+
+#[test]
+fn qwen2_three_turn_chat_matches_reference() {
+    chat_parity("qwen2");
+}
+
+#[test]
+fn yi_three_turn_chat_matches_reference() {
+    chat_parity("yi");
+}
