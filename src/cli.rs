@@ -9,16 +9,38 @@ use crate::engine::{DevicePref, ModelDType};
 
 /// Chat with the HuatuoGPT-Vision medical vision-language models about images, locally.
 #[derive(Debug, Parser)]
-#[command(name = "huatuo", version, about, arg_required_else_help = true)]
+#[command(name = "huatuo", version, about)]
 pub struct Cli {
+    /// When to use colours on stderr: auto (a terminal without NO_COLOR), always, never.
+    #[arg(long, value_enum, global = true, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Without a subcommand, huatuo opens the chat.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the full-screen chat (the default): images inline, streamed answers, /help.
+    Chat(ChatArgs),
     /// Ask one question (optionally about images) and print the answer on stdout.
     Ask(AskArgs),
+    /// List, show or delete saved conversations (`ask --session`, `/save`).
+    Sessions {
+        #[command(subcommand)]
+        command: Option<SessionsCommand>,
+    },
+    /// Download a model into the Hugging Face cache (resumable, verified); prints its folder.
+    Pull(PullArgs),
+    /// List the models in the cache with size, revision and completeness.
+    List(ListArgs),
+    /// Delete a model from the cache.
+    Rm(RmArgs),
+    /// Show where the model cache, the config and the data directories are.
+    Info(InfoArgs),
+    /// Measure load time, image encoding, prefill and decode speed and peak memory.
+    Bench(crate::cmd::bench::BenchArgs),
     /// Developer tools (tiny checkpoints for tests and parity fixtures).
     #[command(hide = true)]
     Dev {
@@ -29,23 +51,71 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct AskArgs {
-    /// The question. Several words are joined with spaces.
-    #[arg(required = true, value_name = "PROMPT")]
+    /// The question; several words are joined with spaces. Text piped on stdin is added
+    /// after it; `-` alone reads the whole prompt from stdin.
+    #[arg(value_name = "PROMPT")]
     pub prompt: Vec<String>,
 
-    /// Checkpoint directory (config.json, shards, tokenizer, vit/).
-    #[arg(short, long, value_name = "PATH")]
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
 
-    /// An image to ask about (PNG, JPEG, …); repeat for several, in order.
+    /// An image to ask about (PNG, JPEG, …); repeat for several, in order (at most 5).
     #[arg(short, long = "image", value_name = "PATH")]
     pub images: Vec<PathBuf>,
+
+    /// Continue (or start) the saved conversation NAME: earlier turns and images are part of
+    /// the prompt, and this turn is added to it.
+    #[arg(long, value_name = "NAME")]
+    pub session: Option<String>,
+
+    /// Print one JSON object (answer, model, settings, images, token counts, timings)
+    /// instead of the streamed answer.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Do not show the attached images in the terminal before the answer.
+    #[arg(long)]
+    pub no_images: bool,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
 
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// An image to attach to the first message; repeat for several (at most 5).
+    #[arg(short, long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+
+    /// Colours: dark (default), light, high-contrast, or NAME for <config dir>/themes/NAME.toml.
+    #[arg(long, value_name = "NAME")]
+    pub theme: Option<String>,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Which model, and where its files come from.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// `7b` (default), `34b`, a Hugging Face repo id (`org/name`) or a checkpoint directory.
+    #[arg(short, long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit) to use.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// Use only files already in the cache; never touch the network (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Decoding settings; unset ones take the reference CLI's values (temperature 0.2, top-k 50,
@@ -83,6 +153,28 @@ pub struct RuntimeArgs {
     pub device: DevicePref,
 }
 
+/// `--color` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List saved sessions (the default).
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a session as Markdown.
+    Show { name: String },
+    /// Delete a session.
+    Rm { name: String },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {
     /// Write a tiny random checkpoint in the real on-disk layout.
@@ -98,4 +190,48 @@ pub enum DevCommand {
         /// Output directory.
         out: PathBuf,
     },
+    /// Serve every DIR/org/name/ checkpoint on a local stand-in for the Hugging Face hub
+    /// (for interoperability checks with Python's huggingface_hub); prints its URL.
+    HubServer {
+        /// Folder of org/name/ checkpoint folders.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// Port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// `7b` (default), `34b` or a Hugging Face repo id (`org/name`).
+    #[arg(value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit) to download.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also list cached repos that are not HuatuoGPT-Vision-like checkpoints.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// `7b`, `34b` or a repo id (`org/name`) in the cache.
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

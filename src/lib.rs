@@ -9,6 +9,10 @@
 pub mod chat;
 pub mod cli;
 pub mod cmd;
+pub mod config;
 pub mod engine;
+pub mod hub;
 pub mod model;
+pub mod term;
 pub mod tiny;
+pub mod tui;

@@ -1,22 +1,35 @@
 //! The `huatuo` binary: parse arguments, dispatch, and own the process contract — exit 0 on
-//! success, 2 on any error (one line on stderr with its whole cause chain), and a silent 0 when
-//! stdout is closed under us (`huatuo ask ... | head`), as ripgrep does.
+//! success, 2 on any error (one line on stderr with its whole cause chain), 130 after Ctrl-C,
+//! and a silent 0 when stdout is closed under us (`huatuo ask ... | head`), as ripgrep does.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use huatuo::cli::{Cli, Command};
 use huatuo::cmd;
+use huatuo::term::TermFacts;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let facts = TermFacts::detect(cli.color);
     let result = match cli.command {
-        Command::Ask(args) => cmd::ask::run(args),
-        Command::Dev { command } => cmd::dev::run(command),
+        None => cmd::chat::default_args().and_then(|args| cmd::chat::run(args, facts)),
+        Some(Command::Chat(args)) => cmd::chat::run(args, facts),
+        Some(Command::Ask(args)) => cmd::ask::run(args, facts),
+        Some(Command::Sessions { command }) => cmd::sessions::run(command),
+        Some(Command::Pull(args)) => cmd::models::pull(args, facts),
+        Some(Command::List(args)) => cmd::models::list(args),
+        Some(Command::Rm(args)) => cmd::models::rm(args),
+        Some(Command::Info(args)) => cmd::models::info(args),
+        Some(Command::Bench(args)) => cmd::bench::run(args),
+        Some(Command::Dev { command }) => cmd::dev::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if err.downcast_ref::<cmd::Interrupted>().is_some() {
+                return ExitCode::from(130);
+            }
             let broken_pipe = err.chain().any(|cause| {
                 cause
                     .downcast_ref::<std::io::Error>()
@@ -25,7 +38,14 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("huatuo: error: {err:#}");
+            let prefix = if facts.color {
+                "\x1b[1;31mhuatuo: error:\x1b[0m"
+            } else {
+                "huatuo: error:"
+            };
+            // One line: the cause chain joined with ": ", newlines flattened.
+            let message = format!("{err:#}").replace('\n', " ");
+            eprintln!("{prefix} {message}");
             ExitCode::from(2)
         }
     }

@@ -10,7 +10,7 @@ fn huatuo() -> Command {
     Command::cargo_bin("huatuo").expect("binary")
 }
 
-fn reference_answer(family: &str) -> String {
+pub fn reference_answer(family: &str) -> String {
     let json = std::fs::read_to_string(fixture(&format!("parity/{family}.json"))).expect("fixture");
     let meta: Value = serde_json::from_str(&json).expect("json");
     meta["ask"]["answer"].as_str().expect("answer").to_string()

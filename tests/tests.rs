@@ -1,7 +1,12 @@
 //! One integration-test binary whose modules group the suites (as ripgrep does).
 
+mod ask;
 mod cli;
+mod engine;
+mod hub;
 mod parity;
 mod preprocess;
 mod prompts;
+mod quant;
+mod tui;
 mod util;

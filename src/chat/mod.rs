@@ -1,3 +1,5 @@
-//! Conversation text, independent of any model: the HuatuoGPT-Vision prompt template.
+//! Conversation text and saved conversations, independent of any model: the
+//! HuatuoGPT-Vision prompt template and session files.
 
+pub mod session;
 pub mod template;

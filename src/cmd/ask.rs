@@ -1,80 +1,357 @@
-//! `huatuo ask`: one question, the answer alone on stdout (streamed, flushed per piece),
-//! errors as one line on stderr. A closed stdout (`| head`) ends generation quietly.
+//! `huatuo ask`: one question for scripts and pipelines. The answer alone goes to stdout,
+//! streamed and flushed per piece, with no escape codes when stdout is not a terminal;
+//! progress and errors go to stderr. The prompt can come from arguments, stdin, or both;
+//! `--session` continues a saved conversation exactly as the reference's multi-turn `chat()`.
+//! Ctrl-C stops at once (exit 130, the partial answer kept); a closed stdout ends quietly.
 
-use std::io::Write;
-use std::ops::ControlFlow;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
 
-use crate::cli::{AskArgs, SamplingArgs};
-use crate::engine::Pipeline;
-use crate::model::sampling::SamplingParams;
+use super::{engine_for, model_spec, sampling_params, Interrupted};
+use crate::chat::session::{self, Attachment, Session, Store};
+use crate::chat::template;
+use crate::cli::AskArgs;
+use crate::config::Dirs;
+use crate::engine::protocol::{
+    Command, Completion, Event, GenerateRequest, ImageRef, ModelInfo, PromptStats, Stop,
+};
+use crate::engine::MAX_IMAGES_PER_TURN;
+use crate::term::{printable, TermFacts};
 
-/// Runs `ask`. A broken pipe on stdout is returned as an `io::Error` of kind `BrokenPipe`,
-/// which `main` turns into a silent exit 0.
-pub fn run(args: AskArgs) -> Result<()> {
-    let prompt = args.prompt.join(" ");
-    let pipeline = Pipeline::load(&args.model, args.runtime.device, args.runtime.dtype)
-        .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let params = sampling_params(&args.sampling, &args.model)?;
-    let images = pipeline.load_images(&args.images)?;
-    let (ids, _) = pipeline.prompt_ids(&[], &prompt, args.images.len())?;
+const LOAD_ID: u64 = 1;
+const ASK_ID: u64 = 2;
+/// How often a session with an answer in progress is rewritten, so a crash keeps most of it.
+const SESSION_SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `ask`.
+pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
+    let prompt = read_prompt(&args.prompt, facts)?;
+    if args.images.len() > MAX_IMAGES_PER_TURN {
+        bail!(
+            "{} images given: at most {MAX_IMAGES_PER_TURN} per question (the model sees 576 positions per image)",
+            args.images.len()
+        );
+    }
+    let images = args.images.iter().map(attach).collect::<Result<Vec<_>>>()?;
+    let dirs = Dirs::from_env()?;
+    let store = Store::new(dirs.sessions());
+    let mut session = match &args.session {
+        Some(name) => Some(store.load(name)?.unwrap_or_else(|| Session::new(name))),
+        None => None,
+    };
+
+    let interrupts = install_interrupt_handler();
+    let engine = engine_for(facts);
+    let spec = model_spec(&args.model, &args.runtime);
+    engine.send(Command::Load {
+        id: LOAD_ID,
+        spec: spec.clone(),
+    })?;
+    let info = wait_loaded(&engine, &interrupts, facts)?;
+    let params = sampling_params(&args.sampling, &info.path)?;
+
+    if facts.stdout_tty && !args.no_images && !args.json {
+        show_images(&images);
+    }
+
+    let (history, history_images) = match &session {
+        Some(s) => s.history(),
+        None => (Vec::new(), Vec::new()),
+    };
+    let to_ref = |a: &Attachment| ImageRef {
+        path: a.path.clone(),
+        sha256: a.sha256.clone(),
+    };
+    engine.send(Command::Generate {
+        id: ASK_ID,
+        request: Box::new(GenerateRequest {
+            history,
+            history_images: history_images.iter().map(to_ref).collect(),
+            user: prompt.clone(),
+            images: images.iter().map(to_ref).collect(),
+            params: params.clone(),
+        }),
+    })?;
+
+    // The turn as it will be saved; written first with an empty answer marked interrupted,
+    // then rewritten as the answer grows, so a crash keeps every earlier turn and most of this.
+    let mut turn = session::Turn {
+        text: prompt.clone(),
+        user: template::with_image_placeholders(
+            &template::sanitize_user_text(&prompt),
+            images.len(),
+        ),
+        images: images.clone(),
+        answer: String::new(),
+        interrupted: true,
+        model: Some(spec.source.clone()),
+        settings: serde_json::to_value(&params).ok(),
+        time: session::now(),
+    };
+    let save = |session: &mut Option<Session>, turn: &session::Turn| -> Result<()> {
+        if let Some(s) = session.as_mut() {
+            let mut copy = s.clone();
+            copy.turns.push(turn.clone());
+            store.save(&mut copy)?;
+        }
+        Ok(())
+    };
+
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut write_error: Option<std::io::Error> = None;
-    let answer = pipeline.generate(&ids, &images, &params, |piece| {
-        match out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                write_error = Some(e);
-                ControlFlow::Break(())
-            }
+    let mut partial = String::new();
+    let mut broken_pipe = false;
+    let mut cancelled_by_user = false;
+    let mut prompt_stats = PromptStats::default();
+    let mut last_save = Instant::now();
+    let completion: Completion = loop {
+        if interrupts.load(Ordering::SeqCst) > 0 && !cancelled_by_user {
+            cancelled_by_user = true;
+            engine.cancel(ASK_ID);
         }
-    })?;
-    if let Some(e) = write_error {
-        return Err(e.into());
+        let event = match engine.events().recv_timeout(Duration::from_millis(50)) {
+            Ok(e) => e,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the model worker stopped unexpectedly")
+            }
+        };
+        match event {
+            Event::Started { id, prompt } if id == ASK_ID => {
+                prompt_stats = prompt;
+                save(&mut session, &turn)?;
+            }
+            Event::Token { id, text } if id == ASK_ID => {
+                partial.push_str(&text);
+                if !args.json && !broken_pipe {
+                    let text = printable(&text);
+                    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                        if e.kind() != std::io::ErrorKind::BrokenPipe {
+                            return Err(e.into());
+                        }
+                        broken_pipe = true;
+                        engine.cancel(ASK_ID);
+                    }
+                }
+                if session.is_some() && last_save.elapsed() >= SESSION_SAVE_EVERY {
+                    turn.answer = partial.clone();
+                    save(&mut session, &turn)?;
+                    last_save = Instant::now();
+                }
+            }
+            Event::Finished { id, completion } if id == ASK_ID => break completion,
+            Event::Failed {
+                id, error, partial, ..
+            } if id == ASK_ID => {
+                if !partial.is_empty() {
+                    turn.answer = partial;
+                    save(&mut session, &turn)?;
+                }
+                bail!("{error}");
+            }
+            _ => {}
+        }
+    };
+    let _ = engine.send(Command::Shutdown);
+
+    turn.answer = completion.history_text.clone();
+    turn.interrupted = completion.stop == Stop::Cancelled;
+    if let Some(s) = session.as_mut() {
+        s.turns.push(turn);
+        store.save(s)?;
     }
-    if !answer.text.is_empty() {
+    if broken_pipe {
+        return Ok(());
+    }
+    if args.json {
+        let value = json_report(&completion, &info, &params, &images, &prompt_stats, &args);
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else if !completion.text.is_empty() {
         out.write_all(b"\n")?;
     }
     out.flush()?;
+    if cancelled_by_user {
+        return Err(Interrupted.into());
+    }
     Ok(())
 }
 
-/// Merges flags over the checkpoint's generation_config.json (top_k, top_p) over the
-/// reference CLI's defaults, as transformers merges them (huatuo-reference.md §4.1).
-pub fn sampling_params(args: &SamplingArgs, model_dir: &Path) -> Result<SamplingParams> {
-    let mut p = SamplingParams::default();
-    let gen_path = model_dir.join("generation_config.json");
-    if let Ok(text) = std::fs::read_to_string(&gen_path) {
-        let gen: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("invalid {}", gen_path.display()))?;
-        if let Some(k) = gen.get("top_k").and_then(serde_json::Value::as_u64) {
-            p.top_k = k as usize;
+/// The prompt from the arguments and/or stdin (`-` alone: stdin only). A terminal stdin is
+/// never read, so `ask` cannot hang waiting for input nobody types.
+fn read_prompt(words: &[String], facts: TermFacts) -> Result<String> {
+    let stdin_only = words.len() == 1 && words[0] == "-";
+    let args_text = if stdin_only {
+        String::new()
+    } else {
+        words.join(" ")
+    };
+    let mut piped = String::new();
+    if stdin_only || facts.stdin_readable {
+        if stdin_only && facts.stdin_tty {
+            bail!("`-` reads the prompt from stdin, but stdin is a terminal: pipe the text in");
         }
-        if let Some(tp) = gen.get("top_p").and_then(serde_json::Value::as_f64) {
-            p.top_p = tp as f32;
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read the prompt from stdin")?;
+        piped = String::from_utf8(bytes)
+            .map_err(|_| anyhow!("stdin is not UTF-8 text: convert it first (e.g. iconv)"))?;
+    }
+    let prompt = match (args_text.trim().is_empty(), piped.trim().is_empty()) {
+        (false, false) => format!("{args_text}\n{}", piped.trim_end()),
+        (false, true) => args_text,
+        (true, false) => piped.trim_end().to_string(),
+        (true, true) => bail!("no prompt: give a question as arguments or on stdin"),
+    };
+    Ok(prompt)
+}
+
+/// An attachment with the file's SHA-256; a missing or unreadable file is an error naming it.
+fn attach(path: &PathBuf) -> Result<Attachment> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow!("image not found: {}", path.display())
+        } else {
+            anyhow!("cannot read image {}: {e}", path.display())
+        }
+    })?;
+    let digest = sha2::Sha256::digest(&bytes);
+    Ok(Attachment {
+        path: std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+        sha256: Some(digest.iter().map(|b| format!("{b:02x}")).collect()),
+    })
+}
+
+/// Counts Ctrl-C presses: the first cancels the answer, the second exits at once.
+fn install_interrupt_handler() -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    // If a handler is already installed (tests calling run twice), keep the first one.
+    let _ = ctrlc::set_handler(move || {
+        if seen.fetch_add(1, Ordering::SeqCst) >= 1 {
+            std::process::exit(130);
+        }
+    });
+    count
+}
+
+/// Waits for the model to load, drawing progress on stderr when it is a terminal.
+fn wait_loaded(
+    engine: &crate::engine::EngineHandle,
+    interrupts: &AtomicUsize,
+    facts: TermFacts,
+) -> Result<ModelInfo> {
+    let mut shown = false;
+    loop {
+        if interrupts.load(Ordering::SeqCst) > 0 {
+            return Err(Interrupted.into());
+        }
+        let event = match engine.events().recv_timeout(Duration::from_millis(50)) {
+            Ok(e) => e,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the model worker stopped unexpectedly")
+            }
+        };
+        match event {
+            Event::LoadProgress {
+                id,
+                stage,
+                done,
+                total,
+            } if id == LOAD_ID && facts.stderr_tty => {
+                let pct = (done * 100).checked_div(total).unwrap_or(0);
+                eprint!("\r\x1b[2Kloading model: {stage:?} {pct}%");
+                shown = true;
+            }
+            Event::Loaded { id, info } if id == LOAD_ID => {
+                if shown {
+                    eprint!("\r\x1b[2K");
+                }
+                return Ok(info);
+            }
+            Event::Failed { id, error, .. } if id == LOAD_ID => {
+                if shown {
+                    eprintln!();
+                }
+                bail!("{error}");
+            }
+            _ => {}
         }
     }
-    if let Some(t) = args.temperature {
-        p.temperature = t;
+}
+
+/// Shows each image inline (kitty / iTerm2 / sixel / half blocks) with its name; only called
+/// when stdout is a terminal. A picture that cannot be drawn is named instead.
+fn show_images(images: &[Attachment]) {
+    for (i, img) in images.iter().enumerate() {
+        let name = img
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let config = viuer::Config {
+            width: Some(32),
+            absolute_offset: false,
+            ..Default::default()
+        };
+        let drawn = image::open(&img.path)
+            .ok()
+            .and_then(|pic| viuer::print(&pic, &config).ok());
+        match drawn {
+            Some((w, h)) => println!(
+                "[img{}] {} ({w}×{h} cells)",
+                i + 1,
+                name.unwrap_or_default()
+            ),
+            None => println!("[img{}] {}", i + 1, name.unwrap_or_default()),
+        }
     }
-    if let Some(k) = args.top_k {
-        p.top_k = k;
-    }
-    if let Some(tp) = args.top_p {
-        p.top_p = tp;
-    }
-    if let Some(r) = args.repetition_penalty {
-        p.repetition_penalty = r;
-    }
-    if let Some(n) = args.max_new_tokens {
-        p.max_new_tokens = n;
-    }
-    if let Some(s) = args.seed {
-        p.seed = s;
-    }
-    p.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(p)
+}
+
+/// The `--json` object (documented in README.md).
+fn json_report(
+    c: &Completion,
+    info: &ModelInfo,
+    params: &crate::model::sampling::SamplingParams,
+    images: &[Attachment],
+    prompt: &PromptStats,
+    args: &AskArgs,
+) -> serde_json::Value {
+    json!({
+        "answer": c.text,
+        "stop": c.stop,
+        "model": {
+            "source": info.source,
+            "repo": info.repo,
+            "revision": info.revision,
+            "path": info.path,
+            "family": info.family,
+        },
+        "dtype": info.dtype,
+        "quantization": info.quantization,
+        "device": info.device,
+        "sampling": params,
+        "images": images.iter().map(|a| json!({"path": a.path, "sha256": a.sha256})).collect::<Vec<_>>(),
+        "session": args.session,
+        "tokens": {
+            "prompt_text": prompt.text_tokens,
+            "prompt_images": prompt.image_tokens,
+            "prompt_total": prompt.total,
+            "generated": c.stats.generated_tokens,
+            "context_length": prompt.context_length,
+        },
+        "timings": {
+            "image_encode_ms": c.stats.image_encode_ms,
+            "time_to_first_token_ms": c.stats.time_to_first_token_ms,
+            "prefill_tokens_per_s": c.stats.prefill_tokens_per_s,
+            "decode_tokens_per_s": c.stats.decode_tokens_per_s,
+        },
+    })
 }

@@ -20,5 +20,6 @@ pub fn run(command: DevCommand) -> Result<()> {
             };
             write_checkpoint(&spec, &tokenizer, &out)
         }
+        DevCommand::HubServer { root, port } => super::models::hub_server(&root, port),
     }
 }

@@ -1,4 +1,154 @@
-//! The subcommands. Each turns parsed arguments into work and user-facing output.
+//! The subcommands. Each turns parsed arguments into work and user-facing output; what they
+//! share (model choice, sampling settings, the engine) lives here.
 
 pub mod ask;
+pub mod bench;
+pub mod chat;
 pub mod dev;
+pub mod models;
+pub mod sessions;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{ModelArgs, RuntimeArgs, SamplingArgs};
+use crate::config::{Dirs, Settings};
+use crate::engine::protocol::ModelSpec;
+use crate::engine::protocol::{DType, DevicePref, LoadStage};
+use crate::engine::{Engine, EngineHandle, Faults, ResolvedModel, Resolver};
+use crate::hub::{self, memory::WeightFormat};
+use crate::model::sampling::SamplingParams;
+use crate::term::TermFacts;
+
+/// The model used when neither `--model` nor config.toml names one.
+pub const DEFAULT_MODEL: &str = "7b";
+
+/// Returned when the user pressed Ctrl-C: `main` exits 130 without a message.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// The user's config.toml (defaults when absent).
+pub fn settings() -> Result<Settings> {
+    Settings::load(&Dirs::from_env()?.config_file())
+}
+
+/// What to load: `--model`, else config.toml's `model`, else the 7B.
+pub fn model_spec(args: &ModelArgs, runtime: &RuntimeArgs) -> ModelSpec {
+    let configured = settings().ok().and_then(|s| s.model);
+    ModelSpec {
+        source: args
+            .model
+            .clone()
+            .or(configured)
+            .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+        revision: args.revision.clone(),
+        device: runtime.device,
+        dtype: runtime.dtype,
+        offline: args.offline,
+    }
+}
+
+/// Starts the model worker with the resolver that finds or downloads models.
+///
+/// `HUATUO_TEST_TOKEN_DELAY_MS` (undocumented, for the test suite) slows every token down so
+/// that tests can interrupt an answer midway.
+pub fn engine_for(facts: TermFacts) -> EngineHandle {
+    let delay = std::env::var("HUATUO_TEST_TOKEN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis);
+    let faults = Faults {
+        token_delay: delay,
+        ..Faults::default()
+    };
+    Engine::spawn_with_faults(hub_resolver(facts.stderr_tty), faults)
+}
+
+/// Resolves `7b`, `34b`, repo ids (downloading what is missing into the shared Hugging Face
+/// cache) and directories, then checks that the model fits in memory before it loads.
+/// With `draw_bar`, download progress is drawn on stderr; otherwise it is reported as
+/// `LoadStage::Download` events.
+pub fn hub_resolver(draw_bar: bool) -> Resolver {
+    Box::new(
+        move |spec: &ModelSpec, progress: &mut dyn FnMut(LoadStage, u64, u64)| {
+            let mut opts = hub::HubOptions::from_env();
+            if spec.revision.is_some() {
+                opts.revision = spec.revision.clone();
+            }
+            opts.offline |= spec.offline;
+            let model = hub::parse_model_ref(&spec.source);
+            let resolved = if draw_bar {
+                hub::resolve(&model, &opts, &mut hub::BarProgress::new(true))
+            } else {
+                let mut events = hub::FnProgress::new(|_file: &str, done: u64, total: u64| {
+                    progress(LoadStage::Download, done, total)
+                });
+                hub::resolve(&model, &opts, &mut events)
+            }
+            .map_err(|e| e.to_string())?;
+            if runs_on_cpu(spec.device) {
+                let format = match spec.dtype {
+                    DType::Auto | DType::F32 => WeightFormat::F32,
+                    DType::Bf16 => WeightFormat::Bf16,
+                    DType::F16 => WeightFormat::F16,
+                };
+                hub::memory::preflight(&resolved.dir, format, 4096).map_err(|e| e.to_string())?;
+            }
+            Ok(ResolvedModel {
+                dir: resolved.dir,
+                repo: resolved.repo,
+                revision: resolved.revision,
+            })
+        },
+    )
+}
+
+/// Whether a device preference ends up on the CPU (GPUs exist only in builds with their
+/// feature, and only when present).
+fn runs_on_cpu(device: DevicePref) -> bool {
+    match device {
+        DevicePref::Cpu => true,
+        DevicePref::Cuda | DevicePref::Metal => false,
+        DevicePref::Auto => {
+            !candle_core::utils::cuda_is_available() && !candle_core::utils::metal_is_available()
+        }
+    }
+}
+
+/// Merges, lowest first: the reference CLI's defaults, the checkpoint's
+/// generation_config.json (top_k, top_p — as transformers merges them, huatuo-reference.md
+/// §4.1), config.toml, then flags.
+pub fn sampling_params(args: &SamplingArgs, model_dir: &Path) -> Result<SamplingParams> {
+    let mut p = SamplingParams::default();
+    let gen_path = model_dir.join("generation_config.json");
+    if let Ok(text) = std::fs::read_to_string(&gen_path) {
+        let gen: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("invalid {}", gen_path.display()))?;
+        if let Some(k) = gen.get("top_k").and_then(serde_json::Value::as_u64) {
+            p.top_k = k as usize;
+        }
+        if let Some(tp) = gen.get("top_p").and_then(serde_json::Value::as_f64) {
+            p.top_p = tp as f32;
+        }
+    }
+    let s = settings()?;
+    p.temperature = pick(args.temperature, s.temperature, p.temperature);
+    p.top_k = pick(args.top_k, s.top_k, p.top_k);
+    p.top_p = pick(args.top_p, s.top_p, p.top_p);
+    p.repetition_penalty = pick(
+        args.repetition_penalty,
+        s.repetition_penalty,
+        p.repetition_penalty,
+    );
+    p.max_new_tokens = pick(args.max_new_tokens, s.max_new_tokens, p.max_new_tokens);
+    p.seed = pick(args.seed, s.seed, p.seed);
+    p.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(p)
+}
+
+/// A flag, else the config file's value, else what was there.
+fn pick<T>(flag: Option<T>, config: Option<T>, current: T) -> T {
+    flag.or(config).unwrap_or(current)
+}

@@ -1,0 +1,398 @@
+//! Saved conversations (`ask --session NAME`, the TUI's `/save` and `/load`): one JSON file per
+//! session under the data directory, written atomically (temporary file, fsync, rename) so a
+//! crash or `kill -9` mid-write leaves either the old file or the new one, never half of one.
+//!
+//! A session holds what the reference's multi-turn `chat()` holds (huatuo-reference.md §3.1):
+//! each turn's text with its image placeholders, the answer exactly as history keeps it
+//! (unstripped), and every image in order; plus what people need to read it later (the text as
+//! typed, image hashes, the model, whether an answer was interrupted).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::template::{py_strip, Exchange};
+
+/// Current file format.
+pub const SESSION_VERSION: u32 = 1;
+
+/// An image attached to a turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file when it was attached, so a changed file can be noticed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// One question and its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// The text as the user typed it.
+    pub text: String,
+    /// Sanitised text with one `<image>\n` per image: what the prompt's history uses.
+    pub user: String,
+    #[serde(default)]
+    pub images: Vec<Attachment>,
+    /// The answer as the reference's chat() keeps it in history (unstripped).
+    pub answer: String,
+    /// The answer was cut short (Ctrl-C, a crash, an error); `answer` is the partial text.
+    #[serde(default)]
+    pub interrupted: bool,
+    /// The model that answered (`7b`, a repo id or a path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Generation settings used, for the record (free-form JSON object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub time: u64,
+}
+
+/// A saved conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub version: u32,
+    pub name: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub updated: u64,
+    pub turns: Vec<Turn>,
+}
+
+impl Session {
+    /// An empty session named `name`.
+    pub fn new(name: &str) -> Self {
+        let now = now();
+        Self {
+            version: SESSION_VERSION,
+            name: name.to_string(),
+            created: now,
+            updated: now,
+            turns: Vec::new(),
+        }
+    }
+
+    /// The exchanges and images the next prompt is built from, in order.
+    pub fn history(&self) -> (Vec<Exchange>, Vec<Attachment>) {
+        let exchanges = self
+            .turns
+            .iter()
+            .map(|t| Exchange {
+                user: t.user.clone(),
+                answer: t.answer.clone(),
+            })
+            .collect();
+        let images = self.turns.iter().flat_map(|t| t.images.clone()).collect();
+        (exchanges, images)
+    }
+
+    /// The conversation as Markdown, for `sessions show` and `/export`.
+    pub fn to_markdown(&self) -> String {
+        let mut md = format!("# Session {}\n\n", self.name);
+        let mut image_no = 0;
+        for (i, turn) in self.turns.iter().enumerate() {
+            md.push_str(&format!("## Turn {}\n\n", i + 1));
+            for img in &turn.images {
+                image_no += 1;
+                let name = img
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                md.push_str(&format!(
+                    "![img{image_no}: {name}]({})\n",
+                    img.path.display()
+                ));
+            }
+            if !turn.images.is_empty() {
+                md.push('\n');
+            }
+            md.push_str(&format!("**User:** {}\n\n", py_strip(&turn.text)));
+            let model = turn.model.as_deref().unwrap_or("assistant");
+            md.push_str(&format!("**{model}:** {}\n", py_strip(&turn.answer)));
+            if turn.interrupted {
+                md.push_str("\n*(answer interrupted)*\n");
+            }
+            md.push('\n');
+        }
+        md
+    }
+}
+
+/// What went wrong with a session file.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(
+        "invalid session name {0:?}: use letters, digits, '.', '_' and '-' (at most 64, not starting with '.')"
+    )]
+    BadName(String),
+    #[error("no session named {name} (in {dir})")]
+    NotFound { name: String, dir: PathBuf },
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid session file: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// A line of `sessions` listing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub name: String,
+    pub turns: usize,
+    pub images: usize,
+    pub updated: u64,
+}
+
+/// The sessions directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of session `name`, after checking the name cannot escape the directory.
+    pub fn path(&self, name: &str) -> Result<PathBuf, SessionError> {
+        validate_name(name)?;
+        Ok(self.dir.join(format!("{name}.json")))
+    }
+
+    /// Loads `name`, or `None` if it does not exist yet.
+    pub fn load(&self, name: &str) -> Result<Option<Session>, SessionError> {
+        let path = self.path(name)?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(SessionError::Io { path, source }),
+        };
+        let session: Session = serde_json::from_str(&text).map_err(|e| SessionError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if session.version > SESSION_VERSION {
+            return Err(SessionError::Corrupt {
+                path,
+                reason: format!(
+                    "format version {} is newer than this huatuo understands ({SESSION_VERSION})",
+                    session.version
+                ),
+            });
+        }
+        Ok(Some(session))
+    }
+
+    /// Loads `name` or fails naming it.
+    pub fn get(&self, name: &str) -> Result<Session, SessionError> {
+        self.load(name)?.ok_or_else(|| SessionError::NotFound {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Writes the session atomically, stamping `updated`.
+    pub fn save(&self, session: &mut Session) -> Result<PathBuf, SessionError> {
+        let path = self.path(&session.name)?;
+        session.updated = now();
+        let io = |source| SessionError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let json = serde_json::to_string_pretty(session).map_err(|e| SessionError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let tmp = self
+            .dir
+            .join(format!(".{}.json.tmp-{}", session.name, std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(json.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            if let Ok(d) = std::fs::File::open(&self.dir) {
+                // Make the rename itself durable; not every platform can fsync a directory.
+                let _ = d.sync_all();
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e)
+        })?;
+        Ok(path)
+    }
+
+    /// Every session, most recently updated first. Unreadable files are skipped.
+    pub fn list(&self) -> Result<Vec<Summary>, SessionError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(SessionError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })
+            }
+        };
+        let mut out: Vec<Summary> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let name = name.strip_suffix(".json")?.to_string();
+                let s = self.load(&name).ok()??;
+                Some(Summary {
+                    name,
+                    turns: s.turns.len(),
+                    images: s.turns.iter().map(|t| t.images.len()).sum(),
+                    updated: s.updated,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    /// Deletes session `name`.
+    pub fn remove(&self, name: &str) -> Result<(), SessionError> {
+        let path = self.path(name)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SessionError::NotFound {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            }),
+            Err(source) => Err(SessionError::Io { path, source }),
+        }
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), SessionError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SessionError::BadName(name.to_string()))
+    }
+}
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(text: &str, images: &[&str], answer: &str) -> Turn {
+        Turn {
+            text: text.into(),
+            user: format!("{}{text}", "<image>\n".repeat(images.len())),
+            images: images
+                .iter()
+                .map(|p| Attachment {
+                    path: PathBuf::from(p),
+                    sha256: None,
+                })
+                .collect(),
+            answer: answer.into(),
+            interrupted: false,
+            model: Some("7b".into()),
+            settings: None,
+            time: 1,
+        }
+    }
+
+    #[test]
+    fn save_load_list_remove_round_trip() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::new(dir.path().join("sessions"));
+        assert!(store.load("a").expect("load").is_none());
+        let mut s = Session::new("a");
+        s.turns.push(turn("What is it?", &["x.png"], " A cell. "));
+        s.turns.push(turn("Sure?", &[], "Yes."));
+        store.save(&mut s).expect("save");
+        assert_eq!(store.get("a").expect("get"), s);
+        let list = store.list().expect("list");
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].turns, list[0].images), (2, 1));
+        store.remove("a").expect("rm");
+        assert!(matches!(
+            store.remove("a"),
+            Err(SessionError::NotFound { .. })
+        ));
+        let leftovers: Vec<_> = std::fs::read_dir(store.dir()).expect("dir").collect();
+        assert!(leftovers.is_empty(), "no temporary files are left behind");
+    }
+
+    #[test]
+    fn history_keeps_placeholders_answers_and_image_order() {
+        let mut s = Session::new("h");
+        s.turns.push(turn("one", &["a.png", "b.png"], " first \n"));
+        s.turns.push(turn("two", &["c.png"], "second"));
+        let (ex, imgs) = s.history();
+        assert_eq!(ex[0].user, "<image>\n<image>\none");
+        assert_eq!(ex[0].answer, " first \n");
+        let paths: Vec<_> = imgs.iter().map(|a| a.path.display().to_string()).collect();
+        assert_eq!(paths, ["a.png", "b.png", "c.png"]);
+    }
+
+    #[test]
+    fn names_cannot_escape_the_directory() {
+        let store = Store::new(PathBuf::from("/tmp/x"));
+        for bad in ["", "../etc", "a/b", ".hidden", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(store.path(bad), Err(SessionError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(store.path("case-12_b.v2").is_ok());
+    }
+
+    #[test]
+    fn markdown_numbers_images_and_marks_interruptions() {
+        let mut s = Session::new("m");
+        s.turns.push(turn("one", &["/d/a.png"], " A. "));
+        let mut t = turn("two", &["/d/b.png"], "B");
+        t.interrupted = true;
+        s.turns.push(t);
+        let md = s.to_markdown();
+        assert!(md.contains("![img1: a.png](/d/a.png)"), "{md}");
+        assert!(md.contains("![img2: b.png](/d/b.png)"), "{md}");
+        assert!(md.contains("**7b:** A.\n"), "{md}");
+        assert!(md.contains("*(answer interrupted)*"), "{md}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::new(dir.path().to_path_buf());
+        std::fs::write(dir.path().join("bad.json"), "{ not json").expect("write");
+        let err = store.load("bad").expect_err("corrupt");
+        assert!(err.to_string().contains("bad.json"), "{err}");
+    }
+}

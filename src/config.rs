@@ -1,0 +1,105 @@
+//! Where huatuo keeps its own files, and the user's settings file. The only module that reads
+//! `HUATUO_*` environment variables (the hub reads the Hugging Face ones).
+//!
+//! - config dir: `HUATUO_CONFIG_DIR`, else the platform's (`~/.config/huatuo` on Linux):
+//!   `config.toml`, `themes/*.toml`;
+//! - data dir: `HUATUO_DATA_DIR`, else the platform's (`~/.local/share/huatuo`): `sessions/`,
+//!   logs.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// huatuo's own directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirs {
+    pub config: PathBuf,
+    pub data: PathBuf,
+}
+
+impl Dirs {
+    /// Resolves the directories from the environment and the platform conventions.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let project = directories::ProjectDirs::from("", "", "huatuo");
+        let pick = |var: &str, platform: Option<PathBuf>| -> anyhow::Result<PathBuf> {
+            match std::env::var_os(var) {
+                Some(v) if !v.is_empty() => Ok(PathBuf::from(v)),
+                _ => platform.ok_or_else(|| {
+                    anyhow::anyhow!("cannot find a home directory: set {var} to a directory")
+                }),
+            }
+        };
+        Ok(Self {
+            config: pick(
+                "HUATUO_CONFIG_DIR",
+                project.as_ref().map(|p| p.config_dir().to_path_buf()),
+            )?,
+            data: pick(
+                "HUATUO_DATA_DIR",
+                project.as_ref().map(|p| p.data_dir().to_path_buf()),
+            )?,
+        })
+    }
+
+    /// Where `--session` / `/save` conversations are kept.
+    pub fn sessions(&self) -> PathBuf {
+        self.data.join("sessions")
+    }
+
+    /// The user's settings file.
+    pub fn config_file(&self) -> PathBuf {
+        self.config.join("config.toml")
+    }
+}
+
+/// `config.toml`: defaults that flags override. Every key is optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Default model: `7b`, `34b`, a repo id or a directory.
+    pub model: Option<String>,
+    /// Theme name (built in: dark, light, high-contrast; or a file in themes/).
+    pub theme: Option<String>,
+    /// Weight quantization (issue 6).
+    pub quant: Option<String>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub max_new_tokens: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl Settings {
+    /// Reads `path`; a missing file is the defaults, a malformed one an error naming it.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("invalid {}: {}", path.display(), e.message())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_reject_unknown_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("config.toml");
+        assert_eq!(
+            Settings::load(&p).expect("missing is default"),
+            Settings::default()
+        );
+        std::fs::write(&p, "model = \"34b\"\ntemperature = 0.0\n").expect("write");
+        let s = Settings::load(&p).expect("parse");
+        assert_eq!(s.model.as_deref(), Some("34b"));
+        assert_eq!(s.temperature, Some(0.0));
+        std::fs::write(&p, "modle = \"34b\"\n").expect("write");
+        let err = Settings::load(&p).expect_err("typo");
+        assert!(err.to_string().contains("config.toml"), "{err}");
+    }
+}

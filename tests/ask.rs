@@ -1,0 +1,456 @@
+//! `huatuo ask` as scripts and pipelines use it (issue 4): prompts from stdin and arguments,
+//! plain piped output, `--json`, exit codes 0 / 2 / 130, closed pipes, and `--session`
+//! conversations that answer exactly what the reference's multi-turn `chat()` answers.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+use crate::util::{fixture, tiny_checkpoint};
+
+/// The binary with huatuo's own directories in a temp dir, no colour, no config.
+fn huatuo(home: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("huatuo").expect("binary");
+    cmd.env("HUATUO_CONFIG_DIR", home.join("config"))
+        .env("HUATUO_DATA_DIR", home.join("data"))
+        .env("HF_HUB_CACHE", home.join("hub"))
+        .env_remove("NO_COLOR")
+        .env_remove("HUATUO_TEST_TOKEN_DELAY_MS");
+    cmd
+}
+
+fn greedy_args(model: &Path, max_new_tokens: u32) -> Vec<String> {
+    vec![
+        "ask".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--temperature".into(),
+        "0".into(),
+        "--max-new-tokens".into(),
+        max_new_tokens.to_string(),
+        "--dtype".into(),
+        "f32".into(),
+    ]
+}
+
+fn chat_reference(family: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(&format!("chat/{family}.json"))).expect("fixture");
+    serde_json::from_str(&text).expect("json")
+}
+
+#[test]
+fn stdin_and_arguments_make_one_prompt() {
+    let home = tempfile::tempdir().expect("tmp");
+    let model = tiny_checkpoint("qwen2");
+    // The same prompt given three ways gives the same greedy answer.
+    let both = huatuo(home.path())
+        .args(greedy_args(model, 8))
+        .arg("Summarise:")
+        .write_stdin("The report says: no fracture.\n")
+        .output()
+        .expect("run");
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    let joined = huatuo(home.path())
+        .args(greedy_args(model, 8))
+        .arg("Summarise:\nThe report says: no fracture.")
+        .output()
+        .expect("run");
+    let dash = huatuo(home.path())
+        .args(greedy_args(model, 8))
+        .arg("-")
+        .write_stdin("Summarise:\nThe report says: no fracture.")
+        .output()
+        .expect("run");
+    assert_eq!(both.stdout, joined.stdout);
+    assert_eq!(dash.stdout, joined.stdout);
+    let other = huatuo(home.path())
+        .args(greedy_args(model, 8))
+        .arg("Summarise:")
+        .output()
+        .expect("run");
+    assert_ne!(
+        other.stdout, joined.stdout,
+        "stdin really was part of the prompt"
+    );
+}
+
+#[test]
+fn an_empty_prompt_is_refused() {
+    let home = tempfile::tempdir().expect("tmp");
+    let out = huatuo(home.path())
+        .args(greedy_args(tiny_checkpoint("qwen2"), 8))
+        .write_stdin("   \n")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no prompt"));
+}
+
+#[test]
+fn piped_stdout_is_plain_text() {
+    let home = tempfile::tempdir().expect("tmp");
+    for family in ["qwen2", "yi"] {
+        let out = huatuo(home.path())
+            .args(greedy_args(tiny_checkpoint(family), 64))
+            .args(["--image", &fixture("images/cell.png").display().to_string()])
+            .arg("Describe every detail.")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        assert!(!out.stdout.is_empty());
+        let bad: Vec<u8> = out
+            .stdout
+            .iter()
+            .copied()
+            .filter(|&b| b < 0x20 && b != b'\n' && b != b'\t')
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{family}: control bytes {bad:?} in piped stdout"
+        );
+    }
+}
+
+#[test]
+fn json_has_every_field() {
+    let home = tempfile::tempdir().expect("tmp");
+    let image = fixture("images/cell.png");
+    let out = huatuo(home.path())
+        .args(greedy_args(tiny_checkpoint("qwen2"), 24))
+        .args([
+            "--image",
+            &image.display().to_string(),
+            "--json",
+            "--seed",
+            "7",
+        ])
+        .arg("What does the picture show?")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let answer = crate::cli::reference_answer("qwen2");
+    assert_eq!(v["answer"], answer.as_str());
+    for pointer in [
+        "/stop",
+        "/model/source",
+        "/model/path",
+        "/model/family",
+        "/dtype",
+        "/quantization",
+        "/device",
+        "/sampling/temperature",
+        "/sampling/top_k",
+        "/sampling/top_p",
+        "/sampling/repetition_penalty",
+        "/sampling/max_new_tokens",
+        "/sampling/seed",
+        "/images/0/path",
+        "/images/0/sha256",
+        "/tokens/prompt_text",
+        "/tokens/prompt_images",
+        "/tokens/generated",
+        "/timings/time_to_first_token_ms",
+        "/timings/prefill_tokens_per_s",
+        "/timings/decode_tokens_per_s",
+        "/timings/image_encode_ms",
+    ] {
+        assert!(
+            v.pointer(pointer).is_some_and(|x| !x.is_null()),
+            "missing {pointer} in {v:#}"
+        );
+    }
+    assert_eq!(v["sampling"]["seed"], 7);
+    assert_eq!(v["tokens"]["prompt_images"], 576);
+    assert_eq!(v["dtype"], "f32");
+    assert_eq!(v["images"][0]["sha256"].as_str().map(str::len), Some(64));
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let home = tempfile::tempdir().expect("tmp");
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let mut args = greedy_args(tiny_checkpoint("qwen2"), 256);
+    args.push("Tell me everything.".into());
+    let script = format!(
+        "'{}' {} | head -c 1",
+        bin.display(),
+        args.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = Process::new("bash")
+        .args(["-o", "pipefail", "-c", &script])
+        .env("HUATUO_CONFIG_DIR", home.path().join("c"))
+        .env("HUATUO_DATA_DIR", home.path().join("d"))
+        .output()
+        .expect("bash");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), 1);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn too_many_images_and_bad_flags_exit_2() {
+    let home = tempfile::tempdir().expect("tmp");
+    let img = fixture("images/cell.png").display().to_string();
+    let mut cmd = huatuo(home.path());
+    cmd.args(greedy_args(tiny_checkpoint("qwen2"), 4));
+    for _ in 0..6 {
+        cmd.args(["--image", &img]);
+    }
+    let out = cmd.arg("hi").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at most 5"), "{err}");
+    let out = huatuo(home.path())
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
+        .args(["--top-p", "1.5", "hi"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("top-p"));
+}
+
+#[test]
+fn a_prompt_past_the_context_window_is_refused_with_counts() {
+    let home = tempfile::tempdir().expect("tmp");
+    let long = "lung ".repeat(5000);
+    let img = fixture("images/cell.png").display().to_string();
+    let out = huatuo(home.path())
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
+        .args(["--image", &img])
+        .arg(long)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("4096") && err.contains("576"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// Starts `ask` slowed down per token, waits until the answer has begun streaming, then
+/// signals it. Returns (exit status, stdout).
+fn interrupt_mid_answer(
+    home: &Path,
+    signal: &str,
+    session: Option<&str>,
+) -> (Option<i32>, Vec<u8>) {
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let mut args = greedy_args(tiny_checkpoint("qwen2"), 400);
+    if let Some(s) = session {
+        args.extend(["--session".into(), s.into()]);
+    }
+    args.push("Describe the image at length.".into());
+    let mut child = Process::new(bin)
+        .args(&args)
+        .env("HUATUO_CONFIG_DIR", home.join("config"))
+        .env("HUATUO_DATA_DIR", home.join("data"))
+        .env("HUATUO_TEST_TOKEN_DELAY_MS", "20")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    while seen.len() < 8 && start.elapsed() < Duration::from_secs(60) {
+        match stdout.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    assert!(!seen.is_empty(), "the answer never started streaming");
+    Process::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = child.wait().expect("wait");
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest);
+    seen.extend(rest);
+    (status.code(), seen)
+}
+
+#[test]
+fn ctrl_c_stops_at_once_with_130_and_keeps_the_partial_answer() {
+    let home = tempfile::tempdir().expect("tmp");
+    let (code, out) = interrupt_mid_answer(home.path(), "-INT", Some("interrupted"));
+    assert_eq!(code, Some(130));
+    assert!(!out.is_empty());
+    let text = std::fs::read_to_string(home.path().join("data/sessions/interrupted.json"))
+        .expect("session");
+    let v: Value = serde_json::from_str(&text).expect("valid JSON");
+    let turn = &v["turns"][0];
+    assert_eq!(turn["interrupted"], true);
+    let answer = turn["answer"].as_str().expect("answer");
+    assert!(!answer.trim().is_empty(), "partial answer kept");
+    let printed = String::from_utf8_lossy(&out);
+    assert!(
+        answer.trim().starts_with(printed.trim()) || printed.trim().starts_with(answer.trim()),
+        "saved {answer:?} vs printed {printed:?}"
+    );
+}
+
+#[test]
+fn a_session_survives_kill_9_mid_answer() {
+    let home = tempfile::tempdir().expect("tmp");
+    let model = tiny_checkpoint("qwen2");
+    // One complete turn first.
+    let first = huatuo(home.path())
+        .args(greedy_args(model, 8))
+        .args(["--session", "case7", "First question."])
+        .output()
+        .expect("run");
+    assert!(first.status.success());
+    let before: Value = serde_json::from_str(
+        &std::fs::read_to_string(home.path().join("data/sessions/case7.json")).expect("read"),
+    )
+    .expect("json");
+    let (code, _) = interrupt_mid_answer(home.path(), "-KILL", Some("case7"));
+    assert_eq!(code, None, "killed by a signal");
+    let after: Value = serde_json::from_str(
+        &std::fs::read_to_string(home.path().join("data/sessions/case7.json")).expect("read"),
+    )
+    .expect("the session file is still valid JSON");
+    assert_eq!(
+        after["turns"][0], before["turns"][0],
+        "earlier turns intact"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("data/sessions"))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "case7.json")
+        .collect();
+    // A temporary file may remain after kill -9, but it never replaces the session.
+    for name in leftovers {
+        assert!(name.starts_with('.'), "unexpected file {name}");
+    }
+}
+
+#[test]
+fn a_three_turn_session_answers_like_the_reference_chat() {
+    for family in ["qwen2", "yi"] {
+        let home = tempfile::tempdir().expect("tmp");
+        let reference = chat_reference(family);
+        let max_new = reference["params"]["max_new_tokens"].as_u64().expect("max") as u32;
+        for (i, turn) in reference["turns"]
+            .as_array()
+            .expect("turns")
+            .iter()
+            .enumerate()
+        {
+            let mut cmd = huatuo(home.path());
+            cmd.args(greedy_args(tiny_checkpoint(family), max_new));
+            for img in turn["images"].as_array().expect("images") {
+                cmd.args([
+                    "--image",
+                    &fixture(&format!("images/{}", img.as_str().expect("name")))
+                        .display()
+                        .to_string(),
+                ]);
+            }
+            let out = cmd
+                .args([
+                    "--session",
+                    "three",
+                    "--",
+                    turn["user"].as_str().expect("user"),
+                ])
+                .output()
+                .expect("run");
+            assert!(
+                out.status.success(),
+                "{family} turn {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let expected = turn["answer"].as_str().expect("answer");
+            let expected = if expected.is_empty() {
+                String::new()
+            } else {
+                format!("{expected}\n")
+            };
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                expected,
+                "{family} turn {}",
+                i + 1
+            );
+        }
+        let show = huatuo(home.path())
+            .args(["sessions", "show", "three"])
+            .output()
+            .expect("run");
+        assert!(show.status.success());
+        let md = String::from_utf8_lossy(&show.stdout);
+        assert!(
+            md.contains("## Turn 3") && md.contains("[img2: hubble_deep_field.jpg]"),
+            "{md}"
+        );
+        let list = huatuo(home.path())
+            .args(["sessions", "list", "--json"])
+            .output()
+            .expect("run");
+        let list: Value = serde_json::from_slice(&list.stdout).expect("json");
+        assert_eq!(list[0]["name"], "three");
+        assert_eq!(list[0]["turns"], 3);
+        let rm = huatuo(home.path())
+            .args(["sessions", "rm", "three"])
+            .output()
+            .expect("run");
+        assert!(rm.status.success());
+        let gone = huatuo(home.path())
+            .args(["sessions", "show", "three"])
+            .output()
+            .expect("run");
+        assert_eq!(gone.status.code(), Some(2));
+    }
+}
+
+#[test]
+fn stdin_is_never_waited_on_from_a_terminal_or_null() {
+    let home = tempfile::tempdir().expect("tmp");
+    // /dev/null is neither a pipe nor a file with content: the prompt is the arguments alone.
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let out = Process::new(bin)
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
+        .arg("hello")
+        .env("HUATUO_CONFIG_DIR", home.path().join("c"))
+        .env("HUATUO_DATA_DIR", home.path().join("d"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty());
+}
