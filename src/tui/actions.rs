@@ -1,0 +1,317 @@
+//! What Enter does: send a message (building the engine's `GenerateRequest` from the session,
+//! as `ask --session` does), attach image paths, or run a slash command. A line that fails
+//! validation stays in the editor with an error in the transcript, so nothing typed is lost.
+
+use std::path::PathBuf;
+
+use crate::chat::session::{now, Attachment, Turn};
+use crate::chat::template::{py_strip, sanitize_user_text, with_image_placeholders};
+use crate::engine::protocol::{Command, GenerateRequest, ImageRef};
+use crate::engine::MAX_IMAGES_PER_TURN;
+
+use super::app::{file_name, App, Generation, ImageState};
+use super::commands::{self, Setting, Slash, SET_KEYS};
+use super::msg::{Effect, Exit};
+use super::paste;
+
+impl App {
+    /// Enter: sends the prompt, attaches the paths it names, or runs its command.
+    pub(crate) fn submit(&mut self) -> Vec<Effect> {
+        let text = self.editor.text().to_string();
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            if !self.pending.is_empty() {
+                self.error("Type a question to send with the attached images");
+            }
+            return Vec::new();
+        }
+        if let Some(paths) = paste::image_paths(trimmed) {
+            self.editor.take();
+            return self.attach(paths);
+        }
+        if trimmed.starts_with('/') && !trimmed.starts_with("//") {
+            return match commands::parse(trimmed) {
+                Ok(slash) => {
+                    self.editor.take();
+                    self.last_command = Some(text.clone());
+                    let errors = self.error_count();
+                    let effects = self.run_command(slash);
+                    // A command that failed gives its line back, to fix and retry.
+                    if self.error_count() > errors && self.editor.is_empty() {
+                        self.editor.set(&text);
+                    }
+                    effects
+                }
+                Err(e) => {
+                    self.error(e);
+                    Vec::new()
+                }
+            };
+        }
+        if self.generation.is_some() {
+            self.error("Wait for the answer to finish, or press Esc to stop it");
+            return Vec::new();
+        }
+        if self.model.is_none() && self.loading.is_none() {
+            self.error("No model is loaded: use /model PATH (a checkpoint directory), 7b or 34b");
+            return Vec::new();
+        }
+        let text = self.editor.take();
+        let text = match text.trim_start().strip_prefix("//") {
+            Some(rest) => format!("/{rest}"),
+            None => text,
+        };
+        let images = std::mem::take(&mut self.pending);
+        self.send(text, images)
+    }
+
+    fn error_count(&self) -> usize {
+        self.notices.iter().filter(|n| n.error).count()
+    }
+
+    /// Adds images to the next message, checking they exist and the per-turn limit.
+    pub(crate) fn attach(&mut self, paths: Vec<PathBuf>) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for path in paths {
+            if !path.is_file() {
+                self.error(format!("Cannot attach {}: no such file", path.display()));
+                continue;
+            }
+            if self.pending.len() >= MAX_IMAGES_PER_TURN {
+                self.error(format!(
+                    "At most {MAX_IMAGES_PER_TURN} images per message: {} was not attached",
+                    file_name(&path)
+                ));
+                continue;
+            }
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            if self.pending.iter().any(|a| a.path == path) {
+                continue;
+            }
+            let sha256 = match self.images.get(&path) {
+                Some(ImageState::Ready(meta)) => Some(meta.sha256.clone()),
+                _ => None,
+            };
+            self.pending.push(Attachment {
+                path: path.clone(),
+                sha256,
+            });
+            effects.extend(self.read_image(path));
+        }
+        effects
+    }
+
+    /// Starts answering `text` about `images`, after the session's turns.
+    pub(crate) fn send(&mut self, text: String, images: Vec<Attachment>) -> Vec<Effect> {
+        let id = self.next_id();
+        let (history, history_images) = self.session.history();
+        let image_ref = |a: &Attachment| ImageRef {
+            path: a.path.clone(),
+            sha256: a.sha256.clone(),
+        };
+        let request = GenerateRequest {
+            history,
+            history_images: history_images.iter().map(image_ref).collect(),
+            user: text.clone(),
+            images: images.iter().map(image_ref).collect(),
+            params: self.params.clone(),
+        };
+        let user = with_image_placeholders(&sanitize_user_text(&text), images.len());
+        self.session.turns.push(Turn {
+            text,
+            user,
+            images,
+            answer: String::new(),
+            interrupted: false,
+            model: Some(self.model_source()),
+            settings: serde_json::to_value(&self.params).ok(),
+            time: now(),
+        });
+        self.generation = Some(Generation {
+            id,
+            turn: self.session.turns.len() - 1,
+            started: false,
+            tokens: 0,
+        });
+        self.scroll = None;
+        vec![Effect::Engine(Command::Generate {
+            id,
+            request: Box::new(request),
+        })]
+    }
+
+    /// The source of the model that will answer (loaded, loading or requested).
+    fn model_source(&self) -> String {
+        match (&self.loading, &self.model) {
+            (Some(l), _) => l.source.clone(),
+            (None, Some(info)) => info.source.clone(),
+            (None, None) => self.spec.source.clone(),
+        }
+    }
+
+    /// Runs a parsed slash command.
+    pub(crate) fn run_command(&mut self, slash: Slash) -> Vec<Effect> {
+        match slash {
+            Slash::Image(arg) => self.attach(paste::argument_paths(&arg)),
+            Slash::Model(source) => {
+                let source = if source.starts_with('~') {
+                    paste::expand_home(&source).display().to_string()
+                } else {
+                    source
+                };
+                let mut effects = self.stop_generation();
+                effects.push(self.load_model(source));
+                effects
+            }
+            Slash::Clear => {
+                let effects = self.stop_generation();
+                self.cancelled = None;
+                self.session = crate::chat::session::Session::new("");
+                self.notices.clear();
+                self.pending.clear();
+                self.cache.borrow_mut().clear();
+                self.prompt = None;
+                self.scroll = None;
+                effects
+            }
+            Slash::Regen => self.regen(),
+            Slash::Set(None) => {
+                let p = &self.params;
+                self.notice(format!(
+                    "temperature {} · top_k {} · top_p {} · repetition_penalty {} · max_new_tokens {} · seed {}",
+                    p.temperature, p.top_k, p.top_p, p.repetition_penalty, p.max_new_tokens, p.seed
+                ));
+                Vec::new()
+            }
+            Slash::Set(Some(setting)) => {
+                self.set(setting);
+                Vec::new()
+            }
+            Slash::Save(name) => {
+                let overwrite = match &name {
+                    None => true,
+                    Some(n) => *n == self.session.name,
+                };
+                let name = name
+                    .or_else(|| (!self.session.name.is_empty()).then(|| self.session.name.clone()));
+                vec![Effect::Save {
+                    name,
+                    session: Box::new(self.session.clone()),
+                    overwrite,
+                }]
+            }
+            Slash::Load(name) => vec![Effect::LoadSession(name)],
+            Slash::Export(path) => vec![Effect::Export {
+                path,
+                markdown: self.export_markdown(),
+            }],
+            Slash::Copy => {
+                let last = self
+                    .session
+                    .turns
+                    .iter()
+                    .rev()
+                    .map(|t| py_strip(&t.answer))
+                    .find(|a| !a.is_empty());
+                match last {
+                    Some(answer) => vec![Effect::Copy(answer.to_string())],
+                    None => {
+                        self.error("No answer to copy yet");
+                        Vec::new()
+                    }
+                }
+            }
+            Slash::Help => {
+                self.help = Some(0);
+                Vec::new()
+            }
+            Slash::Quit => {
+                self.set_exit(Exit::Quit);
+                Vec::new()
+            }
+        }
+    }
+
+    /// `/regen`: asks the last question again (stopping its answer if it is still running).
+    fn regen(&mut self) -> Vec<Effect> {
+        let mut effects = self.stop_generation();
+        self.cancelled = None;
+        let Some(turn) = self.session.turns.pop() else {
+            self.error("Nothing to regenerate yet");
+            return effects;
+        };
+        let turns = self.session.turns.len();
+        self.notices.retain(|n| n.after_turns <= turns);
+        effects.extend(self.send(turn.text, turn.images));
+        effects
+    }
+
+    /// `/set KEY VALUE`, checked by the sampling rules; an invalid value changes nothing.
+    fn set(&mut self, setting: Setting) {
+        let mut p = self.params.clone();
+        let (key, value) = match setting {
+            Setting::Temperature(v) => {
+                p.temperature = v;
+                ("temperature", v.to_string())
+            }
+            Setting::TopK(v) => {
+                p.top_k = v;
+                ("top_k", v.to_string())
+            }
+            Setting::TopP(v) => {
+                p.top_p = v;
+                ("top_p", v.to_string())
+            }
+            Setting::RepetitionPenalty(v) => {
+                p.repetition_penalty = v;
+                ("repetition_penalty", v.to_string())
+            }
+            Setting::MaxNewTokens(v) => {
+                p.max_new_tokens = v;
+                ("max_new_tokens", v.to_string())
+            }
+            Setting::Seed(v) => {
+                p.seed = v;
+                ("seed", v.to_string())
+            }
+        };
+        match p.validate() {
+            Ok(()) => {
+                self.params = p;
+                if let Some(k) = SET_KEYS.iter().find(|k| **k == key) {
+                    if !self.pinned.contains(k) {
+                        self.pinned.push(k);
+                    }
+                }
+                self.notice(format!("{key} = {value}"));
+            }
+            Err(e) => self.error(format!("/set: {e}")),
+        }
+    }
+
+    /// The conversation as Markdown (images as references) with the generation settings.
+    pub fn export_markdown(&self) -> String {
+        let mut session = self.session.clone();
+        if session.name.is_empty() {
+            session.name = "(unsaved)".into();
+        }
+        let mut md = session.to_markdown();
+        let p = &self.params;
+        md.push_str("## Generation settings\n\n");
+        let model = match &self.model {
+            Some(info) => format!(
+                "{} ({}, {}, {}, quantization {})",
+                info.source, info.family, info.dtype, info.device, info.quantization
+            ),
+            None => self.spec.source.clone(),
+        };
+        md.push_str(&format!("- model: {model}\n"));
+        md.push_str(&format!("- temperature: {}\n", p.temperature));
+        md.push_str(&format!("- top_k: {}\n", p.top_k));
+        md.push_str(&format!("- top_p: {}\n", p.top_p));
+        md.push_str(&format!("- repetition_penalty: {}\n", p.repetition_penalty));
+        md.push_str(&format!("- max_new_tokens: {}\n", p.max_new_tokens));
+        md.push_str(&format!("- seed: {}\n", p.seed));
+        md
+    }
+}

@@ -1,0 +1,406 @@
+//! The chat's state and its update function: `App::update(Msg) -> Vec<Effect>`. No drawing,
+//! no IO beyond reading file metadata, no channels: the runner (or a test) carries out the
+//! effects and feeds their results back as messages. Keys are in `keys.rs`, slash commands and
+//! sending in `actions.rs`, engine events and loaded images in `events.rs`; this file holds the
+//! state and dispatches messages.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::chat::session::{Attachment, Session, Store};
+use crate::engine::protocol::{
+    GenerationStats, LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId,
+};
+use crate::model::sampling::SamplingParams;
+
+use super::editor::Editor;
+use super::image::ImageMeta;
+use super::msg::{Effect, Exit, Msg};
+use super::theme::Theme;
+use super::transcript::Cache;
+
+/// How the chat starts.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The model to load first (its `source`), with device, dtype and hub options that
+    /// `/model` keeps.
+    pub spec: ModelSpec,
+    /// Sampling settings: the reference defaults, config.toml, then flags.
+    pub params: SamplingParams,
+    /// `/set` keys given by config.toml or flags: a checkpoint's generation_config.json does
+    /// not change them.
+    pub pinned: Vec<&'static str>,
+    pub theme: Theme,
+    /// Where `/save` and `/load` keep sessions (only listed here, for Tab completion).
+    pub sessions: Store,
+    /// `--image` paths, attached to the first message.
+    pub images: Vec<PathBuf>,
+}
+
+/// A model being loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loading {
+    pub id: RequestId,
+    pub source: String,
+    /// The latest progress: stage, done, total.
+    pub progress: Option<(LoadStage, u64, u64)>,
+}
+
+/// The answer being generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    pub id: RequestId,
+    /// Its turn in the session.
+    pub turn: usize,
+    /// The engine accepted the prompt (`Started`).
+    pub started: bool,
+    pub tokens: usize,
+}
+
+/// A line in the transcript that is not part of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Shown after this many turns.
+    pub after_turns: usize,
+    pub error: bool,
+    pub text: String,
+}
+
+/// What is known about an attached image.
+#[derive(Debug)]
+pub enum ImageState {
+    Loading,
+    Ready(ImageMeta),
+    Failed(String),
+}
+
+/// Sizes the renderer measured, which scrolling needs.
+#[derive(Debug, Default)]
+pub struct ViewMetrics {
+    /// Rows of the whole transcript at the current width.
+    pub content_rows: Cell<usize>,
+    /// Rows of the transcript area.
+    pub viewport_rows: Cell<usize>,
+    /// The largest scroll offset of the help overlay.
+    pub help_max: Cell<usize>,
+}
+
+/// Tab completion in progress: further Tabs cycle through the candidates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TabCycle {
+    /// Byte offset where the completed word starts.
+    pub from: usize,
+    pub candidates: Vec<String>,
+    pub next: usize,
+}
+
+/// The whole state of the chat screen.
+#[derive(Debug)]
+pub struct App {
+    pub theme: Theme,
+    pub session: Session,
+    pub notices: Vec<Notice>,
+    /// Images attached to the next message.
+    pub pending: Vec<Attachment>,
+    pub images: HashMap<PathBuf, ImageState>,
+    pub editor: Editor,
+    pub spec: ModelSpec,
+    pub model: Option<ModelInfo>,
+    pub loading: Option<Loading>,
+    pub params: SamplingParams,
+    pub pinned: Vec<&'static str>,
+    pub generation: Option<Generation>,
+    /// A stopped generation whose `Finished` is still to come: (id, turn).
+    pub cancelled: Option<(RequestId, usize)>,
+    /// The prompt of the latest request.
+    pub prompt: Option<PromptStats>,
+    /// The costs of the latest finished answer.
+    pub stats: Option<GenerationStats>,
+    /// The top row shown, or `None` to follow the bottom.
+    pub scroll: Option<usize>,
+    /// The help overlay is open, scrolled this far.
+    pub help: Option<usize>,
+    /// Ctrl+C was pressed once: another quits.
+    pub quit_armed: bool,
+    pub tab: Option<TabCycle>,
+    pub spinner: usize,
+    pub sessions: Store,
+    pub view: ViewMetrics,
+    pub(crate) cache: RefCell<Cache>,
+    /// The last slash command line, given back if its file work fails.
+    pub(crate) last_command: Option<String>,
+    next_id: RequestId,
+    exit: Option<Exit>,
+}
+
+impl App {
+    /// A chat with nothing loaded yet; [`App::start`] gives the first effects.
+    pub fn new(config: AppConfig) -> Self {
+        let pending = config
+            .images
+            .iter()
+            .map(|p| Attachment {
+                path: p.clone(),
+                sha256: None,
+            })
+            .collect();
+        Self {
+            theme: config.theme,
+            session: Session::new(""),
+            notices: Vec::new(),
+            pending,
+            images: HashMap::new(),
+            editor: Editor::default(),
+            spec: config.spec,
+            model: None,
+            loading: None,
+            params: config.params,
+            pinned: config.pinned,
+            generation: None,
+            cancelled: None,
+            prompt: None,
+            stats: None,
+            scroll: None,
+            help: None,
+            quit_armed: false,
+            tab: None,
+            spinner: 0,
+            sessions: config.sessions,
+            view: ViewMetrics::default(),
+            cache: RefCell::new(Cache::default()),
+            last_command: None,
+            next_id: 1,
+            exit: None,
+        }
+    }
+
+    /// Loads the first model and reads the `--image` attachments.
+    pub fn start(&mut self) -> Vec<Effect> {
+        let mut effects = vec![self.load_model(self.spec.source.clone())];
+        let paths: Vec<PathBuf> = self.pending.iter().map(|a| a.path.clone()).collect();
+        for path in paths {
+            effects.extend(self.read_image(path));
+        }
+        effects
+    }
+
+    /// Set when the chat should end.
+    pub fn exit(&self) -> Option<Exit> {
+        self.exit
+    }
+
+    pub(crate) fn set_exit(&mut self, exit: Exit) {
+        self.exit = Some(exit);
+    }
+
+    /// A model is loading or an answer is being generated (the UI animates).
+    pub fn busy(&self) -> bool {
+        self.generation.is_some() || self.loading.is_some()
+    }
+
+    pub(crate) fn next_id(&mut self) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Adds a line to the transcript after the current turns.
+    pub fn notice(&mut self, text: impl Into<String>) {
+        self.push_notice(false, text.into());
+    }
+
+    /// Adds an error line to the transcript after the current turns.
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.push_notice(true, text.into());
+    }
+
+    /// Reports a failed command and gives its line back to fix, if nothing was typed since.
+    fn command_failed(&mut self, text: String) {
+        self.error(text);
+        if let Some(line) = self.last_command.take() {
+            if self.editor.is_empty() {
+                self.editor.set(&line);
+            }
+        }
+    }
+
+    fn push_notice(&mut self, error: bool, text: String) {
+        self.notices.push(Notice {
+            after_turns: self.session.turns.len(),
+            error,
+            text,
+        });
+        self.scroll = None;
+    }
+
+    /// Starts loading `source` with the chat's device, dtype and hub options.
+    pub(crate) fn load_model(&mut self, source: String) -> Effect {
+        let id = self.next_id();
+        let spec = ModelSpec {
+            source: source.clone(),
+            ..self.spec.clone()
+        };
+        self.spec = spec.clone();
+        self.loading = Some(Loading {
+            id,
+            source,
+            progress: None,
+        });
+        Effect::Engine(crate::engine::protocol::Command::Load { id, spec })
+    }
+
+    /// Asks for an image's metadata and thumbnail unless it is known or on its way.
+    pub(crate) fn read_image(&mut self, path: PathBuf) -> Option<Effect> {
+        if self.images.contains_key(&path) {
+            return None;
+        }
+        self.images.insert(path.clone(), ImageState::Loading);
+        Some(Effect::LoadImage(path))
+    }
+
+    /// Handles one message.
+    pub fn update(&mut self, msg: Msg) -> Vec<Effect> {
+        match msg {
+            Msg::Key(key) => self.on_key(key),
+            Msg::Paste(text) => self.on_paste(&text),
+            Msg::Mouse(mouse) => {
+                self.on_mouse(mouse);
+                Vec::new()
+            }
+            Msg::Resize => Vec::new(),
+            Msg::Tick => {
+                self.spinner = self.spinner.wrapping_add(1);
+                Vec::new()
+            }
+            Msg::Engine(event) => self.on_engine(event),
+            Msg::Image { path, result } => {
+                self.on_image(path, result);
+                Vec::new()
+            }
+            Msg::Saved(result) => {
+                match result {
+                    Ok((name, path)) => {
+                        self.notice(format!("Saved session {name} ({})", path.display()));
+                        self.session.name = name;
+                    }
+                    Err(e) => self.command_failed(format!("Cannot save: {e}")),
+                }
+                Vec::new()
+            }
+            Msg::SessionLoaded(result) => match result {
+                Ok(session) => self.replace_session(session),
+                Err(e) => {
+                    self.command_failed(format!("Cannot load: {e}"));
+                    Vec::new()
+                }
+            },
+            Msg::Exported(result) => {
+                match result {
+                    Ok(path) => self.notice(format!("Exported to {}", path.display())),
+                    Err(e) => self.command_failed(format!("Cannot export: {e}")),
+                }
+                Vec::new()
+            }
+            Msg::Copied(result) => {
+                match result {
+                    Ok(n) => self.notice(format!("Copied the last answer ({n} characters)")),
+                    Err(e) => self.error(format!("Cannot copy: {e}")),
+                }
+                Vec::new()
+            }
+            Msg::Edited(result) => {
+                match result {
+                    Ok(text) => self.editor.set(text.trim_end_matches(['\n', '\r'])),
+                    Err(e) => self.error(format!("Editor: {e}")),
+                }
+                Vec::new()
+            }
+            Msg::ModelDefaults { top_k, top_p } => {
+                if let Some(k) = top_k.filter(|_| !self.pinned.contains(&"top_k")) {
+                    self.params.top_k = k;
+                }
+                if let Some(p) = top_p.filter(|_| !self.pinned.contains(&"top_p")) {
+                    self.params.top_p = p;
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Stops the answer being generated, keeping its partial text (marked interrupted).
+    pub(crate) fn stop_generation(&mut self) -> Vec<Effect> {
+        let Some(g) = self.generation.take() else {
+            return Vec::new();
+        };
+        if let Some(turn) = self.session.turns.get_mut(g.turn) {
+            turn.interrupted = true;
+        }
+        self.cancelled = Some((g.id, g.turn));
+        vec![Effect::Cancel(g.id)]
+    }
+
+    /// Scrolls the transcript by `delta` rows (negative is up).
+    pub fn scroll_by(&mut self, delta: isize) {
+        let max_top = self.max_top();
+        let current = self.scroll.unwrap_or(max_top).min(max_top);
+        let top = current.saturating_add_signed(delta).min(max_top);
+        self.scroll = (top < max_top).then_some(top);
+    }
+
+    /// The largest useful top row.
+    pub fn max_top(&self) -> usize {
+        self.view
+            .content_rows
+            .get()
+            .saturating_sub(self.view.viewport_rows.get())
+    }
+
+    /// The top row to draw.
+    pub fn top_row(&self) -> usize {
+        let max_top = self.max_top();
+        self.scroll.map_or(max_top, |t| t.min(max_top))
+    }
+
+    /// The display name of the model that answers next.
+    pub fn model_name(&self) -> String {
+        match (&self.loading, &self.model) {
+            (_, Some(info)) => short_model_name(&info.source),
+            (Some(l), None) => short_model_name(&l.source),
+            (None, None) => short_model_name(&self.spec.source),
+        }
+    }
+}
+
+/// A short name for a model source: the last part of a path or repo id.
+pub fn short_model_name(source: &str) -> String {
+    let trimmed = source.trim_end_matches('/');
+    trimmed
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(trimmed)
+        .to_string()
+}
+
+/// A path's file name for labels.
+pub fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names() {
+        assert_eq!(short_model_name("7b"), "7b");
+        assert_eq!(short_model_name("/tmp/tiny-qwen2/"), "tiny-qwen2");
+        assert_eq!(
+            short_model_name("FreedomIntelligence/HuatuoGPT-Vision-7B"),
+            "HuatuoGPT-Vision-7B"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! What the App does with the results of asynchronous work: engine events (load progress,
+//! tokens, finished and failed requests — stale request ids are dropped), image reads and
+//! loaded sessions. A failed send takes its turn back and returns the text and images to the
+//! editor, so nothing typed is lost.
+
+use std::path::PathBuf;
+
+use crate::chat::session::Session;
+use crate::engine::protocol::{Completion, Event, FailureKind, RequestId, Stop};
+
+use super::app::{file_name, short_model_name, App, ImageState};
+use super::image::ImageMeta;
+use super::msg::Effect;
+
+impl App {
+    /// An attachment's image was read: keep its size, hash and thumbnail; an unreadable
+    /// image is taken off the next message with an error.
+    pub(crate) fn on_image(&mut self, path: PathBuf, result: Result<ImageMeta, String>) {
+        match result {
+            Ok(meta) => {
+                for a in self.pending.iter_mut().filter(|a| a.path == path) {
+                    a.sha256 = Some(meta.sha256.clone());
+                }
+                self.images.insert(path, ImageState::Ready(meta));
+            }
+            Err(e) => {
+                let name = file_name(&path);
+                if self.pending.iter().any(|a| a.path == path) {
+                    self.pending.retain(|a| a.path != path);
+                    self.error(format!(
+                        "Cannot read image {name}: {e}; it was not attached"
+                    ));
+                }
+                self.images.insert(path, ImageState::Failed(e));
+            }
+        }
+    }
+
+    /// Handles an engine event; events of requests the chat no longer waits for are dropped.
+    pub(crate) fn on_engine(&mut self, event: Event) -> Vec<Effect> {
+        match event {
+            Event::LoadProgress {
+                id,
+                stage,
+                done,
+                total,
+            } => {
+                if let Some(l) = self.loading.as_mut().filter(|l| l.id == id) {
+                    l.progress = Some((stage, done, total));
+                }
+            }
+            Event::Loaded { id, info } => {
+                if self.loading.as_ref().is_some_and(|l| l.id == id) {
+                    self.loading = None;
+                    self.notice(format!(
+                        "Model ready: {} ({}, {}, {})",
+                        short_model_name(&info.source),
+                        info.family,
+                        info.dtype,
+                        info.device
+                    ));
+                    let path = info.path.clone();
+                    self.model = Some(info);
+                    return vec![Effect::ModelDefaults(path)];
+                }
+            }
+            Event::Unloaded => self.model = None,
+            Event::Started { id, prompt } => {
+                if let Some(g) = self.generation.as_mut().filter(|g| g.id == id) {
+                    g.started = true;
+                    self.prompt = Some(prompt);
+                }
+            }
+            Event::Token { id, text } => {
+                if let Some(g) = self.generation.as_mut().filter(|g| g.id == id) {
+                    g.tokens += 1;
+                    if let Some(turn) = self.session.turns.get_mut(g.turn) {
+                        turn.answer.push_str(&text);
+                    }
+                }
+            }
+            Event::Finished { id, completion } => self.on_finished(id, completion),
+            Event::Failed {
+                id,
+                kind,
+                error,
+                partial,
+            } => self.on_failed(id, kind, error, partial),
+        }
+        Vec::new()
+    }
+
+    /// An answer ended (or a stopped one confirmed its end): keep the unstripped answer for
+    /// the history, the engine's user text, and the costs for the status line.
+    fn on_finished(&mut self, id: RequestId, completion: Completion) {
+        let turn_index = match (self.generation, self.cancelled) {
+            (Some(g), _) if g.id == id => {
+                self.generation = None;
+                g.turn
+            }
+            (_, Some((cid, turn))) if cid == id => {
+                self.cancelled = None;
+                turn
+            }
+            _ => return,
+        };
+        self.prompt = Some(completion.stats.prompt);
+        self.stats = Some(completion.stats.clone());
+        if let Some(turn) = self.session.turns.get_mut(turn_index) {
+            turn.answer = completion.history_text.clone();
+            turn.user = completion.user_with_placeholders.clone();
+            turn.interrupted = completion.stop == Stop::Cancelled;
+        }
+    }
+
+    /// A request failed: a load leaves no model; an answer keeps its partial text, or, with
+    /// none, gives the message back to the editor.
+    fn on_failed(&mut self, id: RequestId, kind: FailureKind, error: String, partial: String) {
+        if self.loading.as_ref().is_some_and(|l| l.id == id) {
+            self.loading = None;
+            self.model = None;
+            self.error(error);
+            return;
+        }
+        if self.cancelled.is_some_and(|(cid, _)| cid == id) {
+            self.cancelled = None;
+            return;
+        }
+        let Some(g) = self.generation.filter(|g| g.id == id) else {
+            return;
+        };
+        self.generation = None;
+        if !partial.is_empty() {
+            if let Some(turn) = self.session.turns.get_mut(g.turn) {
+                turn.answer = partial;
+                turn.interrupted = true;
+            }
+            self.error(error);
+            return;
+        }
+        // Nothing was answered: take the turn back and give the user their text and images.
+        if g.turn + 1 == self.session.turns.len() {
+            if let Some(turn) = self.session.turns.pop() {
+                let mut images = turn.images;
+                images.append(&mut self.pending);
+                self.pending = images;
+                if self.editor.is_empty() {
+                    self.editor.set(&turn.text);
+                } else {
+                    self.editor.remember(&turn.text);
+                }
+            }
+        }
+        let what = match kind {
+            FailureKind::BadInput => "Not sent",
+            FailureKind::Model => "Model problem",
+            FailureKind::Internal => "Failed",
+        };
+        self.error(format!(
+            "{what}: {error} (your message is back in the editor)"
+        ));
+    }
+
+    /// Replaces the conversation with a loaded one, stopping any answer in progress.
+    pub(crate) fn replace_session(&mut self, session: Session) -> Vec<Effect> {
+        let mut effects = self.stop_generation();
+        self.cancelled = None;
+        self.notices.clear();
+        self.cache.borrow_mut().clear();
+        let images: Vec<PathBuf> = session
+            .turns
+            .iter()
+            .flat_map(|t| t.images.iter().map(|a| a.path.clone()))
+            .collect();
+        let (name, turns) = (session.name.clone(), session.turns.len());
+        self.session = session;
+        self.scroll = None;
+        self.notice(format!("Loaded session {name} ({turns} turns)"));
+        for path in images {
+            effects.extend(self.read_image(path));
+        }
+        effects
+    }
+}

@@ -1,0 +1,142 @@
+//! Attachment images in the transcript: reading an image file (its pixel size and SHA-256),
+//! encoding a thumbnail for the terminal's graphics protocol (ratatui-image: kitty, iTerm2,
+//! sixel, or halfblocks where none works), and the worker thread that does both off the UI
+//! thread. Thumbnails are [`SlicedProtocol`]s, so a thumbnail scrolled half out of view still
+//! shows its visible rows.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Rect, Size};
+use ratatui::widgets::Widget;
+use ratatui_image::picker::Picker;
+use ratatui_image::sliced::{SignedPosition, SlicedImage, SlicedProtocol};
+use ratatui_image::Resize;
+use sha2::{Digest, Sha256};
+
+use super::msg::Msg;
+
+/// The largest thumbnail, in terminal cells.
+pub const THUMBNAIL_MAX: Size = Size {
+    width: 28,
+    height: 8,
+};
+
+/// An encoded thumbnail, ready to draw.
+pub struct Thumbnail(SlicedProtocol);
+
+impl std::fmt::Debug for Thumbnail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let size = self.size();
+        write!(f, "Thumbnail({}x{} cells)", size.width, size.height)
+    }
+}
+
+impl Thumbnail {
+    /// Its size in cells.
+    pub fn size(&self) -> Size {
+        self.0.size()
+    }
+
+    /// Draws the rows of the thumbnail that fall inside `area`, as if its top-left corner
+    /// were at `(x, y)` relative to `area` (`y` may be negative: scrolled above the top).
+    pub fn render(&self, area: Rect, x: u16, y: i32, buf: &mut Buffer) {
+        let y = y.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
+        let x = x.min(i16::MAX as u16) as i16;
+        SlicedImage::new(&self.0, SignedPosition::from((x, y))).render(area, buf);
+    }
+}
+
+/// What reading an attachment found.
+#[derive(Debug)]
+pub struct ImageMeta {
+    pub width: u32,
+    pub height: u32,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
+    /// `None` when the terminal cannot draw it (the label still shows).
+    pub thumbnail: Option<Thumbnail>,
+}
+
+/// Reads `path`, decodes it and encodes a thumbnail with `picker`. The error is one line.
+pub fn load(path: &Path, picker: &Picker) -> Result<ImageMeta, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let image = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
+    let (width, height) = (image.width(), image.height());
+    let size = Resize::Fit(None).size_for(&image, picker.font_size(), THUMBNAIL_MAX);
+    let size = Size::new(size.width.max(1), size.height.max(1));
+    let thumbnail = SlicedProtocol::new(picker, image, Some(size))
+        .ok()
+        .map(Thumbnail);
+    Ok(ImageMeta {
+        width,
+        height,
+        sha256,
+        thumbnail,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The image worker: give it paths; each answer arrives as a [`Msg::Image`].
+pub struct ImageWorker {
+    jobs: Sender<PathBuf>,
+}
+
+impl ImageWorker {
+    /// Starts the thread. It ends when the worker is dropped or the message channel closes.
+    pub fn spawn(picker: Picker, msgs: Sender<Msg>) -> std::io::Result<Self> {
+        let (jobs, rx) = mpsc::channel::<PathBuf>();
+        std::thread::Builder::new()
+            .name("huatuo-images".into())
+            .spawn(move || {
+                for path in rx {
+                    let result = load(&path, &picker);
+                    if msgs.send(Msg::Image { path, result }).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues `path`.
+    pub fn load(&self, path: PathBuf) {
+        let _ = self.jobs.send(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/images")
+            .join(name)
+    }
+
+    #[test]
+    fn reads_size_hash_and_a_thumbnail_that_fits() {
+        let meta = load(&fixture("large_500x700.png"), &Picker::halfblocks()).expect("load");
+        assert_eq!((meta.width, meta.height), (500, 700));
+        assert_eq!(meta.sha256.len(), 64);
+        let size = meta.thumbnail.expect("halfblocks always work").size();
+        assert!(size.width <= THUMBNAIL_MAX.width && size.height <= THUMBNAIL_MAX.height);
+        assert!(size.height > 0);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let err = load(Path::new("/nonexistent/x.png"), &Picker::halfblocks()).expect_err("io");
+        assert!(!err.contains('\n'));
+        let dir = tempfile::tempdir().expect("tmp");
+        let bad = dir.path().join("bad.png");
+        std::fs::write(&bad, b"not a png").expect("write");
+        assert!(load(&bad, &Picker::halfblocks()).is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! The messages the chat's state machine consumes ([`Msg`]: keys, pastes, engine events,
+//! results of IO) and the requests it makes ([`Effect`]: engine commands, file and terminal
+//! work). `App::update(Msg) -> Vec<Effect>` never does the work itself, so every test can run
+//! with a fake engine and a fake terminal (the Elm architecture of the ratatui templates).
+
+use std::path::PathBuf;
+
+use crossterm::event::{KeyEvent, MouseEvent};
+
+use crate::chat::session::Session;
+use crate::engine::protocol::{Command, Event, RequestId};
+
+use super::image::ImageMeta;
+
+/// Something that happened.
+#[derive(Debug)]
+pub enum Msg {
+    /// A key press (or repeat); releases never arrive.
+    Key(KeyEvent),
+    /// Bracketed paste: a paste or a file dropped on the terminal.
+    Paste(String),
+    /// A mouse wheel event.
+    Mouse(MouseEvent),
+    /// The terminal changed size.
+    Resize,
+    /// Time passed (animates the spinner).
+    Tick,
+    /// An event from the model engine.
+    Engine(Event),
+    /// An image was read for an attachment (its size, hash and thumbnail), or could not be.
+    Image {
+        path: PathBuf,
+        result: Result<ImageMeta, String>,
+    },
+    /// `/save` finished: the name and file it was saved as.
+    Saved(Result<(String, PathBuf), String>),
+    /// `/load` finished.
+    SessionLoaded(Result<Session, String>),
+    /// `/export` finished.
+    Exported(Result<PathBuf, String>),
+    /// `/copy` finished: how many characters were copied.
+    Copied(Result<usize, String>),
+    /// The external editor (Ctrl+G) closed: the edited prompt.
+    Edited(Result<String, String>),
+    /// The loaded checkpoint's `generation_config.json` sampling defaults.
+    ModelDefaults {
+        top_k: Option<usize>,
+        top_p: Option<f32>,
+    },
+}
+
+/// Work the state machine asks for; the runner (or a test's fake) does it and may answer
+/// with a [`Msg`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send a command to the engine (`Load`, `Generate`).
+    Engine(Command),
+    /// Stop request `id` at once.
+    Cancel(RequestId),
+    /// Read an image's size, hash and thumbnail off the UI thread → [`Msg::Image`].
+    LoadImage(PathBuf),
+    /// Save the session → [`Msg::Saved`]. Without a name, one is made from the date.
+    /// `overwrite` allows replacing an existing session of that name.
+    Save {
+        name: Option<String>,
+        session: Box<Session>,
+        overwrite: bool,
+    },
+    /// Load a saved session → [`Msg::SessionLoaded`].
+    LoadSession(String),
+    /// Write Markdown to a file → [`Msg::Exported`].
+    Export { path: PathBuf, markdown: String },
+    /// Put text on the clipboard → [`Msg::Copied`].
+    Copy(String),
+    /// Edit the prompt in `$VISUAL`/`$EDITOR` → [`Msg::Edited`].
+    Edit(String),
+    /// Read the checkpoint's sampling defaults → [`Msg::ModelDefaults`].
+    ModelDefaults(PathBuf),
+    /// Clear and redraw the whole screen (Ctrl+L).
+    Redraw,
+}
+
+/// How the chat ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `/quit` or Ctrl+D.
+    Quit,
+    /// Ctrl+C twice.
+    Interrupted,
+}

@@ -1,0 +1,862 @@
+//! `huatuo chat` without a terminal or a model: the App driven by messages with a fake engine
+//! (state tests), rendered into ratatui's TestBackend (insta snapshots in tests/snapshots/),
+//! and the UI loop typing while a slow fake engine streams (responsiveness).
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
+use huatuo::chat::session::Store;
+use huatuo::engine::protocol::{
+    Command, Completion, Event, FailureKind, GenerationStats, LoadStage, ModelInfo, ModelSpec,
+    PromptStats, RequestId, Stop,
+};
+use huatuo::engine::{DevicePref, ModelDType};
+use huatuo::model::sampling::SamplingParams;
+use huatuo::tui::theme::Theme;
+use huatuo::tui::{dispatch, event_loop, image, ui, App, AppConfig, Exit, Host, Msg};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use ratatui_image::picker::Picker;
+
+use crate::util::fixture;
+
+/// Records what the App asked of the engine; reads images synchronously with halfblocks.
+#[derive(Default)]
+struct FakeHost {
+    commands: Vec<Command>,
+    cancelled: Vec<RequestId>,
+    copied: Vec<String>,
+    /// Replies (image reads) to feed back after the current message.
+    replies: Vec<Msg>,
+}
+
+impl Host for FakeHost {
+    fn engine(&mut self, command: Command) {
+        self.commands.push(command);
+    }
+    fn cancel(&mut self, id: RequestId) {
+        self.cancelled.push(id);
+    }
+    fn load_image(&mut self, path: PathBuf) {
+        let result = image::load(&path, &Picker::halfblocks());
+        self.replies.push(Msg::Image { path, result });
+    }
+    fn copy(&mut self, text: &str) -> Result<(), String> {
+        self.copied.push(text.to_string());
+        Ok(())
+    }
+    fn edit(&mut self, text: &str) -> Result<String, String> {
+        Ok(format!("{text} (edited)\n"))
+    }
+    fn redraw(&mut self) {}
+}
+
+/// A chat with a fake engine and a temporary sessions directory.
+struct Chat {
+    app: App,
+    host: FakeHost,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+fn spec(source: &str) -> ModelSpec {
+    ModelSpec {
+        source: source.into(),
+        revision: None,
+        device: DevicePref::Cpu,
+        dtype: ModelDType::Auto,
+        offline: false,
+    }
+}
+
+fn info(source: &str, family: &str) -> ModelInfo {
+    ModelInfo {
+        source: source.into(),
+        path: PathBuf::from(format!("/models/{source}")),
+        repo: None,
+        revision: None,
+        family: family.into(),
+        dtype: "f32".into(),
+        device: "cpu".into(),
+        quantization: "none".into(),
+        context_length: 4096,
+        tokens_per_image: 576,
+    }
+}
+
+fn key(code: KeyCode) -> Msg {
+    Msg::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn ctrl(c: char) -> Msg {
+    Msg::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+}
+
+impl Chat {
+    /// Started, with the 7B loaded.
+    fn new() -> Self {
+        let mut chat = Self::unloaded();
+        chat.respond_loaded("qwen2");
+        chat
+    }
+
+    /// Started; the model's `Load` is still unanswered.
+    fn unloaded() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::new(dir.path().join("sessions"));
+        let config = AppConfig {
+            spec: spec("7b"),
+            params: SamplingParams::default(),
+            pinned: Vec::new(),
+            theme: Theme::default(),
+            sessions: store.clone(),
+            images: Vec::new(),
+        };
+        let mut chat = Self {
+            app: App::new(config),
+            host: FakeHost::default(),
+            store,
+            _dir: dir,
+        };
+        let effects = chat.app.start();
+        for effect in effects {
+            if let Some(reply) = huatuo::tui::effects::execute(effect, &mut chat.host, &chat.store)
+            {
+                chat.send(reply);
+            }
+        }
+        chat
+    }
+
+    fn send(&mut self, msg: Msg) {
+        dispatch(&mut self.app, msg, &mut self.host, &self.store);
+        while !self.host.replies.is_empty() {
+            let replies = std::mem::take(&mut self.host.replies);
+            for r in replies {
+                dispatch(&mut self.app, r, &mut self.host, &self.store);
+            }
+        }
+    }
+
+    fn type_text(&mut self, text: &str) {
+        for c in text.chars() {
+            self.send(key(KeyCode::Char(c)));
+        }
+    }
+
+    /// Types `line` and presses Enter.
+    fn enter(&mut self, line: &str) {
+        self.type_text(line);
+        self.send(key(KeyCode::Enter));
+    }
+
+    fn engine(&mut self, event: Event) {
+        self.send(Msg::Engine(event));
+    }
+
+    /// The latest `Load` command's id and source.
+    fn last_load(&self) -> (RequestId, String) {
+        self.host
+            .commands
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Command::Load { id, spec } => Some((*id, spec.source.clone())),
+                _ => None,
+            })
+            .expect("a Load command")
+    }
+
+    fn respond_loaded(&mut self, family: &str) {
+        let (id, source) = self.last_load();
+        self.engine(Event::Loaded {
+            id,
+            info: info(&source, family),
+        });
+    }
+
+    /// The latest `Generate` command.
+    fn last_generate(&self) -> (RequestId, huatuo::engine::protocol::GenerateRequest) {
+        self.host
+            .commands
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Command::Generate { id, request } => Some((*id, (**request).clone())),
+                _ => None,
+            })
+            .expect("a Generate command")
+    }
+
+    fn generate_count(&self) -> usize {
+        self.host
+            .commands
+            .iter()
+            .filter(|c| matches!(c, Command::Generate { .. }))
+            .count()
+    }
+
+    /// Answers the latest request: Started, the tokens, then Finished (unless `finish` is
+    /// false).
+    fn answer(&mut self, tokens: &[&str], finish: bool) {
+        let (id, request) = self.last_generate();
+        let prompt = PromptStats {
+            text_tokens: 40 + 10 * request.history.len(),
+            images: request.history_images.len() + request.images.len(),
+            image_tokens: 576 * (request.history_images.len() + request.images.len()),
+            total: 0,
+            context_length: 4096,
+        };
+        let prompt = PromptStats {
+            total: prompt.text_tokens + prompt.image_tokens,
+            ..prompt
+        };
+        self.engine(Event::Started { id, prompt });
+        for t in tokens {
+            self.engine(Event::Token {
+                id,
+                text: (*t).to_string(),
+            });
+        }
+        if finish {
+            let text: String = tokens.concat();
+            self.engine(Event::Finished {
+                id,
+                completion: completion(&request.user, request.images.len(), &text, prompt),
+            });
+        }
+    }
+
+    fn render(&self, width: u16, height: u16) -> Terminal<TestBackend> {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
+        terminal.draw(|f| ui::render(&self.app, f)).expect("draw");
+        terminal
+    }
+}
+
+fn completion(user: &str, images: usize, text: &str, prompt: PromptStats) -> Completion {
+    Completion {
+        text: text.trim().to_string(),
+        history_text: text.to_string(),
+        stop: Stop::Eos,
+        stats: GenerationStats {
+            prompt,
+            generated_tokens: 12,
+            image_encode_ms: 800.0,
+            time_to_first_token_ms: 1234.0,
+            prefill_tokens_per_s: 300.0,
+            decode_tokens_per_s: 15.5,
+        },
+        user_with_placeholders: format!("{}{user}", "<image>\n".repeat(images)),
+    }
+}
+
+/// Renders at both sizes the issue names and snapshots each.
+fn snapshot_sizes(chat: &Chat, name: &str) {
+    for (w, h) in [(80, 24), (60, 15)] {
+        let terminal = chat.render(w, h);
+        insta::assert_snapshot!(format!("{name}_{w}x{h}"), terminal.backend());
+    }
+}
+
+const ANSWER: [&str; 9] = [
+    "## Findings\n",
+    "The frontal chest radiograph shows ",
+    "**patchy consolidation** in the ",
+    "*right lower lobe*.\n\n",
+    "- No pleural effusion\n",
+    "- Heart size within normal limits\n\n",
+    "Consider `CRP` and a follow-up film.\n\n",
+    "```\nimpression: pneumonia\n```\n",
+    "Correlate clinically.",
+];
+
+// ---------------------------------------------------------------------------------------
+// Rendering snapshots.
+
+#[test]
+fn snapshot_empty_chat() {
+    let chat = Chat::new();
+    snapshot_sizes(&chat, "empty");
+}
+
+#[test]
+fn snapshot_streaming_answer() {
+    let mut chat = Chat::new();
+    chat.enter("What does this chest X-ray show? Describe the findings.");
+    chat.answer(&ANSWER[..5], false);
+    snapshot_sizes(&chat, "streaming");
+}
+
+#[test]
+fn snapshot_image_turn() {
+    let mut chat = Chat::new();
+    let cell = fixture("images/cell.png");
+    chat.enter(&format!("/image {}", cell.display()));
+    chat.enter("What kind of cell is this?");
+    chat.answer(
+        &[
+            "This is a ",
+            "**neutrophil** with a ",
+            "multilobed nucleus.",
+        ],
+        true,
+    );
+    snapshot_sizes(&chat, "image_turn");
+}
+
+#[test]
+fn snapshot_help_overlay() {
+    let mut chat = Chat::new();
+    chat.enter("/help");
+    snapshot_sizes(&chat, "help");
+}
+
+#[test]
+fn snapshot_error() {
+    let mut chat = Chat::new();
+    chat.enter("/image /nonexistent/scan.png");
+    chat.send(ctrl('u'));
+    chat.enter("Compare with the previous study.");
+    let (id, _) = chat.last_generate();
+    chat.engine(Event::Failed {
+        id,
+        kind: FailureKind::BadInput,
+        error: "the prompt needs 4300 positions (3148 text tokens + 2 images × 576) but the context window is 4096: shorten the text or attach fewer images".into(),
+        partial: String::new(),
+    });
+    snapshot_sizes(&chat, "error");
+}
+
+#[test]
+fn snapshot_model_swap_in_progress() {
+    let mut chat = Chat::new();
+    chat.enter("Is there a fracture?");
+    chat.answer(&["No fracture is seen."], true);
+    chat.enter("/model 34b");
+    let (id, _) = chat.last_load();
+    chat.engine(Event::LoadProgress {
+        id,
+        stage: LoadStage::Download,
+        done: 6_200_000_000,
+        total: 15_400_000_000,
+    });
+    snapshot_sizes(&chat, "model_swap");
+}
+
+// ---------------------------------------------------------------------------------------
+// App state with a fake engine.
+
+#[test]
+fn send_streams_and_finishes() {
+    let mut chat = Chat::new();
+    chat.enter("What is shown?");
+    let (id, request) = chat.last_generate();
+    assert_eq!(request.user, "What is shown?");
+    assert!(request.history.is_empty());
+    assert!(chat.app.editor.is_empty());
+    assert_eq!(chat.app.generation.map(|g| g.id), Some(id));
+    chat.answer(&["A ", "cell."], false);
+    assert_eq!(chat.app.session.turns[0].answer, "A cell.");
+    chat.engine(Event::Finished {
+        id,
+        completion: completion("What is shown?", 0, " A cell. ", PromptStats::default()),
+    });
+    let turn = &chat.app.session.turns[0];
+    assert_eq!(
+        turn.answer, " A cell. ",
+        "history keeps the unstripped answer"
+    );
+    assert!(!turn.interrupted);
+    assert_eq!(turn.model.as_deref(), Some("7b"));
+    assert!(chat.app.generation.is_none());
+    assert!(chat.app.stats.is_some());
+    // The next request carries this exchange as history.
+    chat.enter("And now?");
+    let (_, request) = chat.last_generate();
+    assert_eq!(request.history.len(), 1);
+    assert_eq!(request.history[0].answer, " A cell. ");
+}
+
+#[test]
+fn cancel_keeps_the_partial_answer_and_ignores_late_tokens() {
+    let mut chat = Chat::new();
+    chat.enter("Describe it");
+    chat.answer(&["It is ", "a long"], false);
+    let (id, _) = chat.last_generate();
+    chat.send(key(KeyCode::Esc));
+    assert_eq!(chat.host.cancelled, [id]);
+    assert!(chat.app.generation.is_none(), "stopped at once");
+    assert!(chat.app.session.turns[0].interrupted);
+    chat.engine(Event::Token {
+        id,
+        text: " late".into(),
+    });
+    assert_eq!(chat.app.session.turns[0].answer, "It is a long");
+    let mut done = completion("Describe it", 0, "It is a long", PromptStats::default());
+    done.stop = Stop::Cancelled;
+    chat.engine(Event::Finished {
+        id,
+        completion: done,
+    });
+    assert!(chat.app.session.turns[0].interrupted);
+    assert!(chat.app.cancelled.is_none());
+    // The chat goes on.
+    chat.enter("Go on");
+    assert_eq!(chat.generate_count(), 2);
+}
+
+#[test]
+fn stopping_before_the_first_word_gives_the_question_back() {
+    let mut chat = Chat::new();
+    let cell = fixture("images/cell.png");
+    chat.enter(&format!("/image {}", cell.display()));
+    chat.enter("Which stain?");
+    let (id, _) = chat.last_generate();
+    chat.send(key(KeyCode::Esc));
+    assert!(chat.app.session.turns.is_empty());
+    assert_eq!(chat.app.editor.text(), "Which stain?");
+    assert_eq!(chat.app.pending.len(), 1);
+    // Resent at once, before the stopped request reports its end.
+    chat.send(key(KeyCode::Enter));
+    let mut late = completion("Which stain?", 1, "", PromptStats::default());
+    late.stop = Stop::Cancelled;
+    chat.engine(Event::Finished {
+        id,
+        completion: late,
+    });
+    assert_eq!(chat.app.session.turns.len(), 1);
+    assert!(
+        !chat.app.session.turns[0].interrupted,
+        "the new turn is untouched"
+    );
+    assert!(chat.app.generation.is_some());
+}
+
+#[test]
+fn ctrl_c_stops_then_quits_and_ctrl_d_quits_on_an_empty_prompt() {
+    let mut chat = Chat::new();
+    chat.enter("Describe it");
+    chat.send(ctrl('c'));
+    assert_eq!(chat.host.cancelled.len(), 1);
+    assert_eq!(chat.app.exit(), None);
+    chat.send(ctrl('c'));
+    assert_eq!(chat.app.exit(), Some(Exit::Interrupted));
+
+    let mut chat = Chat::new();
+    chat.type_text("x");
+    chat.send(ctrl('d'));
+    assert_eq!(chat.app.exit(), None, "Ctrl+D deletes while there is text");
+    chat.send(key(KeyCode::Backspace));
+    chat.send(ctrl('d'));
+    assert_eq!(chat.app.exit(), Some(Exit::Quit));
+}
+
+#[test]
+fn regen_asks_the_last_question_again() {
+    let mut chat = Chat::new();
+    let cell = fixture("images/cell.png");
+    chat.enter(&format!("/image {}", cell.display()));
+    chat.enter("First?");
+    chat.answer(&["One."], true);
+    chat.enter("Second?");
+    chat.answer(&["Two."], true);
+    chat.enter("/regen");
+    let (_, request) = chat.last_generate();
+    assert_eq!(request.user, "Second?");
+    assert_eq!(
+        request.history.len(),
+        1,
+        "the regenerated turn is not its own history"
+    );
+    assert_eq!(request.history_images.len(), 1);
+    assert_eq!(chat.app.session.turns.len(), 2);
+    assert_eq!(chat.app.session.turns[1].answer, "");
+    // Regenerating while answering stops the answer first.
+    chat.enter("/regen");
+    assert_eq!(chat.host.cancelled.len(), 1);
+    assert_eq!(chat.app.session.turns.len(), 2);
+}
+
+#[test]
+fn model_swap_keeps_the_conversation() {
+    let mut chat = Chat::new();
+    chat.enter("Is there a fracture?");
+    chat.answer(&["No."], true);
+    chat.enter("/model 34b");
+    let (id, source) = chat.last_load();
+    assert_eq!(source, "34b");
+    assert!(chat.app.loading.is_some());
+    chat.engine(Event::LoadProgress {
+        id,
+        stage: LoadStage::Weights,
+        done: 1,
+        total: 2,
+    });
+    chat.respond_loaded("llama");
+    assert!(chat.app.loading.is_none());
+    assert_eq!(
+        chat.app.model.as_ref().map(|m| m.family.as_str()),
+        Some("llama")
+    );
+    assert_eq!(chat.app.session.turns.len(), 1);
+    chat.enter("Are you sure?");
+    let (_, request) = chat.last_generate();
+    assert_eq!(request.history.len(), 1);
+    assert_eq!(chat.app.session.turns[1].model.as_deref(), Some("34b"));
+    // A failed load says so and the chat continues.
+    chat.answer(&["Yes."], true);
+    chat.enter("/model /nonexistent");
+    let (id, _) = chat.last_load();
+    chat.engine(Event::Failed {
+        id,
+        kind: FailureKind::Model,
+        error: "cannot load model /nonexistent: not a checkpoint directory".into(),
+        partial: String::new(),
+    });
+    assert!(chat.app.model.is_none() && chat.app.loading.is_none());
+    assert_eq!(chat.app.session.turns.len(), 2);
+    assert!(chat.app.notices.iter().any(|n| n.error));
+}
+
+#[test]
+fn save_then_load_restores_the_turns() {
+    let mut chat = Chat::new();
+    let cell = fixture("images/cell.png");
+    chat.enter(&format!("/image {}", cell.display()));
+    chat.enter("What is it?");
+    chat.answer(&["A cell."], true);
+    chat.enter("/save case-1");
+    assert_eq!(chat.app.session.name, "case-1");
+    let saved = chat.app.session.clone();
+    chat.enter("/clear");
+    assert!(chat.app.session.turns.is_empty());
+    chat.enter("/load case-1");
+    assert_eq!(chat.app.session.turns, saved.turns);
+    assert_eq!(chat.app.session.name, "case-1");
+    assert!(chat.app.session.turns[0].images[0].sha256.is_some());
+    // The same file `ask --session` reads.
+    let on_disk = chat.store.get("case-1").expect("saved");
+    assert_eq!(on_disk.turns, saved.turns);
+    // Saving over another session needs its name to be the current one.
+    chat.enter("/clear");
+    chat.enter("/save case-1");
+    assert!(chat.app.notices.last().is_some_and(|n| n.error));
+    assert_eq!(
+        chat.app.editor.text(),
+        "/save case-1",
+        "the failed command comes back"
+    );
+}
+
+#[test]
+fn a_failed_send_gives_the_prompt_and_images_back() {
+    let mut chat = Chat::new();
+    let cell = fixture("images/cell.png");
+    chat.enter(&format!("/image {}", cell.display()));
+    chat.enter("Too long?");
+    assert!(chat.app.pending.is_empty());
+    let (id, _) = chat.last_generate();
+    chat.engine(Event::Failed {
+        id,
+        kind: FailureKind::BadInput,
+        error: "context overflow".into(),
+        partial: String::new(),
+    });
+    assert_eq!(chat.app.editor.text(), "Too long?");
+    assert_eq!(chat.app.pending.len(), 1);
+    assert!(chat.app.session.turns.is_empty());
+    // A failure after some text keeps the partial answer.
+    chat.send(key(KeyCode::Enter));
+    chat.answer(&["Partial"], false);
+    let (id, _) = chat.last_generate();
+    chat.engine(Event::Failed {
+        id,
+        kind: FailureKind::Internal,
+        error: "boom".into(),
+        partial: "Partial".into(),
+    });
+    assert_eq!(chat.app.session.turns[0].answer, "Partial");
+    assert!(chat.app.session.turns[0].interrupted);
+}
+
+#[test]
+fn invalid_commands_keep_the_line_and_explain() {
+    let mut chat = Chat::new();
+    chat.enter("/set temperature -1");
+    assert_eq!(chat.app.editor.text(), "/set temperature -1");
+    assert!(chat.app.notices.last().is_some_and(|n| n.error));
+    chat.send(ctrl('u'));
+    chat.enter("/bogus");
+    assert_eq!(chat.app.editor.text(), "/bogus");
+    chat.send(ctrl('u'));
+    chat.enter("/set temperature 0");
+    assert_eq!(chat.app.params.temperature, 0.0);
+    chat.enter("Hi");
+    let (_, request) = chat.last_generate();
+    assert_eq!(request.params.temperature, 0.0);
+}
+
+#[test]
+fn paste_attaches_image_paths_and_types_text() {
+    let mut chat = Chat::new();
+    let cell = fixture("images/cell.png");
+    chat.send(Msg::Paste(format!("'{}'", cell.display())));
+    assert_eq!(chat.app.pending.len(), 1);
+    assert!(chat.app.editor.is_empty());
+    chat.send(Msg::Paste("line one\r\nline two".into()));
+    assert_eq!(chat.app.editor.text(), "line one\nline two");
+    // Alt+Enter is a new line, not a send.
+    chat.send(Msg::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::ALT)));
+    assert_eq!(chat.generate_count(), 0);
+    assert_eq!(chat.app.editor.text(), "line one\nline two\n");
+}
+
+#[test]
+fn history_tab_completion_editor_copy_and_export() {
+    let mut chat = Chat::new();
+    chat.enter("first question");
+    chat.answer(&["Answer **one**."], true);
+    chat.send(key(KeyCode::Up));
+    assert_eq!(chat.app.editor.text(), "first question");
+    chat.send(ctrl('u'));
+    chat.type_text("/he");
+    chat.send(key(KeyCode::Tab));
+    assert_eq!(chat.app.editor.text(), "/help");
+    chat.send(ctrl('u'));
+    chat.type_text("draft");
+    chat.send(ctrl('g'));
+    assert_eq!(chat.app.editor.text(), "draft (edited)");
+    chat.send(ctrl('u'));
+    chat.enter("/copy");
+    assert_eq!(chat.host.copied, ["Answer **one**."]);
+    let out = chat._dir.path().join("case.md");
+    chat.enter(&format!("/export {}", out.display()));
+    let md = std::fs::read_to_string(&out).expect("exported");
+    assert!(md.contains("**User:** first question"), "{md}");
+    assert!(md.contains("- temperature: 0.2"), "{md}");
+}
+
+#[test]
+fn scrolling_follows_the_bottom_unless_scrolled_up() {
+    let mut chat = Chat::new();
+    for i in 0..6 {
+        chat.enter(&format!("Question {i}"));
+        chat.answer(&["A long answer line.\n\nAnother paragraph here."], true);
+    }
+    chat.render(60, 15);
+    assert!(chat.app.max_top() > 0);
+    assert_eq!(chat.app.top_row(), chat.app.max_top());
+    chat.send(key(KeyCode::PageUp));
+    let top = chat.app.top_row();
+    assert!(top < chat.app.max_top());
+    chat.enter("More?");
+    chat.answer(&["Streaming\n\nmore\n\nrows"], false);
+    chat.render(60, 15);
+    assert_eq!(
+        chat.app.top_row(),
+        chat.app.max_top(),
+        "sending jumps to the bottom"
+    );
+    chat.send(key(KeyCode::PageUp));
+    let top = chat.app.top_row();
+    chat.answer(&["\n\neven more"], false);
+    chat.render(60, 15);
+    assert_eq!(
+        chat.app.top_row(),
+        top,
+        "scrolled up stays put while streaming"
+    );
+    chat.send(Msg::Key(KeyEvent::new(KeyCode::End, KeyModifiers::CONTROL)));
+    assert_eq!(chat.app.top_row(), chat.app.max_top());
+    let wheel = |kind| {
+        Msg::Mouse(MouseEvent {
+            kind,
+            column: 0,
+            row: 0,
+            modifiers: KeyModifiers::NONE,
+        })
+    };
+    chat.send(wheel(MouseEventKind::ScrollUp));
+    assert_eq!(chat.app.top_row() + 3, chat.app.max_top());
+    chat.send(wheel(MouseEventKind::ScrollDown));
+    assert_eq!(chat.app.scroll, None, "back at the bottom, following again");
+}
+
+// ---------------------------------------------------------------------------------------
+// Responsiveness: the UI loop takes keys while a slow engine streams.
+
+/// A host whose engine streams tokens slowly from its own thread into the message channel.
+struct SlowEngineHost {
+    msgs: mpsc::Sender<Msg>,
+    tokens: usize,
+    every: Duration,
+}
+
+impl Host for SlowEngineHost {
+    fn engine(&mut self, command: Command) {
+        let msgs = self.msgs.clone();
+        let (tokens, every) = (self.tokens, self.every);
+        match command {
+            Command::Load { id, spec } => {
+                let _ = msgs.send(Msg::Engine(Event::Loaded {
+                    id,
+                    info: info(&spec.source, "qwen2"),
+                }));
+            }
+            Command::Generate { id, request } => {
+                std::thread::spawn(move || {
+                    for i in 0..tokens {
+                        std::thread::sleep(every);
+                        let text = format!("w{i} ");
+                        if msgs.send(Msg::Engine(Event::Token { id, text })).is_err() {
+                            return;
+                        }
+                    }
+                    let done = completion(&request.user, 0, "done", PromptStats::default());
+                    let _ = msgs.send(Msg::Engine(Event::Finished {
+                        id,
+                        completion: done,
+                    }));
+                    // The scripted user quits once the answer is in.
+                    std::thread::sleep(Duration::from_millis(50));
+                    let _ = msgs.send(ctrl('c'));
+                    let _ = msgs.send(ctrl('c'));
+                });
+            }
+            _ => {}
+        }
+    }
+    fn cancel(&mut self, _id: RequestId) {}
+    fn load_image(&mut self, _path: PathBuf) {}
+    fn copy(&mut self, _text: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn edit(&mut self, text: &str) -> Result<String, String> {
+        Ok(text.into())
+    }
+    fn redraw(&mut self) {}
+}
+
+#[test]
+fn typing_stays_responsive_while_a_slow_engine_streams() {
+    let (tx, rx) = mpsc::channel();
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::new(dir.path().to_path_buf());
+    let config = AppConfig {
+        spec: spec("7b"),
+        params: SamplingParams::default(),
+        pinned: Vec::new(),
+        theme: Theme::default(),
+        sessions: store.clone(),
+        images: Vec::new(),
+    };
+    let mut app = App::new(config);
+    let mut host = SlowEngineHost {
+        msgs: tx.clone(),
+        tokens: 400,
+        every: Duration::from_millis(5),
+    };
+    for effect in app.start() {
+        huatuo::tui::effects::execute(effect, &mut host, &store);
+    }
+    // The typist: a question, then (while it is answered) the next one, key by key.
+    let typed = "next question typed while streaming";
+    let sent_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let typist = {
+        let tx = tx.clone();
+        let sent_at = Arc::clone(&sent_at);
+        std::thread::spawn(move || {
+            for c in "first".chars() {
+                let _ = tx.send(key(KeyCode::Char(c)));
+            }
+            let _ = tx.send(key(KeyCode::Enter));
+            std::thread::sleep(Duration::from_millis(100));
+            for c in typed.chars() {
+                sent_at.lock().expect("lock").push(Instant::now());
+                let _ = tx.send(key(KeyCode::Char(c)));
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    drop(tx);
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+    let mut seen: Vec<(usize, Instant)> = Vec::new();
+    let mut typed_while_streaming = None;
+    let mut finished = false;
+    let mut observe = |app: &App| {
+        let len = app.editor.text().chars().count();
+        if seen.last().map(|(l, _)| *l) != Some(len) {
+            seen.push((len, Instant::now()));
+        }
+        if app.editor.text() == typed && typed_while_streaming.is_none() {
+            typed_while_streaming = Some(app.generation.is_some());
+        }
+        if app
+            .session
+            .turns
+            .first()
+            .is_some_and(|t| t.answer == "done")
+        {
+            finished = true;
+        }
+    };
+    let start = Instant::now();
+    let exit = event_loop(
+        &mut terminal,
+        &mut app,
+        &rx,
+        &mut host,
+        &store,
+        &mut observe,
+    );
+    typist.join().expect("typist");
+    assert_eq!(exit.expect("loop"), Exit::Interrupted);
+    assert!(finished, "the answer finished");
+    assert_eq!(
+        typed_while_streaming,
+        Some(true),
+        "the whole prompt was typed in while the answer was streaming"
+    );
+    // Every key appeared within 100 ms of being sent.
+    let sent = sent_at.lock().expect("lock");
+    for (i, sent) in sent.iter().enumerate() {
+        let shown = seen
+            .iter()
+            .find(|(len, _)| *len > i)
+            .map(|(_, t)| *t)
+            .expect("key shown");
+        let lag = shown.saturating_duration_since(*sent);
+        assert!(
+            lag < Duration::from_millis(100),
+            "key {i} shown after {lag:?}"
+        );
+    }
+    assert!(start.elapsed() >= Duration::from_millis(400 * 5));
+}
+
+// ---------------------------------------------------------------------------------------
+// The binary without a terminal.
+
+#[test]
+fn without_a_terminal_chat_points_to_ask_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for args in [&["chat"][..], &[][..]] {
+        let out = assert_cmd::Command::cargo_bin("huatuo")
+            .expect("binary")
+            .args(args)
+            .env("HUATUO_CONFIG_DIR", dir.path())
+            .env("HUATUO_DATA_DIR", dir.path())
+            .write_stdin("what is this?")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("huatuo ask"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(out.stdout.is_empty(), "no escape codes on stdout");
+    }
+}
