@@ -53,6 +53,25 @@ impl TinySpec {
         }
     }
 
+    /// A checkpoint of `family` whose every matrix dimension is a multiple of 256, so that
+    /// all its linear layers take k-quant blocks (the quantization tests, issue 6).
+    pub fn kquant(family: Family, seed: u64) -> Self {
+        Self {
+            family,
+            seed,
+            hidden: 256,
+            intermediate: 512,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            vision_hidden: 256,
+            vision_intermediate: 512,
+            vision_layers: 3,
+            vision_heads: 4,
+            shards: 2,
+        }
+    }
+
     /// A 34B-like (Yi/Llama, no biases, GQA) checkpoint.
     pub fn yi(seed: u64) -> Self {
         Self {

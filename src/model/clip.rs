@@ -9,6 +9,7 @@ use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::ClipVisionConfig;
 use super::linear::Linear;
+use super::weights::Weights;
 
 /// Which hidden state and which tokens of it the projector sees.
 #[derive(Debug, Clone, Copy)]
@@ -30,13 +31,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &ClipVisionConfig, w: &Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            q: Linear::load(h, h, true, vb.pp("q_proj"))?,
-            k: Linear::load(h, h, true, vb.pp("k_proj"))?,
-            v: Linear::load(h, h, true, vb.pp("v_proj"))?,
-            out: Linear::load(h, h, true, vb.pp("out_proj"))?,
+            q: w.pp("q_proj").linear(h, h, true)?,
+            k: w.pp("k_proj").linear(h, h, true)?,
+            v: w.pp("v_proj").linear(h, h, true)?,
+            out: w.pp("out_proj").linear(h, h, true)?,
             heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
         })
@@ -74,15 +75,15 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(cfg: &ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &ClipVisionConfig, w: &Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         let i = cfg.intermediate_size;
         Ok(Self {
-            norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
-            attn: Attention::load(cfg, vb.pp("self_attn"))?,
-            norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: Linear::load(h, i, true, vb.pp("mlp.fc1"))?,
-            fc2: Linear::load(i, h, true, vb.pp("mlp.fc2"))?,
+            norm1: w.pp("layer_norm1").layer_norm(h, cfg.layer_norm_eps)?,
+            attn: Attention::load(cfg, &w.pp("self_attn"))?,
+            norm2: w.pp("layer_norm2").layer_norm(h, cfg.layer_norm_eps)?,
+            fc1: w.pp("mlp.fc1").linear(h, i, true)?,
+            fc2: w.pp("mlp.fc2").linear(i, h, true)?,
             quick_gelu: cfg.hidden_act == "quick_gelu",
         })
     }
@@ -116,6 +117,11 @@ impl VisionTower {
     /// Loads the tower from `vb` rooted at `...vision_model`. Only the layers needed for
     /// `selection` are read.
     pub fn load(cfg: &ClipVisionConfig, selection: Selection, vb: VarBuilder) -> Result<Self> {
+        Self::load_from(cfg, selection, &Weights::Dense(vb))
+    }
+
+    /// [`VisionTower::load`] from dense or quantized weights.
+    pub fn load_from(cfg: &ClipVisionConfig, selection: Selection, w: &Weights) -> Result<Self> {
         let n_states = cfg.num_hidden_layers as i64 + 1;
         let index = if selection.layer < 0 {
             n_states + selection.layer
@@ -130,7 +136,7 @@ impl VisionTower {
             );
         }
         let h = cfg.hidden_size;
-        let emb = vb.pp("embeddings");
+        let emb = w.pp("embeddings");
         let conv_cfg = Conv2dConfig {
             stride: cfg.patch_size,
             ..Default::default()
@@ -143,9 +149,9 @@ impl VisionTower {
         let class_embedding = emb.get(h, "class_embedding")?;
         let position_embedding =
             emb.get((cfg.num_patches() + 1, h), "position_embedding.weight")?;
-        let pre_layernorm = candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?;
+        let pre_layernorm = w.pp("pre_layrnorm").layer_norm(h, cfg.layer_norm_eps)?;
         let layers = (0..index as usize)
-            .map(|l| EncoderLayer::load(cfg, vb.pp(format!("encoder.layers.{l}"))))
+            .map(|l| EncoderLayer::load(cfg, &w.pp(format!("encoder.layers.{l}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_embedding,
@@ -156,6 +162,25 @@ impl VisionTower {
             drop_cls: selection.drop_cls,
             image_size: cfg.image_size,
         })
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let norm = |n: &LayerNorm| t(n.weight()) + n.bias().map(t).unwrap_or_default();
+        let mut total = t(self.patch_embedding.weight())
+            + t(&self.class_embedding)
+            + t(&self.position_embedding)
+            + norm(&self.pre_layernorm);
+        for l in &self.layers {
+            let a = &l.attn;
+            total += [&a.q, &a.k, &a.v, &a.out, &l.fc1, &l.fc2]
+                .iter()
+                .map(|x| x.bytes())
+                .sum::<usize>();
+            total += norm(&l.norm1) + norm(&l.norm2);
+        }
+        total
     }
 
     /// The side of the square input images in pixels.

@@ -6,11 +6,12 @@
 //! that image features can be spliced in (candle's qwen2 cannot do that).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, RmsNorm, VarBuilder};
+use candle_nn::{RmsNorm, VarBuilder};
 
 use super::config::LlavaConfig;
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{Embedding, Linear};
+use super::weights::Weights;
 
 /// Which positions get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +40,17 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &LlavaConfig, geo: &Geometry, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &LlavaConfig, geo: &Geometry, w: &Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         let bias = cfg.qkv_bias();
         Ok(Self {
-            q: Linear::load(h, geo.heads * geo.head_dim, bias, vb.pp("q_proj"))?,
-            k: Linear::load(h, geo.kv_heads * geo.head_dim, bias, vb.pp("k_proj"))?,
-            v: Linear::load(h, geo.kv_heads * geo.head_dim, bias, vb.pp("v_proj"))?,
-            o: Linear::load(geo.heads * geo.head_dim, h, cfg.o_bias(), vb.pp("o_proj"))?,
+            q: w.pp("q_proj").linear(h, geo.heads * geo.head_dim, bias)?,
+            k: w.pp("k_proj")
+                .linear(h, geo.kv_heads * geo.head_dim, bias)?,
+            v: w.pp("v_proj")
+                .linear(h, geo.kv_heads * geo.head_dim, bias)?,
+            o: w.pp("o_proj")
+                .linear(geo.heads * geo.head_dim, h, cfg.o_bias())?,
             geo: geo.clone(),
         })
     }
@@ -109,12 +113,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(cfg: &LlavaConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &LlavaConfig, w: &Weights) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate: Linear::load(h, i, false, vb.pp("gate_proj"))?,
-            up: Linear::load(h, i, false, vb.pp("up_proj"))?,
-            down: Linear::load(i, h, false, vb.pp("down_proj"))?,
+            gate: w.pp("gate_proj").linear(h, i, false)?,
+            up: w.pp("up_proj").linear(h, i, false)?,
+            down: w.pp("down_proj").linear(i, h, false)?,
         })
     }
 
@@ -146,6 +150,11 @@ pub struct Decoder {
 impl Decoder {
     /// Loads the decoder from a VarBuilder at the checkpoint root (`model.*`, `lm_head.*`).
     pub fn load(cfg: &LlavaConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_from(cfg, &Weights::Dense(vb))
+    }
+
+    /// Loads the decoder from dense or quantized weights at the checkpoint root.
+    pub fn load_from(cfg: &LlavaConfig, w: &Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         let geo = Geometry {
             heads: cfg.num_attention_heads,
@@ -153,28 +162,26 @@ impl Decoder {
             head_dim: cfg.head_dim(),
             rope_theta: cfg.rope_theta,
         };
-        let m = vb.pp("model");
-        let embed_weight = m.get((cfg.vocab_size, h), "embed_tokens.weight")?;
-        let embed = Embedding::new(embed_weight.clone(), h);
+        let m = w.pp("model");
+        let embed = m.pp("embed_tokens").embedding(cfg.vocab_size, h)?;
         let eps = cfg.rms_norm_eps;
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| {
-                let lv = m.pp(format!("layers.{l}"));
+                let lw = m.pp(format!("layers.{l}"));
                 Ok(Layer {
-                    input_norm: candle_nn::rms_norm(h, eps, lv.pp("input_layernorm"))?,
-                    attn: Attention::load(cfg, &geo, lv.pp("self_attn"))?,
-                    post_norm: candle_nn::rms_norm(h, eps, lv.pp("post_attention_layernorm"))?,
-                    mlp: Mlp::load(cfg, lv.pp("mlp"))?,
+                    input_norm: lw.pp("input_layernorm").rms_norm(h, eps)?,
+                    attn: Attention::load(cfg, &geo, &lw.pp("self_attn"))?,
+                    post_norm: lw.pp("post_attention_layernorm").rms_norm(h, eps)?,
+                    mlp: Mlp::load(cfg, &lw.pp("mlp"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm = candle_nn::rms_norm(h, eps, m.pp("norm"))?;
-        let lm_head =
-            if cfg.tie_word_embeddings.unwrap_or(false) && !vb.contains_tensor("lm_head.weight") {
-                Linear::from_weight(embed_weight)
-            } else {
-                Linear::load(h, cfg.vocab_size, false, vb.pp("lm_head"))?
-            };
+        let norm = m.pp("norm").rms_norm(h, eps)?;
+        let lm_head = if cfg.tie_word_embeddings.unwrap_or(false) && !w.contains("lm_head.weight") {
+            embed.as_linear()?
+        } else {
+            w.pp("lm_head").linear(h, cfg.vocab_size, false)?
+        };
         Ok(Self {
             embed,
             layers,
@@ -195,9 +202,28 @@ impl Decoder {
         self.hidden
     }
 
-    /// The dtype activations run in (that of the embedding table).
+    /// The dtype activations run in (that of the embedding table; f32 when quantized).
     pub fn dtype(&self) -> DType {
-        self.embed.embeddings().dtype()
+        self.embed.dtype()
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let norm = |n: &RmsNorm| {
+            let w = n.clone().into_inner();
+            w.weight().elem_count() * w.weight().dtype().size_in_bytes()
+        };
+        let mut total = self.embed.bytes() + self.lm_head.bytes() + norm(&self.norm);
+        for l in &self.layers {
+            let a = &l.attn;
+            let m = &l.mlp;
+            total += [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+                .iter()
+                .map(|x| x.bytes())
+                .sum::<usize>();
+            total += norm(&l.input_norm) + norm(&l.post_norm);
+        }
+        total
     }
 
     /// `[n]` token ids → `[n, hidden]` embeddings (no scaling, §5.4).

@@ -2,16 +2,22 @@
 //! the decoder's input embeddings at the image sentinels (llava_arch.py
 //! `prepare_inputs_labels_for_multimodal`, huatuo-reference.md §3.2, §5).
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use super::checkpoint::Checkpoint;
 use super::clip::{Selection, VisionTower};
+use super::config::{ClipVisionConfig, LlavaConfig};
 use super::decoder::{Decoder, Logits};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
+use super::quant::{ConvertProgress, LoadOptions, LoadReport, Quant};
 use super::tokenizer::IMAGE_TOKEN_INDEX;
-use super::ModelError;
+use super::weights::{QuantizedWeights, Synthetic, SyntheticDense, Weights};
+use super::{gguf, linear, ModelError};
 
 /// `mm_projector`: `linear`, or `mlp{N}x_gelu` = Linear, then (GELU(erf), Linear) × (N-1)
 /// (llava/model/multimodal_projector/builder.py).
@@ -21,12 +27,7 @@ struct Projector {
 }
 
 impl Projector {
-    fn load(
-        kind: &str,
-        mm_hidden: usize,
-        hidden: usize,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
+    fn load(kind: &str, mm_hidden: usize, hidden: usize, w: &Weights) -> candle_core::Result<Self> {
         let depth = if kind == "linear" {
             1
         } else {
@@ -40,17 +41,12 @@ impl Projector {
         };
         if kind == "linear" {
             return Ok(Self {
-                layers: vec![Linear::load(mm_hidden, hidden, true, vb)?],
+                layers: vec![w.linear(mm_hidden, hidden, true)?],
             });
         }
-        let mut layers = vec![Linear::load(mm_hidden, hidden, true, vb.pp("0"))?];
+        let mut layers = vec![w.pp("0").linear(mm_hidden, hidden, true)?];
         for i in 1..depth {
-            layers.push(Linear::load(
-                hidden,
-                hidden,
-                true,
-                vb.pp(format!("{}", 2 * i)),
-            )?);
+            layers.push(w.pp(2 * i).linear(hidden, hidden, true)?);
         }
         Ok(Self { layers })
     }
@@ -72,6 +68,7 @@ pub struct Huatuo {
     decoder: Decoder,
     patches_per_image: usize,
     device: Device,
+    quant: Quant,
 }
 
 impl Huatuo {
@@ -87,23 +84,95 @@ impl Huatuo {
         #[allow(unsafe_code)]
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&ckpt.shards, dtype, device) }
             .map_err(load_err)?;
-        let cfg = &ckpt.config;
+        Self::from_weights(
+            &ckpt.config,
+            &ckpt.vision,
+            Weights::Dense(vb),
+            device,
+            Quant::None,
+        )
+        .map_err(|e| with_dir(e, ckpt))
+    }
+
+    /// Loads a checkpoint dense (`Quant::None`, as [`Huatuo::load`]) or quantized: on first
+    /// use of a quantization the shards are converted into a GGUF file in
+    /// `opts.cache_dir` ([`gguf::ensure`]; `progress` follows that conversion), which this
+    /// and later loads read. Quantized models compute in f32.
+    pub fn load_with(
+        ckpt: &Checkpoint,
+        device: &Device,
+        opts: &LoadOptions,
+        progress: &dyn Fn(ConvertProgress),
+    ) -> Result<(Self, LoadReport), ModelError> {
+        let start = Instant::now();
+        if opts.quant == Quant::None {
+            let model = Self::load(ckpt, device, opts.dtype)?;
+            let report = model.report(None, Duration::ZERO, start);
+            return Ok((model, report));
+        }
+        let cache = gguf::ensure(ckpt, opts.quant, &opts.cache_dir, progress)?;
+        let convert_time = if cache.converted {
+            start.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        let tensors = gguf::read(&cache.path, device)?;
+        let weights = Weights::Quantized(QuantizedWeights::new(Arc::new(tensors), device));
+        let model = Self::from_weights(&ckpt.config, &ckpt.vision, weights, device, opts.quant)
+            .map_err(|e| with_dir(e, ckpt))?;
+        let mut report = model.report(Some(cache.path.clone()), convert_time, start);
+        report.converted = cache.converted;
+        report.rebuilt_because = cache.rebuilt_because;
+        Ok((model, report))
+    }
+
+    /// A model with random weights at the geometry of `cfg` and `vision` (`huatuo bench
+    /// --shape`): nothing is read from disk. Quantized as `quant` asks (dense f32 for
+    /// `Quant::None`).
+    pub fn synthetic(
+        cfg: &LlavaConfig,
+        vision: &ClipVisionConfig,
+        quant: Quant,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self, ModelError> {
+        let source = Synthetic::new(quant, device, seed);
+        let weights = if quant == Quant::None {
+            Weights::Dense(VarBuilder::from_backend(
+                Box::new(SyntheticDense(source)),
+                DType::F32,
+                device.clone(),
+            ))
+        } else {
+            Weights::Quantized(QuantizedWeights::new(Arc::new(source), device))
+        };
+        Self::from_weights(cfg, vision, weights, device, quant)
+    }
+
+    /// Builds the network from any weight source; quantized layers are then repacked
+    /// ([`linear::prepare`]).
+    fn from_weights(
+        cfg: &LlavaConfig,
+        vision_cfg: &ClipVisionConfig,
+        weights: Weights,
+        device: &Device,
+        quant: Quant,
+    ) -> Result<Self, ModelError> {
         let selection = Selection {
             layer: cfg.mm_vision_select_layer,
             drop_cls: cfg.mm_vision_select_feature == "patch",
         };
-        let vision = VisionTower::load(
-            &ckpt.vision,
+        let vision = VisionTower::load_from(
+            vision_cfg,
             selection,
-            vb.pp("model.vision_tower.vision_tower.vision_model"),
-        )
-        .map_err(load_err)?;
-        if ckpt.vision.hidden_size != cfg.mm_hidden_size {
+            &weights.pp("model.vision_tower.vision_tower.vision_model"),
+        )?;
+        if vision_cfg.hidden_size != cfg.mm_hidden_size {
             return Err(ModelError::BadConfig {
-                path: ckpt.dir.join("config.json"),
+                path: "config.json".into(),
                 reason: format!(
                     "mm_hidden_size {} differs from the vision tower's hidden_size {}",
-                    cfg.mm_hidden_size, ckpt.vision.hidden_size
+                    cfg.mm_hidden_size, vision_cfg.hidden_size
                 ),
             });
         }
@@ -111,18 +180,55 @@ impl Huatuo {
             &cfg.mm_projector_type,
             cfg.mm_hidden_size,
             cfg.hidden_size,
-            vb.pp("model.mm_projector"),
-        )
-        .map_err(load_err)?;
-        let decoder = Decoder::load(cfg, vb).map_err(load_err)?;
-        let patches_per_image = ckpt.vision.num_patches() + usize::from(!selection.drop_cls);
+            &weights.pp("model.mm_projector"),
+        )?;
+        let decoder = Decoder::load_from(cfg, &weights)?;
+        if let Weights::Quantized(q) = &weights {
+            linear::prepare(&q.built_layers())?;
+        }
+        let patches_per_image = vision_cfg.num_patches() + usize::from(!selection.drop_cls);
         Ok(Self {
             vision,
             projector,
             decoder,
             patches_per_image,
             device: device.clone(),
+            quant,
         })
+    }
+
+    fn report(
+        &self,
+        cache_file: Option<std::path::PathBuf>,
+        convert_time: Duration,
+        start: Instant,
+    ) -> LoadReport {
+        LoadReport {
+            quant: self.quant,
+            cache_file,
+            converted: false,
+            rebuilt_because: None,
+            convert_time,
+            load_time: start.elapsed(),
+            weight_bytes: self.weight_bytes() as u64,
+        }
+    }
+
+    /// How the weights are stored.
+    pub fn quant(&self) -> Quant {
+        self.quant
+    }
+
+    /// Bytes of weights held in memory (blocks, repacked tiles and dense tensors).
+    pub fn weight_bytes(&self) -> usize {
+        self.vision.weight_bytes()
+            + self
+                .projector
+                .layers
+                .iter()
+                .map(Linear::bytes)
+                .sum::<usize>()
+            + self.decoder.weight_bytes()
     }
 
     /// Positions each image occupies in the prompt (576 for the real models).
@@ -205,5 +311,20 @@ impl Huatuo {
     pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor, ModelError> {
         let t = Tensor::new(ids, &self.device)?;
         Ok(self.decoder.embed(&t)?.unsqueeze(0)?)
+    }
+}
+
+/// Names the checkpoint in a load error that came from building the network.
+fn with_dir(e: ModelError, ckpt: &Checkpoint) -> ModelError {
+    match e {
+        ModelError::Candle(source) => ModelError::Load {
+            dir: ckpt.dir.clone(),
+            source,
+        },
+        ModelError::BadConfig { reason, .. } => ModelError::BadConfig {
+            path: ckpt.dir.join("config.json"),
+            reason,
+        },
+        other => other,
     }
 }

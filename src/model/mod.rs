@@ -8,12 +8,15 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod decoder;
+pub mod gguf;
 pub mod kv_cache;
 pub mod linear;
 pub mod llava;
 pub mod preprocess;
+pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
+pub mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use decoder::Logits;

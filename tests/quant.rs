@@ -1,0 +1,327 @@
+//! Quantized weights (issue 6) on tiny checkpoints whose every matrix takes k-quant blocks
+//! (`TinySpec::kquant`): logits close to f32 at every position, greedy answers equal to
+//! f32's, and the GGUF cache reused, rebuilt when the source changes and when damaged.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor, D};
+use huatuo::engine::{DevicePref, ModelDType, Pipeline};
+use huatuo::model::config::Family;
+use huatuo::model::quant::{LoadOptions, LoadReport, Quant};
+use huatuo::model::sampling::SamplingParams;
+use huatuo::model::{Checkpoint, Huatuo, Logits};
+use huatuo::tiny::{write_checkpoint, TinySpec};
+
+use crate::util::fixture;
+
+/// Largest cosine distance (1 − cos) between a quantized model's logits and f32's at any
+/// position of the test prompt (a 576-position image plus text). Measured on this
+/// checkpoint: q8_0 7.9e-5, q6k 1.2e-3, q5k 4.2e-3, q4k 2.9e-2; the bounds are about 3×
+/// those. A random network with uniform weights is harsher than a trained one: k-quants
+/// lose more on uniform than on bell-shaped weights, and every quantized matrix on the path
+/// (vision tower, projector, decoder, LM head) adds its error.
+const Q8_0_MAX_COSINE_DISTANCE: f32 = 2.5e-4;
+const Q6K_MAX_COSINE_DISTANCE: f32 = 3.5e-3;
+const Q5K_MAX_COSINE_DISTANCE: f32 = 1.2e-2;
+const Q4K_MAX_COSINE_DISTANCE: f32 = 8e-2;
+/// Greedy tokens generated; q8_0's and q6k's must all equal f32's. q5k's and q4k's errors
+/// exceed this random model's top-1/top-2 margins, so their answers are not compared.
+const GREEDY_TOKENS: usize = 24;
+
+/// Chosen among seeds 11–22 for the largest top-1/top-2 logit margins along the f32 greedy
+/// path relative to q8_0's logit errors: a random model's 151k logits are nearly tied, so on
+/// some seeds even q8_0 flips a greedy token within 24 (real models are far more peaked).
+const SEED: u64 = 20;
+
+/// The k-quant tiny checkpoint (Qwen2 family, the 7B's), written once per test process.
+fn checkpoint() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tiny-kquant-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_checkpoint(
+            &TinySpec::kquant(Family::Qwen2, SEED),
+            &fixture("tokenizers/qwen2"),
+            &dir,
+        )
+        .expect("writing k-quant checkpoint");
+        dir
+    })
+}
+
+fn load(dir: &Path, quant: Quant, cache: &Path) -> (Huatuo, LoadReport) {
+    let ckpt = Checkpoint::open(dir).expect("open checkpoint");
+    let opts = LoadOptions {
+        dtype: candle_core::DType::F32,
+        quant,
+        cache_dir: cache.to_path_buf(),
+    };
+    Huatuo::load_with(&ckpt, &Device::Cpu, &opts, &|_| {}).expect("load quantized")
+}
+
+fn pipeline() -> Pipeline {
+    Pipeline::load(checkpoint(), DevicePref::Cpu, ModelDType::F32).expect("load f32")
+}
+
+/// A one-image prompt (577 positions of image + text) and its preprocessed pixels.
+fn prompt(p: &Pipeline) -> (Vec<i64>, Vec<Vec<f32>>) {
+    let (ids, _) = p
+        .prompt_ids(&[], "这张图片里有什么？ Describe the image.", 1)
+        .expect("prompt ids");
+    let pixels = p
+        .load_images(&[fixture("images/hubble_deep_field.jpg")])
+        .expect("image");
+    (ids, pixels)
+}
+
+fn all_logits(model: &Huatuo, ids: &[i64], pixels: &[Vec<f32>]) -> Tensor {
+    let feats = model.encode_images(pixels).expect("encode");
+    let embeds = model.embed_prompt(ids, &feats).expect("embed");
+    let mut cache = model.new_cache();
+    model
+        .forward(&embeds, &mut cache, Logits::All)
+        .expect("forward")
+}
+
+/// 1 − cos(a_i, b_i) for every row i, the largest.
+fn max_cosine_distance(a: &Tensor, b: &Tensor) -> f32 {
+    let dot = (a * b).and_then(|t| t.sum(D::Minus1)).expect("dot");
+    let na = a
+        .sqr()
+        .and_then(|t| t.sum(D::Minus1))
+        .and_then(|t| t.sqrt());
+    let nb = b
+        .sqr()
+        .and_then(|t| t.sum(D::Minus1))
+        .and_then(|t| t.sqrt());
+    let cos = (dot / (na.expect("norm") * nb.expect("norm")).expect("mul")).expect("div");
+    let cos: Vec<f32> = cos.to_vec1().expect("vec");
+    cos.iter().map(|c| 1.0 - c).fold(0.0, f32::max)
+}
+
+fn greedy(p: &Pipeline, ids: &[i64], pixels: &[Vec<f32>]) -> Vec<u32> {
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: GREEDY_TOKENS,
+        repetition_penalty: 1.0,
+        ..SamplingParams::default()
+    };
+    p.generate(
+        ids,
+        pixels,
+        &params,
+        |_| std::ops::ControlFlow::Continue(()),
+    )
+    .expect("generate")
+    .tokens
+}
+
+/// Logits and greedy answers of every quantization against f32, with their bounds.
+#[test]
+fn quantized_logits_and_greedy_answers_stay_close_to_f32() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let mut p = pipeline();
+    let (ids, pixels) = prompt(&p);
+    let reference = all_logits(&p.model, &ids, &pixels);
+    let reference_answer = greedy(&p, &ids, &pixels);
+    assert_eq!(
+        reference_answer.len(),
+        GREEDY_TOKENS,
+        "f32 answer too short"
+    );
+    let cases = [
+        (Quant::Q8_0, Q8_0_MAX_COSINE_DISTANCE, GREEDY_TOKENS),
+        (Quant::Q6k, Q6K_MAX_COSINE_DISTANCE, GREEDY_TOKENS),
+        (Quant::Q5k, Q5K_MAX_COSINE_DISTANCE, 0),
+        (Quant::Q4k, Q4K_MAX_COSINE_DISTANCE, 0),
+    ];
+    for (quant, bound, same_tokens) in cases {
+        let (model, report) = load(checkpoint(), quant, cache.path());
+        assert_eq!(model.quant(), quant);
+        assert!(report.converted, "{quant}: first load converts");
+        let logits = all_logits(&model, &ids, &pixels);
+        assert_eq!(logits.dims(), reference.dims());
+        let d = max_cosine_distance(&logits, &reference);
+        eprintln!("{quant}: max cosine distance to f32 {d:e}");
+        assert!(d <= bound, "{quant}: cosine distance {d} > {bound}");
+        p.model = model;
+        let answer = greedy(&p, &ids, &pixels);
+        let agree = answer
+            .iter()
+            .zip(&reference_answer)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!("{quant}: greedy answer equals f32's for {agree} tokens");
+        assert!(
+            agree >= same_tokens,
+            "{quant}: greedy answer equals f32's for {agree} tokens only, want {same_tokens}"
+        );
+    }
+}
+
+fn stamp(path: &Path) -> (std::time::SystemTime, u64) {
+    let meta = std::fs::metadata(path).expect("stat cache file");
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let ino = meta.len();
+    (meta.modified().expect("mtime"), ino)
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for entry in std::fs::read_dir(src).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).expect("copy");
+        }
+    }
+}
+
+/// The second load reads the file the first wrote (same inode and mtime, no conversion)
+/// and computes the same logits; a changed shard makes the next load rebuild it.
+#[test]
+fn cache_file_is_reused_then_rebuilt_when_the_source_changes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("HuatuoGPT-Vision-7B");
+    copy_dir(checkpoint(), &dir);
+    let cache = tmp.path().join("cache");
+
+    let (first, report) = load(&dir, Quant::Q8_0, &cache);
+    assert!(report.converted);
+    assert_eq!(report.rebuilt_because, None);
+    let file = report.cache_file.clone().expect("cache file");
+    assert!(file.starts_with(&cache));
+    let before = stamp(&file);
+
+    let (second, report) = load(&dir, Quant::Q8_0, &cache);
+    assert!(!report.converted, "the second load must reuse the cache");
+    assert_eq!(report.cache_file.as_ref(), Some(&file));
+    assert_eq!(stamp(&file), before, "the cache file was rewritten");
+    let p = pipeline();
+    let (ids, pixels) = prompt(&p);
+    let a: Vec<f32> = all_logits(&first, &ids, &pixels)
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("a");
+    let b: Vec<f32> = all_logits(&second, &ids, &pixels)
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("b");
+    assert_eq!(a, b, "a reloaded model computes the same logits");
+
+    // Another quantization is another file.
+    let (_, report) = load(&dir, Quant::Q4k, &cache);
+    assert!(report.converted);
+    assert_ne!(report.cache_file.as_ref(), Some(&file));
+
+    // A shard rewritten (here only its modification time) makes the file stale.
+    let shard = Checkpoint::open(&dir).expect("open").shards[0].clone();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&shard)
+        .and_then(|f| f.set_modified(later))
+        .expect("touch shard");
+    let (_, report) = load(&dir, Quant::Q8_0, &cache);
+    assert!(report.converted, "a changed shard must rebuild the cache");
+    assert_eq!(report.cache_file.as_ref(), Some(&file), "rebuilt in place");
+    let because = report.rebuilt_because.expect("a reason");
+    assert!(because.contains("checkpoint changed"), "{because}");
+    let (_, report) = load(&dir, Quant::Q8_0, &cache);
+    assert!(!report.converted);
+}
+
+/// Hub snapshots share one cache slot per repo: a new revision replaces the old file.
+#[test]
+fn a_new_hub_revision_rebuilds_the_same_cache_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = tmp
+        .path()
+        .join("hub/models--FreedomIntelligence--HuatuoGPT-Vision-7B");
+    let rev1 = repo.join("snapshots/1111111111111111111111111111111111111111");
+    let rev2 = repo.join("snapshots/2222222222222222222222222222222222222222");
+    copy_dir(checkpoint(), &rev1);
+    copy_dir(checkpoint(), &rev2);
+    let cache = tmp.path().join("cache");
+    let (_, r1) = load(&rev1, Quant::Q8_0, &cache);
+    let file = r1.cache_file.clone().expect("file");
+    let name = file
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("FreedomIntelligence--HuatuoGPT-Vision-7B-")
+            && name.ends_with(".q8_0.gguf"),
+        "{name}"
+    );
+    let (_, r2) = load(&rev2, Quant::Q8_0, &cache);
+    assert_eq!(r2.cache_file.as_ref(), Some(&file));
+    assert!(r2.converted, "a new revision must rebuild the cache");
+    let (_, r3) = load(&rev2, Quant::Q8_0, &cache);
+    assert!(!r3.converted);
+    let files = std::fs::read_dir(&cache).expect("ls").count();
+    assert_eq!(files, 1, "no stale or temporary files are left");
+}
+
+/// A truncated file and a file with a damaged header are detected and rebuilt.
+#[test]
+fn damaged_cache_files_are_rebuilt() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let (_, report) = load(checkpoint(), Quant::Q4k, cache.path());
+    let file = report.cache_file.expect("file");
+    let len = std::fs::metadata(&file).expect("stat").len();
+
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .expect("open");
+    f.set_len(len - 1000).expect("truncate");
+    drop(f);
+    let (_, report) = load(checkpoint(), Quant::Q4k, cache.path());
+    assert!(report.converted, "a truncated file must be rebuilt");
+    let because = report.rebuilt_because.expect("reason");
+    assert!(because.contains("truncated"), "{because}");
+    assert_eq!(std::fs::metadata(&file).expect("stat").len(), len);
+
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[0..4].copy_from_slice(b"XXXX");
+    std::fs::write(&file, &bytes).expect("write");
+    let (_, report) = load(checkpoint(), Quant::Q4k, cache.path());
+    assert!(report.converted, "a file with a bad header must be rebuilt");
+    assert!(report.rebuilt_because.expect("reason").contains("header"));
+}
+
+/// The dense path of `load_with` is `Huatuo::load`: no cache file, f32 activations.
+#[test]
+fn quant_none_loads_dense_without_a_cache() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let (model, report) = load(checkpoint(), Quant::None, cache.path());
+    assert_eq!(model.quant(), Quant::None);
+    assert_eq!(report.cache_file, None);
+    assert!(!report.converted);
+    assert_eq!(model.dtype(), candle_core::DType::F32);
+    assert_eq!(std::fs::read_dir(cache.path()).expect("ls").count(), 0);
+}
+
+/// Weights in memory: q4k is about a quarter of q8_0 + f32 bytes per weight would suggest,
+/// i.e. the repacked layers do not keep their original blocks beside the tiles.
+#[test]
+fn quantized_models_hold_fewer_weight_bytes() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let (dense, _) = load(checkpoint(), Quant::None, cache.path());
+    let (q8, r8) = load(checkpoint(), Quant::Q8_0, cache.path());
+    let (q4, r4) = load(checkpoint(), Quant::Q4k, cache.path());
+    let (d, b8, b4) = (dense.weight_bytes(), q8.weight_bytes(), q4.weight_bytes());
+    eprintln!("weights: f32 {d}, q8_0 {b8}, q4k {b4}");
+    assert_eq!(r8.weight_bytes, b8 as u64);
+    assert_eq!(r4.weight_bytes, b4 as u64);
+    assert!(b8 * 3 < d, "q8_0 {b8} vs f32 {d}");
+    assert!(b4 < b8, "q4k {b4} vs q8_0 {b8}");
+}
