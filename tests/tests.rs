@@ -2,6 +2,7 @@
 
 mod ask;
 mod cli;
+mod e2e;
 mod engine;
 mod hub;
 mod parity;

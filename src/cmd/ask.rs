@@ -47,7 +47,7 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
     };
 
     let interrupts = install_interrupt_handler();
-    let engine = engine_for(facts);
+    let engine = engine_for(facts.stderr_tty);
     let spec = model_spec(&args.model, &args.runtime);
     engine.send(Command::Load {
         id: LOAD_ID,

@@ -52,10 +52,7 @@ pub fn run(args: ChatArgs, facts: TermFacts) -> Result<()> {
     };
     // Download progress must come as engine events for the chat's progress bar: a bar drawn
     // on stderr would scribble over the screen.
-    let engine = super::engine_for(TermFacts {
-        stderr_tty: false,
-        ..facts
-    });
+    let engine = super::engine_for(false);
     let exit = tui::run(tui::Options { config, engine }).context("chat")?;
     match exit {
         Exit::Quit => Ok(()),

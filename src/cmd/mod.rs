@@ -19,7 +19,6 @@ use crate::engine::protocol::{DType, DevicePref, LoadStage};
 use crate::engine::{Engine, EngineHandle, Faults, ResolvedModel, Resolver};
 use crate::hub::{self, memory::WeightFormat};
 use crate::model::sampling::SamplingParams;
-use crate::term::TermFacts;
 
 /// The model used when neither `--model` nor config.toml names one.
 pub const DEFAULT_MODEL: &str = "7b";
@@ -50,11 +49,13 @@ pub fn model_spec(args: &ModelArgs, runtime: &RuntimeArgs) -> ModelSpec {
     }
 }
 
-/// Starts the model worker with the resolver that finds or downloads models.
+/// Starts the model worker with the resolver that finds or downloads models. With
+/// `draw_download_bar` (a one-shot command with stderr on a terminal) downloads draw a bar on
+/// stderr; otherwise (the full-screen chat, scripts) they are reported as engine events.
 ///
 /// `HUATUO_TEST_TOKEN_DELAY_MS` (undocumented, for the test suite) slows every token down so
 /// that tests can interrupt an answer midway.
-pub fn engine_for(facts: TermFacts) -> EngineHandle {
+pub fn engine_for(draw_download_bar: bool) -> EngineHandle {
     let delay = std::env::var("HUATUO_TEST_TOKEN_DELAY_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -63,7 +64,7 @@ pub fn engine_for(facts: TermFacts) -> EngineHandle {
         token_delay: delay,
         ..Faults::default()
     };
-    Engine::spawn_with_faults(hub_resolver(facts.stderr_tty), faults)
+    Engine::spawn_with_faults(hub_resolver(draw_download_bar), faults)
 }
 
 /// Resolves `7b`, `34b`, repo ids (downloading what is missing into the shared Hugging Face

@@ -1,0 +1,221 @@
+//! End to end: the real `huatuo chat` binary in a real terminal (tmux), on tiny checkpoints:
+//! attach an image with /image, ask, see the streamed answer on the screen (the reference's
+//! greedy answer), swap to a 34B-family checkpoint with /model, ask again (the conversation
+//! kept), /save, /quit; the saved session holds both turns. `.ci/run` installs tmux.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use huatuo::chat::template::{py_strip, Exchange};
+use huatuo::engine::{DevicePref, ModelDType, Pipeline};
+use huatuo::model::sampling::SamplingParams;
+use serde_json::Value;
+
+use crate::util::{fixture, tiny_checkpoint};
+
+/// A tmux server of our own (its own socket), killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str, env: &[(&str, String)]) -> Self {
+        let socket = format!("huatuo-e2e-{}", std::process::id());
+        let mut tmux = Command::new("tmux");
+        tmux.args([
+            "-L",
+            &socket,
+            "new-session",
+            "-d",
+            "-s",
+            "e2e",
+            "-x",
+            "100",
+            "-y",
+            "32",
+        ]);
+        for (k, v) in env {
+            tmux.args(["-e", &format!("{k}={v}")]);
+        }
+        let status = tmux
+            .arg(command)
+            .status()
+            .expect("tmux is needed for this test (apt-get install tmux)");
+        assert!(status.success(), "tmux new-session failed");
+        Self { socket }
+    }
+
+    fn send(&self, keys: &str) {
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "e2e", "-l", keys])
+            .status()
+            .expect("send-keys");
+        assert!(status.success());
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "e2e", "Enter"])
+            .status()
+            .expect("send-keys");
+        assert!(status.success());
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "e2e"])
+            .output()
+            .expect("capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until `pred` holds for the screen, or fails showing the last screen.
+    #[track_caller]
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "timed out waiting for {what}; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", "e2e"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+/// Text without any whitespace, so answers wrapped across screen lines can be searched.
+fn squeezed(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+fn greedy(max_new_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_new_tokens,
+        ..SamplingParams::default()
+    }
+}
+
+/// The two answers computed in-process with the same engine code: (first turn's text, its
+/// history text, second turn's text on the yi checkpoint with the first turn as history).
+fn expected_answers(image: &Path, first_q: &str, second_q: &str) -> (String, String, String) {
+    let q =
+        Pipeline::load(tiny_checkpoint("qwen2"), DevicePref::Cpu, ModelDType::F32).expect("qwen2");
+    let (ids, first_user) = q.prompt_ids(&[], first_q, 1).expect("ids");
+    let pixels = q.load_images(&[image.to_path_buf()]).expect("image");
+    let first = q
+        .generate(&ids, &pixels, &greedy(24), |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("generate");
+    drop(q);
+    let y = Pipeline::load(tiny_checkpoint("yi"), DevicePref::Cpu, ModelDType::F32).expect("yi");
+    let history = [Exchange {
+        user: first_user,
+        answer: first.raw.clone(),
+    }];
+    let (ids, _) = y.prompt_ids(&history, second_q, 0).expect("ids");
+    let second = y
+        .generate(&ids, &pixels, &greedy(24), |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("generate");
+    (first.text, first.raw, second.text)
+}
+
+#[test]
+fn chat_in_a_real_terminal_swaps_models_and_saves() {
+    let home = tempfile::tempdir().expect("tmp");
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let qwen = tiny_checkpoint("qwen2");
+    let yi = tiny_checkpoint("yi");
+    let image = fixture("images/cell.png");
+    let command = format!(
+        "'{}' chat --model '{}' --temperature 0 --max-new-tokens 24 --dtype f32",
+        bin.display(),
+        qwen.display()
+    );
+    let env = [
+        (
+            "HUATUO_DATA_DIR",
+            home.path().join("data").display().to_string(),
+        ),
+        (
+            "HUATUO_CONFIG_DIR",
+            home.path().join("config").display().to_string(),
+        ),
+        (
+            "HF_HUB_CACHE",
+            home.path().join("hub").display().to_string(),
+        ),
+        ("TERM", "xterm-256color".to_string()),
+    ];
+    let (first, first_raw, second) = expected_answers(
+        &image,
+        "What does the picture show?",
+        "Is there anything abnormal?",
+    );
+    let parity: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("parity/qwen2.json")).expect("fixture"),
+    )
+    .expect("json");
+    assert_eq!(
+        first,
+        parity["ask"]["answer"].as_str().expect("answer"),
+        "the reference answer"
+    );
+    assert!(first.chars().count() > 20 && second.chars().count() > 20);
+
+    let tmux = Tmux::start(&command, &env);
+    tmux.wait_for("the model to load", |s| s.contains("Model ready"));
+    tmux.send(&format!("/image {}", image.display()));
+    tmux.wait_for("the attachment", |s| s.contains("cell.png"));
+    tmux.send("What does the picture show?");
+    // The streamed answer on the screen is the reference's greedy answer.
+    tmux.wait_for("the whole first answer", |s| {
+        squeezed(s).contains(&squeezed(&first))
+    });
+
+    tmux.send(&format!("/model {}", yi.display()));
+    tmux.wait_for("the swap", |s| s.contains("(llama, f32"));
+    tmux.send("Is there anything abnormal?");
+    tmux.wait_for("the whole second answer", |s| {
+        squeezed(s).contains(&squeezed(&second))
+    });
+
+    let session_file = home.path().join("data/sessions/e2e.json");
+    tmux.send("/save e2e");
+    tmux.wait_for("the save", |s| s.contains("Saved session e2e"));
+    tmux.send("/quit");
+    let start = Instant::now();
+    while tmux.alive() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!tmux.alive(), "/quit ends the program");
+
+    let session: Value =
+        serde_json::from_str(&std::fs::read_to_string(&session_file).expect("saved session"))
+            .expect("valid JSON");
+    let turns = session["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 2, "{session:#}");
+    assert_eq!(turns[0]["answer"], first_raw.as_str());
+    assert_eq!(py_strip(turns[1]["answer"].as_str().expect("a2")), second);
+    assert_eq!(turns[0]["images"][0]["path"], image.display().to_string());
+}
