@@ -21,7 +21,9 @@ struct Tmux {
 
 impl Tmux {
     fn start(command: &str, env: &[(&str, String)]) -> Self {
-        let socket = format!("huatuo-e2e-{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let socket = format!("huatuo-e2e-{}-{n}", std::process::id());
         let mut tmux = Command::new("tmux");
         tmux.args([
             "-L",
@@ -218,4 +220,40 @@ fn chat_in_a_real_terminal_swaps_models_and_saves() {
     assert_eq!(turns[0]["answer"], first_raw.as_str());
     assert_eq!(py_strip(turns[1]["answer"].as_str().expect("a2")), second);
     assert_eq!(turns[0]["images"][0]["path"], image.display().to_string());
+}
+
+/// `ask` on a terminal draws each attached image before the answer (half blocks here), and
+/// nothing the terminal answers to a capability query leaks onto the screen.
+#[test]
+fn ask_on_a_terminal_shows_the_images_first() {
+    let home = tempfile::tempdir().expect("tmp");
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let command = format!(
+        "'{}' ask --model '{}' --temperature 0 --max-new-tokens 8 --dtype f32 -i '{}' 'What is it?'; sleep 60",
+        bin.display(),
+        tiny_checkpoint("qwen2").display(),
+        fixture("images/cell.png").display(),
+    );
+    let env = [
+        (
+            "HUATUO_DATA_DIR",
+            home.path().join("data").display().to_string(),
+        ),
+        (
+            "HUATUO_CONFIG_DIR",
+            home.path().join("config").display().to_string(),
+        ),
+        ("TERM", "xterm-256color".to_string()),
+    ];
+    let tmux = Tmux::start(&command, &env);
+    let screen = tmux.wait_for("the image label", |s| s.contains("[img1] cell.png"));
+    let label = screen.find("[img1]").expect("label");
+    assert!(
+        screen[..label].contains('▄'),
+        "half blocks drawn before the label:\n{screen}"
+    );
+    assert!(
+        !screen.contains("^["),
+        "no escape sequence echoed:\n{screen}"
+    );
 }

@@ -296,9 +296,13 @@ fn show_images(images: &[Attachment]) {
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
+        // viuer asks the terminal whether it speaks the kitty protocol and, outside raw mode,
+        // the terminal's answer is echoed onto the screen; only let it ask a terminal that
+        // says it is kitty. iTerm2 is detected from the environment without a query.
         let config = viuer::Config {
             width: Some(32),
             absolute_offset: false,
+            use_kitty: says_kitty(),
             ..Default::default()
         };
         let drawn = image::open(&img.path)
@@ -313,6 +317,14 @@ fn show_images(images: &[Attachment]) {
             None => println!("[img{}] {}", i + 1, name.unwrap_or_default()),
         }
     }
+}
+
+/// Whether the environment says the terminal is kitty (or a kitty-protocol terminal that
+/// advertises itself the same way).
+fn says_kitty() -> bool {
+    std::env::var_os("KITTY_WINDOW_ID").is_some()
+        || std::env::var("TERM").is_ok_and(|t| t.contains("kitty"))
+        || std::env::var("TERM_PROGRAM").is_ok_and(|t| t == "ghostty" || t == "WezTerm")
 }
 
 /// The `--json` object (documented in README.md).
