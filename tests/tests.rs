@@ -4,6 +4,7 @@ mod ask;
 mod cli;
 mod e2e;
 mod engine;
+mod engine_cache;
 mod hub;
 mod parity;
 mod preprocess;

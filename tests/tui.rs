@@ -249,6 +249,7 @@ fn completion(user: &str, images: usize, text: &str, prompt: PromptStats) -> Com
             time_to_first_token_ms: 1234.0,
             prefill_tokens_per_s: 300.0,
             decode_tokens_per_s: 15.5,
+            ..GenerationStats::default()
         },
         user_with_placeholders: format!("{}{user}", "<image>\n".repeat(images)),
     }

@@ -1,13 +1,15 @@
 //! The model engine: one worker thread owns the device and the loaded model and answers
 //! plain messages ([`protocol`]); front ends (`ask`, the TUI) hold an [`EngineHandle`]. The
-//! worker builds each prompt exactly as the reference does, re-encodes the conversation's
-//! images, prefills and streams the answer (`pipeline` is the synchronous core it runs).
-//! Nothing here prints.
+//! worker builds each prompt exactly as the reference does, prefills and streams the answer
+//! (`pipeline` is the synchronous core it runs). Across turns it keeps the encoded images and
+//! the KV cache of the conversation ([`cache`]) and runs only what changed, with the answer a
+//! full recomputation gives. Nothing here prints.
 //!
 //! Models are found through an injected [`Resolver`] so the hub can plug in later
 //! ([`local_resolver`] takes checkpoint directories only). Cancellation reaches a busy worker
 //! within one token through state shared with the handle, not only through the queue.
 
+pub mod cache;
 mod pipeline;
 pub mod protocol;
 mod worker;

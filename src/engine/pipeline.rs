@@ -1,16 +1,20 @@
-//! One loaded checkpoint and the generation of one answer (huatuo-reference.md §2–§5).
+//! One loaded checkpoint and the generation of one answer (huatuo-reference.md §2–§5), either
+//! from scratch ([`Pipeline::generate`]) or through the caches of a conversation
+//! ([`cache`]), with the same result.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
+use super::cache::{self, Caches, FeatureCache, ImageKey, ImageSource, PromptImage};
 use crate::chat::template::{self, Exchange};
 use crate::model::preprocess::{self, ProcessorConfig};
 use crate::model::sampling::{Sampler, SamplingParams};
 use crate::model::tokenizer::{AnswerStream, Tokenizer, IMAGE_TOKEN_INDEX};
-use crate::model::{Checkpoint, Huatuo, Logits, ModelError};
+use crate::model::{Checkpoint, Huatuo, ModelError};
 
 /// The most images one turn may attach (cli.py:315 asserts `len(images) < 6`).
 pub const MAX_IMAGES_PER_TURN: usize = 5;
@@ -110,6 +114,13 @@ pub struct Answer {
     pub prompt_tokens: usize,
     pub stop: Stop,
     pub timings: Timings,
+    /// Prompt positions taken from the KV cache of the previous turn instead of being run.
+    pub reused_positions: usize,
+    /// Images run through the vision tower for this answer.
+    pub images_encoded: usize,
+    /// Images not encoded because the same content was encoded before (an earlier turn,
+    /// or earlier in this prompt).
+    pub images_from_cache: usize,
 }
 
 /// A loaded checkpoint: network, tokenizer and image settings.
@@ -213,7 +224,8 @@ impl Pipeline {
     /// Generates an answer to `ids` (with one image per sentinel, in order), calling
     /// `on_text` after every generated token with the text that became printable (often
     /// empty); `ControlFlow::Break` stops generation (the partial answer is returned with
-    /// `Stop::Cancelled`), so cancellation is checked once per token.
+    /// `Stop::Cancelled`), so cancellation is checked once per token. Every image is encoded
+    /// and the whole prompt prefilled: no cache survives the call.
     pub fn generate(
         &self,
         ids: &[i64],
@@ -225,13 +237,64 @@ impl Pipeline {
     }
 
     /// [`Pipeline::generate`] with a callback that may fail: its error ends generation and
-    /// is returned as is. The engine worker uses it so that a failure on its side of the
-    /// callback (and, in tests, an injected fault) takes the same path as a failure of the
-    /// model, and the partial answer it streamed so far is reported with the error.
+    /// is returned as is, so that a failure on the caller's side of the callback (and, in
+    /// tests, an injected fault) takes the same path as a failure of the model.
     pub(crate) fn generate_with(
         &self,
         ids: &[i64],
         images: &[Vec<f32>],
+        params: &SamplingParams,
+        on_text: impl FnMut(&str) -> Result<ControlFlow<()>, EngineError>,
+    ) -> Result<Answer, EngineError> {
+        let images = images
+            .iter()
+            .map(|pixels| PromptImage {
+                key: ImageKey::of_pixels(pixels),
+                source: ImageSource::Pixels(pixels.clone()),
+            })
+            .collect();
+        let mut caches = Caches::new(&self.model);
+        self.generate_cached(ids, images, &mut caches, params, on_text)
+    }
+
+    /// Reads, hashes and (unless `cache` already holds its features) preprocesses each image
+    /// file, so that a missing or corrupt file is refused before anything runs. An image
+    /// already in the conversation costs a read and a hash, not a decode.
+    pub(crate) fn prepare_images(
+        &self,
+        paths: &[PathBuf],
+        cache: &mut FeatureCache,
+    ) -> Result<Vec<PromptImage>, EngineError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let key = ImageKey::of_file(path).map_err(|e| EngineError::Image {
+                path: path.clone(),
+                source: read_error(path, e),
+            })?;
+            let source = if !seen.insert(key) {
+                ImageSource::Repeat
+            } else if let Some(features) = cache.get(&key) {
+                ImageSource::Cached(features)
+            } else {
+                let mut pixels = self.load_images(std::slice::from_ref(path))?;
+                ImageSource::Pixels(pixels.pop().unwrap_or_default())
+            };
+            out.push(PromptImage { key, source });
+        }
+        Ok(out)
+    }
+
+    /// [`Pipeline::generate_with`] through `caches`: images whose features are cached are
+    /// not encoded, and the prompt positions the KV cache already holds (its longest exact
+    /// prefix, see [`cache::reusable`]) are not run again. The answer is the one a full
+    /// recomputation gives. Afterwards the KV cache holds the prompt and every generated
+    /// token that was run; after a failure it is empty.
+    pub(crate) fn generate_cached(
+        &self,
+        ids: &[i64],
+        images: Vec<PromptImage>,
+        caches: &mut Caches,
         params: &SamplingParams,
         mut on_text: impl FnMut(&str) -> Result<ControlFlow<()>, EngineError>,
     ) -> Result<Answer, EngineError> {
@@ -239,12 +302,13 @@ impl Pipeline {
         let start = Instant::now();
         let prompt_tokens = self.check_context(ids)?;
         let mut timings = Timings::default();
-        let features = self.model.encode_images(images)?;
+        let keys: Vec<ImageKey> = images.iter().map(|i| i.key).collect();
+        let (features, images_encoded, images_from_cache) =
+            cache::features(&self.model, images, &mut caches.features)?;
         timings.image_encode = start.elapsed();
-        let embeds = self.model.embed_prompt(ids, &features)?;
-        let mut cache = self.model.new_cache();
         let t = Instant::now();
-        let mut logits = self.model.forward(&embeds, &mut cache, Logits::Last)?;
+        let prefix = &mut caches.prefix;
+        let (mut logits, reused_positions) = prefix.prefill(&self.model, ids, &keys, &features)?;
         timings.prefill = t.elapsed();
         let eos = self.tokenizer.eos_id();
         let max_positions = self.checkpoint.config.max_position_embeddings;
@@ -253,39 +317,46 @@ impl Pipeline {
         let mut tokens = Vec::new();
         let decode_start = Instant::now();
         let mut stop = Stop::Length;
-        while tokens.len() < params.max_new_tokens {
-            let mut row = logits
-                .squeeze(0)
-                .and_then(|r| r.to_vec1::<f32>())
-                .map_err(ModelError::from)?;
-            let next = sampler.next(&mut row, &tokens);
-            if tokens.is_empty() {
-                timings.first_token = start.elapsed();
+        // On any error below, the KV cache is emptied: a partly run step leaves it unknown.
+        let result = (|| {
+            while tokens.len() < params.max_new_tokens {
+                let mut row = logits
+                    .squeeze(0)
+                    .and_then(|r| r.to_vec1::<f32>())
+                    .map_err(ModelError::from)?;
+                let next = sampler.next(&mut row, &tokens);
+                if tokens.is_empty() {
+                    timings.first_token = start.elapsed();
+                }
+                tokens.push(next);
+                if next == eos {
+                    stop = Stop::Eos;
+                    break;
+                }
+                let piece = stream.push(next).map_err(ModelError::from)?;
+                if on_text(&piece)?.is_break() {
+                    stop = Stop::Cancelled;
+                    break;
+                }
+                if tokens.len() == params.max_new_tokens
+                    || max_positions.is_some_and(|m| prefix.len() + 1 > m)
+                {
+                    break;
+                }
+                logits = prefix.step(&self.model, next)?;
             }
-            tokens.push(next);
-            if next == eos {
-                stop = Stop::Eos;
-                break;
+            if stop != Stop::Cancelled {
+                let rest = stream.finish().map_err(ModelError::from)?;
+                if !rest.is_empty() {
+                    // The answer is complete; a Break here changes nothing.
+                    let _ = on_text(&rest)?;
+                }
             }
-            let piece = stream.push(next).map_err(ModelError::from)?;
-            if on_text(&piece)?.is_break() {
-                stop = Stop::Cancelled;
-                break;
-            }
-            if tokens.len() == params.max_new_tokens
-                || max_positions.is_some_and(|m| cache.len() + 1 > m)
-            {
-                break;
-            }
-            let embeds = self.model.embed_tokens(&[next])?;
-            logits = self.model.forward(&embeds, &mut cache, Logits::Last)?;
-        }
-        if stop != Stop::Cancelled {
-            let rest = stream.finish().map_err(ModelError::from)?;
-            if !rest.is_empty() {
-                // The answer is complete; a Break here changes nothing.
-                let _ = on_text(&rest)?;
-            }
+            Ok::<_, EngineError>(())
+        })();
+        if let Err(e) = result {
+            prefix.clear();
+            return Err(e);
         }
         timings.decode = decode_start.elapsed();
         let text = template::py_strip(&stream.text().map_err(ModelError::from)?).to_string();
@@ -297,7 +368,23 @@ impl Pipeline {
             prompt_tokens,
             stop,
             timings,
+            reused_positions,
+            images_encoded,
+            images_from_cache,
         })
+    }
+}
+
+/// The preprocessing error for a file that could not be read, as `load_rgb` reports it.
+fn read_error(path: &Path, e: std::io::Error) -> preprocess::PreprocessError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => preprocess::PreprocessError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => preprocess::PreprocessError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        },
     }
 }
 

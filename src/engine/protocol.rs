@@ -64,7 +64,11 @@ pub enum Command {
     },
     /// Stop request `id` (a generation ends with `Stop::Cancelled`, keeping its partial text).
     Cancel { id: RequestId },
-    /// Drop the loaded model and free its memory.
+    /// Forget the conversation: drop the cached image features and KV cache of the loaded
+    /// model (the TUI's `/clear`), so nothing of it stays in memory. Answers stay the same
+    /// with or without it; the next turn just computes everything again.
+    Reset,
+    /// Drop the loaded model (and its caches) and free its memory.
     Unload,
     /// End the worker.
     Shutdown,
@@ -120,8 +124,21 @@ pub struct GenerationStats {
     pub generated_tokens: usize,
     pub image_encode_ms: f64,
     pub time_to_first_token_ms: f64,
+    /// Positions run by the prefill pass per second (reused positions are not counted).
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    /// Prompt positions taken from the previous turn's KV cache instead of being run
+    /// (its longest exact prefix shared with this prompt).
+    #[serde(default)]
+    pub reused_positions: usize,
+    /// Images run through the vision tower for this answer.
+    #[serde(default)]
+    pub images_encoded: usize,
+    /// Images not encoded because an image with the same file content was encoded before (in
+    /// an earlier turn, or earlier in this prompt); with `images_encoded` it adds up to
+    /// `prompt.images`.
+    #[serde(default)]
+    pub images_from_cache: usize,
 }
 
 /// A finished (or cancelled) answer.

@@ -2,11 +2,14 @@
 //! front ends only through [`Command`] and [`Event`] (style.md §2, rule 9).
 //!
 //! It answers each turn exactly as the reference's multi-turn `chat()` does
-//! (huatuo-reference.md §3.1, §3.4): the whole history is re-tokenized and every image of the
-//! conversation is re-encoded. Cancellation reaches a busy worker through shared state checked
-//! once per generated token, not only through the command queue. Loading goes through an
-//! injected [`Resolver`], so the hub can plug in without the worker knowing about downloads;
-//! on a swap the old weights are dropped before the new ones are read. It never prints.
+//! (huatuo-reference.md §3.1, §3.4): the whole history is re-tokenized into the prompt, but
+//! images already encoded and the longest exact prefix of the previous turn's KV cache are
+//! reused ([`Caches`], one set per loaded model, dropped on a swap, `Unload` and `Reset`), so
+//! the answer is the one a full recomputation gives. Cancellation reaches a busy worker
+//! through shared state checked once per generated token, not only through the command queue.
+//! Loading goes through an injected [`Resolver`], so the hub can plug in without the worker
+//! knowing about downloads; on a swap the old weights are dropped before the new ones are
+//! read. It never prints.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -17,7 +20,8 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::pipeline::{EngineError, Pipeline, Stop, Timings};
+use super::cache::Caches;
+use super::pipeline::{Answer, EngineError, Pipeline, Stop};
 use super::protocol::{
     Command, Completion, Event, FailureKind, GenerateRequest, GenerationStats, LoadStage,
     ModelInfo, ModelSpec, PromptStats, RequestId,
@@ -71,10 +75,13 @@ impl Signals {
     }
 }
 
-/// The loaded model and what the front ends were told about it.
+/// The loaded model, what the front ends were told about it, and the caches of the
+/// conversation it is serving (they are only valid for this model, so they live and die
+/// with it).
 struct Loaded {
     pipeline: Pipeline,
     info: ModelInfo,
+    caches: Caches,
 }
 
 /// The worker thread's state.
@@ -129,6 +136,11 @@ impl Worker {
                 Command::Load { id, spec } => self.guarded(id, |w| w.load(id, &spec)),
                 Command::Generate { id, request } => self.guarded(id, |w| w.generate(id, &request)),
                 Command::Cancel { id } => self.signals.forget(id),
+                Command::Reset => {
+                    if let Some(loaded) = &mut self.loaded {
+                        loaded.caches.clear();
+                    }
+                }
                 Command::Unload => {
                     self.loaded = None;
                     self.emit(Event::Unloaded);
@@ -147,6 +159,10 @@ impl Worker {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
+            // A panic may have stopped between a KV cache append and its bookkeeping.
+            if let Some(loaded) = &mut self.loaded {
+                loaded.caches.clear();
+            }
             let error = format!("internal error in the model worker: {}", one_line(&what));
             self.emit(failed(id, FailureKind::Internal, error, ""));
         }
@@ -211,7 +227,12 @@ impl Worker {
             id,
             info: info.clone(),
         });
-        self.loaded = Some(Loaded { pipeline, info });
+        let caches = Caches::new(&pipeline.model);
+        self.loaded = Some(Loaded {
+            pipeline,
+            info,
+            caches,
+        });
     }
 
     /// Answers one turn: `Started`, `Token`s, then `Finished`, or `Failed` with the partial
@@ -229,11 +250,14 @@ impl Worker {
     /// The answer to one turn, as `chat()` computes it (reference §3.1, §3.4): the prompt
     /// from the whole history, every image of the conversation in order, then generation,
     /// streaming each printable piece as a `Token` and stopping within a token of a cancel.
-    fn answer(&self, id: RequestId, request: &GenerateRequest) -> Result<Completion, Failure> {
-        let Some(loaded) = &self.loaded else {
+    /// Cached image features and KV positions are reused where they are exactly what a full
+    /// recomputation would compute.
+    fn answer(&mut self, id: RequestId, request: &GenerateRequest) -> Result<Completion, Failure> {
+        let Some(loaded) = &mut self.loaded else {
             return Err(EngineError::NotLoaded.into());
         };
         let pipeline = &loaded.pipeline;
+        let caches = &mut loaded.caches;
         let (ids, user) =
             pipeline.prompt_ids(&request.history, &request.user, request.images.len())?;
         let prompt = prompt_stats(&ids, &loaded.info);
@@ -265,18 +289,19 @@ impl Worker {
             .chain(&request.images)
             .map(|image| image.path.clone())
             .collect();
-        let pixels = pipeline.load_images(&paths)?;
+        let images = pipeline.prepare_images(&paths, &mut caches.features)?;
         let preprocess = start.elapsed();
-        self.emit(Event::Started { id, prompt });
+        let (events, signals, faults) = (&self.events, &self.signals, self.faults);
+        let _ = events.send(Event::Started { id, prompt });
 
         let mut streamed = String::new();
         let mut calls = 0usize;
-        let result = pipeline.generate_with(&ids, &pixels, &request.params, |piece| {
-            if self.faults.fail_after_tokens.is_some_and(|n| calls >= n) {
+        let on_text = |piece: &str| {
+            if faults.fail_after_tokens.is_some_and(|n| calls >= n) {
                 return Err(injected_fault(calls));
             }
             calls += 1;
-            if let Some(delay) = self.faults.token_delay {
+            if let Some(delay) = faults.token_delay {
                 std::thread::sleep(delay);
             }
             if !piece.is_empty() {
@@ -284,20 +309,22 @@ impl Worker {
                     id,
                     text: piece.to_owned(),
                 };
-                if self.events.send(token).is_err() {
+                if events.send(token).is_err() {
                     return Ok(ControlFlow::Break(()));
                 }
                 streamed.push_str(piece);
             }
-            if self.signals.stop_requested(id) {
+            if signals.stop_requested(id) {
                 return Ok(ControlFlow::Break(()));
             }
             Ok(ControlFlow::Continue(()))
-        });
+        };
+        let result = pipeline.generate_cached(&ids, images, caches, &request.params, on_text);
         let answer = result.map_err(|error| Failure {
             error: Box::new(error),
             partial: streamed.clone(),
         })?;
+        completion.stats = generation_stats(prompt, &answer, preprocess);
         // Uncancelled, the streamed pieces are the stripped answer; cancelled, they are the
         // part of it no further token could have changed, a prefix of the full answer.
         completion.text = if answer.stop == Stop::Cancelled {
@@ -307,8 +334,6 @@ impl Worker {
         };
         completion.history_text = answer.raw;
         completion.stop = answer.stop;
-        completion.stats =
-            generation_stats(prompt, answer.tokens.len(), &answer.timings, preprocess);
         Ok(completion)
     }
 }
@@ -366,16 +391,13 @@ fn prompt_stats(ids: &[i64], info: &ModelInfo) -> PromptStats {
     }
 }
 
-/// The costs of one answer. `preprocess` is the time spent reading and resizing the images
-/// before the pipeline ran, counted in the image time and the time to first token.
-/// Prefill speed is prompt positions per second of the prefill forward pass; decode speed
-/// counts the forward passes of the decode loop (one per token after the first).
-fn generation_stats(
-    prompt: PromptStats,
-    generated_tokens: usize,
-    timings: &Timings,
-    preprocess: Duration,
-) -> GenerationStats {
+/// The costs of one answer. `preprocess` is the time spent reading, hashing and resizing the
+/// images before the pipeline ran, counted in the image time and the time to first token.
+/// Prefill speed is prompt positions run (not reused) per second of the prefill forward pass;
+/// decode speed counts the forward passes of the decode loop (one per token after the first).
+fn generation_stats(prompt: PromptStats, answer: &Answer, preprocess: Duration) -> GenerationStats {
+    let generated_tokens = answer.tokens.len();
+    let timings = &answer.timings;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let rate = |n: usize, d: Duration| {
         let secs = d.as_secs_f64();
@@ -394,14 +416,21 @@ fn generation_stats(
         } else {
             ms(preprocess + timings.first_token)
         },
-        prefill_tokens_per_s: rate(prompt.total, timings.prefill),
+        prefill_tokens_per_s: rate(
+            prompt.total.saturating_sub(answer.reused_positions),
+            timings.prefill,
+        ),
         decode_tokens_per_s: rate(generated_tokens.saturating_sub(1), timings.decode),
+        reused_positions: answer.reused_positions,
+        images_encoded: answer.images_encoded,
+        images_from_cache: answer.images_from_cache,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Timings;
 
     fn info() -> ModelInfo {
         ModelInfo {
@@ -434,6 +463,20 @@ mod tests {
         );
     }
 
+    fn answer(generated: usize, timings: Timings, reused_positions: usize) -> Answer {
+        Answer {
+            text: String::new(),
+            raw: String::new(),
+            tokens: vec![0; generated],
+            prompt_tokens: 0,
+            stop: Stop::Length,
+            timings,
+            reused_positions,
+            images_encoded: 1,
+            images_from_cache: 2,
+        }
+    }
+
     #[test]
     fn stats_rates_and_times() {
         let timings = Timings {
@@ -446,14 +489,25 @@ mod tests {
             total: 1000,
             ..PromptStats::default()
         };
-        let s = generation_stats(prompt, 11, &timings, Duration::from_millis(20));
+        let s = generation_stats(
+            prompt,
+            &answer(11, timings.clone(), 0),
+            Duration::from_millis(20),
+        );
         assert_eq!(s.generated_tokens, 11);
         assert!((s.image_encode_ms - 50.0).abs() < 1e-9);
         assert!((s.time_to_first_token_ms - 620.0).abs() < 1e-9);
         assert!((s.prefill_tokens_per_s - 2000.0).abs() < 1e-9);
         assert!((s.decode_tokens_per_s - 5.0).abs() < 1e-9);
+        // Reused positions were not run: the prefill rate counts the other 400.
+        let s = generation_stats(prompt, &answer(11, timings, 600), Duration::ZERO);
+        assert!((s.prefill_tokens_per_s - 800.0).abs() < 1e-9);
+        assert_eq!(
+            (s.reused_positions, s.images_encoded, s.images_from_cache),
+            (600, 1, 2)
+        );
         // Nothing generated, nothing timed: no division by zero, no fake numbers.
-        let s = generation_stats(prompt, 0, &Timings::default(), Duration::ZERO);
+        let s = generation_stats(prompt, &answer(0, Timings::default(), 0), Duration::ZERO);
         assert_eq!(
             (
                 s.time_to_first_token_ms,

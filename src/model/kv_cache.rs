@@ -54,9 +54,14 @@ impl KvCache {
         self.len += n;
     }
 
-    /// Keeps the first `len` positions (a no-op if the cache is shorter).
+    /// Keeps the first `len` positions (a no-op if the cache is shorter). The kept keys and
+    /// values are views of the old storage until the next append copies them.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         if len >= self.len {
+            return Ok(());
+        }
+        if len == 0 {
+            self.reset();
             return Ok(());
         }
         for (k, v) in self.layers.iter_mut().flatten() {

@@ -164,7 +164,9 @@ impl App {
                 effects
             }
             Slash::Clear => {
-                let effects = self.stop_generation();
+                let mut effects = self.stop_generation();
+                // The engine's cached images and KV cache belong to the old conversation.
+                effects.push(Effect::Engine(Command::Reset));
                 self.cancelled = None;
                 self.session = crate::chat::session::Session::new("");
                 self.notices.clear();
