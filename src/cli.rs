@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{DevicePref, ModelDType};
+use crate::model::quant::Quant;
 
 /// Chat with the HuatuoGPT-Vision medical vision-language models about images, locally.
 #[derive(Debug, Parser)]
@@ -151,6 +152,10 @@ pub struct RuntimeArgs {
     /// Where to run the model (cuda/metal need a build with that feature).
     #[arg(long, value_enum, default_value_t = DevicePref::Auto)]
     pub device: DevicePref,
+    /// Weight quantization; unset picks the best that fits in memory on a CPU (converted
+    /// once and cached on disk), dense weights on a GPU.
+    #[arg(long, value_enum)]
+    pub quant: Option<Quant>,
 }
 
 /// `--color` values.

@@ -4,7 +4,9 @@
 //! - config dir: `HUATUO_CONFIG_DIR`, else the platform's (`~/.config/huatuo` on Linux):
 //!   `config.toml`, `themes/*.toml`;
 //! - data dir: `HUATUO_DATA_DIR`, else the platform's (`~/.local/share/huatuo`): `sessions/`,
-//!   logs.
+//!   logs;
+//! - cache dir: `HUATUO_CACHE_DIR`, else the platform's (`~/.cache/huatuo`): quantized weights
+//!   converted from the hub's shards (`quant/`), safe to delete.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,8 @@ use serde::Deserialize;
 pub struct Dirs {
     pub config: PathBuf,
     pub data: PathBuf,
+    /// Rebuildable files: quantized weights (`quant/`).
+    pub cache: PathBuf,
 }
 
 impl Dirs {
@@ -38,12 +42,21 @@ impl Dirs {
                 "HUATUO_DATA_DIR",
                 project.as_ref().map(|p| p.data_dir().to_path_buf()),
             )?,
+            cache: pick(
+                "HUATUO_CACHE_DIR",
+                project.as_ref().map(|p| p.cache_dir().to_path_buf()),
+            )?,
         })
     }
 
     /// Where `--session` / `/save` conversations are kept.
     pub fn sessions(&self) -> PathBuf {
         self.data.join("sessions")
+    }
+
+    /// Where quantized weights converted from the hub's bf16 shards are kept.
+    pub fn quant_cache(&self) -> PathBuf {
+        self.cache.join("quant")
     }
 
     /// The user's settings file.

@@ -454,3 +454,42 @@ fn stdin_is_never_waited_on_from_a_terminal_or_null() {
     );
     assert!(!out.stdout.is_empty());
 }
+
+#[test]
+fn quantized_weights_are_converted_once_and_reported() {
+    let home = tempfile::tempdir().expect("tmp");
+    let run = || {
+        huatuo(home.path())
+            .env("HUATUO_CACHE_DIR", home.path().join("cache"))
+            .args(greedy_args(tiny_checkpoint("qwen2"), 8))
+            .args(["--quant", "q8_0", "--json", "What is it?"])
+            .output()
+            .expect("run")
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let v: Value = serde_json::from_slice(&first.stdout).expect("json");
+    assert_eq!(v["quantization"], "q8_0");
+    let files: Vec<_> = std::fs::read_dir(home.path().join("cache/quant"))
+        .expect("the quantized cache directory")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let modified = std::fs::metadata(&files[0])
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let second = run();
+    assert!(second.status.success());
+    let w: Value = serde_json::from_slice(&second.stdout).expect("json");
+    assert_eq!(v["answer"], w["answer"], "same answer from the cached file");
+    let again = std::fs::metadata(&files[0])
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(modified, again, "the cache file is reused, not rewritten");
+}

@@ -29,6 +29,7 @@ fn spec(source: &str) -> ModelSpec {
         device: DevicePref::Cpu,
         dtype: ModelDType::F32,
         offline: true,
+        quant: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn spec_of(family: &str) -> ModelSpec {
         device: DevicePref::Cpu,
         dtype: ModelDType::F32,
         offline: true,
+        quant: None,
     }
 }
 

@@ -69,6 +69,7 @@ fn spec(source: &str) -> ModelSpec {
         device: DevicePref::Cpu,
         dtype: ModelDType::Auto,
         offline: false,
+        quant: None,
     }
 }
 

@@ -18,6 +18,7 @@ use crate::engine::protocol::ModelSpec;
 use crate::engine::protocol::{DType, DevicePref, LoadStage};
 use crate::engine::{Engine, EngineHandle, Faults, ResolvedModel, Resolver};
 use crate::hub::{self, memory::WeightFormat};
+use crate::model::quant::{choose_quant, Quant};
 use crate::model::sampling::SamplingParams;
 
 /// The model used when neither `--model` nor config.toml names one.
@@ -46,6 +47,12 @@ pub fn model_spec(args: &ModelArgs, runtime: &RuntimeArgs) -> ModelSpec {
         device: runtime.device,
         dtype: runtime.dtype,
         offline: args.offline,
+        quant: runtime.quant.or_else(|| {
+            settings()
+                .ok()
+                .and_then(|s| s.quant)
+                .and_then(|q| Quant::from_name(&q))
+        }),
     }
 }
 
@@ -89,21 +96,58 @@ pub fn hub_resolver(draw_bar: bool) -> Resolver {
                 hub::resolve(&model, &opts, &mut events)
             }
             .map_err(|e| e.to_string())?;
-            if runs_on_cpu(spec.device) {
-                let format = match spec.dtype {
-                    DType::Auto | DType::F32 => WeightFormat::F32,
-                    DType::Bf16 => WeightFormat::Bf16,
-                    DType::F16 => WeightFormat::F16,
+            let on_cpu = runs_on_cpu(spec.device);
+            let quant = spec.quant.unwrap_or_else(|| {
+                let bf16 = checkpoint_bytes(&resolved.dir);
+                let available = hub::memory::available_memory().unwrap_or(u64::MAX);
+                choose_quant(bf16, available, on_cpu)
+            });
+            if on_cpu {
+                let format = match (quant, spec.dtype) {
+                    (Quant::None, DType::Auto | DType::F32) => WeightFormat::F32,
+                    (Quant::None, DType::Bf16) => WeightFormat::Bf16,
+                    (Quant::None, DType::F16) => WeightFormat::F16,
+                    (Quant::Q4k, _) => WeightFormat::Q4K,
+                    // q5k/q6k are smaller than q8_0: estimating them as q8_0 errs on the safe side.
+                    (Quant::Q8_0 | Quant::Q6k | Quant::Q5k, _) => WeightFormat::Q8_0,
                 };
                 hub::memory::preflight(&resolved.dir, format, 4096).map_err(|e| e.to_string())?;
             }
+            let quant_cache_dir = Dirs::from_env().ok().map(|d| d.quant_cache());
             Ok(ResolvedModel {
                 dir: resolved.dir,
                 repo: resolved.repo,
                 revision: resolved.revision,
+                quant,
+                quant_cache_dir,
             })
         },
     )
+}
+
+/// The checkpoint's size on disk (bf16): the index's `metadata.total_size`, else the shards'
+/// file sizes.
+fn checkpoint_bytes(dir: &Path) -> u64 {
+    let index = std::fs::read_to_string(dir.join("model.safetensors.index.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    if let Some(total) = index
+        .as_ref()
+        .and_then(|v| v.pointer("/metadata/total_size"))
+        .and_then(serde_json::Value::as_u64)
+    {
+        return total;
+    }
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Whether a device preference ends up on the CPU (GPUs exist only in builds with their

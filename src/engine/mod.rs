@@ -15,6 +15,8 @@ pub mod protocol;
 mod worker;
 
 use std::path::PathBuf;
+
+use crate::model::quant::Quant;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -47,6 +49,10 @@ pub struct ResolvedModel {
     pub repo: Option<String>,
     /// The hub commit, when the model came from the hub.
     pub revision: Option<String>,
+    /// The weight quantization to load with.
+    pub quant: Quant,
+    /// Where quantized weight files are cached (needed unless `quant` is `Quant::None`).
+    pub quant_cache_dir: Option<PathBuf>,
 }
 
 /// A resolver for local checkpoint directories only, until the hub resolver exists: the
@@ -64,6 +70,8 @@ pub fn local_resolver() -> Resolver {
             dir: std::fs::canonicalize(&dir).unwrap_or(dir),
             repo: None,
             revision: None,
+            quant: spec.quant.unwrap_or(Quant::None),
+            quant_cache_dir: Some(std::env::temp_dir().join("huatuo-quant")),
         })
     })
 }

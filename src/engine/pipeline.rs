@@ -12,6 +12,7 @@ use candle_core::Device;
 use super::cache::{self, Caches, FeatureCache, ImageKey, ImageSource, PromptImage};
 use crate::chat::template::{self, Exchange};
 use crate::model::preprocess::{self, ProcessorConfig};
+use crate::model::quant::{LoadOptions, Quant};
 use crate::model::sampling::{Sampler, SamplingParams};
 use crate::model::tokenizer::{AnswerStream, Tokenizer, IMAGE_TOKEN_INDEX};
 use crate::model::{Checkpoint, Huatuo, ModelError};
@@ -130,25 +131,55 @@ pub struct Pipeline {
     pub tokenizer: Tokenizer,
     pub processor: ProcessorConfig,
     device: Device,
+    quant: Quant,
 }
 
 impl Pipeline {
     /// Loads the checkpoint at `dir` on the chosen device and dtype.
     pub fn load(dir: &Path, device: DevicePref, dtype: DType) -> Result<Self, EngineError> {
+        Self::load_quantized(dir, device, dtype, Quant::None, None)
+    }
+
+    /// Loads with weight quantization: the first load of a checkpoint with a given `quant`
+    /// converts its shards into a GGUF file under `quant_cache_dir`; later loads map it.
+    pub fn load_quantized(
+        dir: &Path,
+        device: DevicePref,
+        dtype: DType,
+        quant: Quant,
+        quant_cache_dir: Option<&Path>,
+    ) -> Result<Self, EngineError> {
         let checkpoint = Checkpoint::open(dir)?;
         let device = select_device(device)?;
         let dtype = resolve_dtype(dtype, &device);
         let tokenizer = Tokenizer::from_dir(dir).map_err(ModelError::from)?;
         let processor = ProcessorConfig::from_file(&checkpoint.preprocessor_config)
             .map_err(ModelError::from)?;
-        let model = Huatuo::load(&checkpoint, &device, dtype)?;
+        let model = if quant == Quant::None {
+            Huatuo::load(&checkpoint, &device, dtype)?
+        } else {
+            let opts = LoadOptions {
+                dtype,
+                quant,
+                cache_dir: quant_cache_dir
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| std::env::temp_dir().join("huatuo-quant")),
+            };
+            Huatuo::load_with(&checkpoint, &device, &opts, &|_| {})?.0
+        };
         Ok(Self {
             checkpoint,
             model,
             tokenizer,
             processor,
             device,
+            quant,
         })
+    }
+
+    /// The weight quantization the model was loaded with.
+    pub fn quant(&self) -> Quant {
+        self.quant
     }
 
     /// The device the model runs on, e.g. "cpu".

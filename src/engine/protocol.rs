@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::chat::template::Exchange;
+use crate::model::quant::Quant;
 use crate::model::sampling::SamplingParams;
 
 pub use super::pipeline::{DType, DevicePref, Stop};
@@ -27,6 +28,10 @@ pub struct ModelSpec {
     pub dtype: DType,
     /// Use only what is already in the cache.
     pub offline: bool,
+    /// Weight quantization; `None` lets the resolver pick the best that fits in memory on a
+    /// CPU (dense on a GPU).
+    #[serde(default)]
+    pub quant: Option<Quant>,
 }
 
 /// One image of a conversation.

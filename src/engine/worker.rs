@@ -203,7 +203,13 @@ impl Worker {
             Err(e) => return self.emit(fail(e)),
         };
         self.emit(progress(LoadStage::Weights, 0, 1));
-        let pipeline = match Pipeline::load(&resolved.dir, spec.device, spec.dtype) {
+        let pipeline = match Pipeline::load_quantized(
+            &resolved.dir,
+            spec.device,
+            spec.dtype,
+            resolved.quant,
+            resolved.quant_cache_dir.as_deref(),
+        ) {
             Ok(p) => p,
             Err(e) => return self.emit(fail(e.to_string())),
         };
@@ -219,7 +225,7 @@ impl Worker {
                 .map_or_else(|| config.model_type.clone(), |f| f.name().to_string()),
             dtype: pipeline.dtype_name().to_string(),
             device: pipeline.device_name().to_string(),
-            quantization: "none".into(),
+            quantization: pipeline.quant().name().to_string(),
             context_length: config.context_length(),
             tokens_per_image: pipeline.model.tokens_per_image(),
         };
@@ -570,6 +576,7 @@ mod tests {
             device: super::super::pipeline::DevicePref::Cpu,
             dtype: super::super::pipeline::DType::F32,
             offline: true,
+            quant: None,
         };
         let err = resolve(&spec("/no/such/dir"), &mut |_, _, _| {}).unwrap_err();
         assert!(err.contains("/no/such/dir"), "{err}");
