@@ -17,7 +17,7 @@ use crate::util::fixture;
 
 /// Largest cosine distance (1 − cos) between a quantized model's logits and f32's at any
 /// position of the test prompt (a 576-position image plus text). Measured on this
-/// checkpoint: q8_0 7.9e-5, q6k 1.2e-3, q5k 4.2e-3, q4k 2.9e-2; the bounds are about 3×
+/// checkpoint: q8_0 7.9e-5, q6k 1.2e-3, q5k 4.2e-3, q4k 3.0e-2; the bounds are about 3×
 /// those. A random network with uniform weights is harsher than a trained one: k-quants
 /// lose more on uniform than on bell-shaped weights, and every quantized matrix on the path
 /// (vision tower, projector, decoder, LM head) adds its error.
@@ -324,4 +324,33 @@ fn quantized_models_hold_fewer_weight_bytes() {
     assert_eq!(r4.weight_bytes, b4 as u64);
     assert!(b8 * 3 < d, "q8_0 {b8} vs f32 {d}");
     assert!(b4 < b8, "q4k {b4} vs q8_0 {b8}");
+}
+
+/// The compact layout keeps q4k at 4.5 bits per weight (no repacked tiles) and computes
+/// the same model within q4k's bound.
+#[test]
+fn compact_layout_is_smaller_and_as_accurate() {
+    use huatuo::model::quant::WeightLayout;
+    let cache = tempfile::tempdir().expect("tmp");
+    let ckpt = Checkpoint::open(checkpoint()).expect("open");
+    let opts = LoadOptions {
+        dtype: candle_core::DType::F32,
+        quant: Quant::Q4k,
+        cache_dir: cache.path().to_path_buf(),
+    };
+    let (repacked, _) = Huatuo::load_with(&ckpt, &Device::Cpu, &opts, &|_| {}).expect("load");
+    let (compact, report) =
+        Huatuo::load_with_layout(&ckpt, &Device::Cpu, &opts, WeightLayout::Compact, &|_| {})
+            .expect("load compact");
+    assert_eq!(report.layout, WeightLayout::Compact);
+    assert!(!report.converted, "both layouts read the same cache file");
+    let (r, c) = (repacked.weight_bytes(), compact.weight_bytes());
+    eprintln!("q4k weights: repacked {r}, compact {c}");
+    assert!(c <= r, "compact {c} vs repacked {r}");
+    let p = pipeline();
+    let (ids, pixels) = prompt(&p);
+    let reference = all_logits(&p.model, &ids, &pixels);
+    let d = max_cosine_distance(&all_logits(&compact, &ids, &pixels), &reference);
+    eprintln!("q4k compact: max cosine distance to f32 {d:e}");
+    assert!(d <= Q4K_MAX_COSINE_DISTANCE, "compact q4k: {d}");
 }

@@ -75,17 +75,18 @@ impl Linear {
         Self::dense(weight, None)
     }
 
-    /// A layer over a quantized `[out, in]` weight. F32/F16 weights (the fallback of
-    /// matrices too narrow for any block) become dense f32 layers.
-    pub(crate) fn quantized(weight: QWeight, bias: Option<Tensor>) -> Result<Self> {
+    /// A layer over a quantized `[out, in]` weight, repacked when `repack` and the CPU allow.
+    /// F32/F16 weights (the fallback of matrices too narrow for any block) become dense f32
+    /// layers.
+    pub(crate) fn quantized(weight: QWeight, bias: Option<Tensor>, repack: bool) -> Result<Self> {
         let (out_dim, in_dim) = weight.tensor.shape().dims2()?;
         if matches!(weight.tensor.dtype(), GgmlDType::F32 | GgmlDType::F16) {
             let device = weight.tensor.device();
             return Ok(Self::dense(weight.tensor.dequantize(&device)?, bias));
         }
-        let repacked = weight.blocks.is_some()
-            && repacks_everything(weight.tensor.dtype(), out_dim, in_dim)
-            && Arc::strong_count(&weight.tensor) == 1;
+        let repacked = repack
+            && weight.blocks.is_some()
+            && repacks_everything(weight.tensor.dtype(), out_dim, in_dim);
         Ok(Self {
             inner: Inner::Quantized(QLinear {
                 weight: weight.tensor,
@@ -144,13 +145,19 @@ impl Linear {
         if blocks.is_released() {
             return Ok(());
         }
-        let probe = Tensor::zeros((1, q.in_dim), DType::F32, &Device::Cpu)?;
-        let before = probe.apply_op1_no_bwd(q.weight.as_ref())?;
+        let probe = Tensor::ones((1, q.in_dim), DType::F32, &Device::Cpu)?;
+        let before: Vec<f32> = probe
+            .apply_op1_no_bwd(q.weight.as_ref())?
+            .flatten_all()?
+            .to_vec1()?;
         blocks.release();
-        // The tiles alone must give the same result, or the release was wrong.
-        let after = probe.apply_op1_no_bwd(q.weight.as_ref())?;
-        if before.dims() != after.dims() {
-            candle_core::bail!("repacked layer changed shape after releasing its blocks");
+        // The tiles alone must give the same result, or candle still needed the blocks.
+        let after: Vec<f32> = probe
+            .apply_op1_no_bwd(q.weight.as_ref())?
+            .flatten_all()?
+            .to_vec1()?;
+        if before != after {
+            candle_core::bail!("a repacked layer changed its results after releasing its blocks");
         }
         Ok(())
     }
@@ -229,6 +236,7 @@ impl Embedding {
                     blocks: None,
                 },
                 None,
+                false,
             ),
         }
     }
@@ -521,7 +529,7 @@ mod tests {
         let data = q.data().expect("data").into_owned();
         let weight = QWeight::from_bytes(dtype, &[n, k], &data, &Device::Cpu).expect("bytes");
         let deq = weight.tensor.dequantize(&Device::Cpu).expect("dequantize");
-        (Linear::quantized(weight, None).expect("linear"), deq)
+        (Linear::quantized(weight, None, true).expect("linear"), deq)
     }
 
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -14,7 +14,7 @@ use super::config::{ClipVisionConfig, LlavaConfig};
 use super::decoder::{Decoder, Logits};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
-use super::quant::{ConvertProgress, LoadOptions, LoadReport, Quant};
+use super::quant::{ConvertProgress, LoadOptions, LoadReport, Quant, WeightLayout};
 use super::tokenizer::IMAGE_TOKEN_INDEX;
 use super::weights::{QuantizedWeights, Synthetic, SyntheticDense, Weights};
 use super::{gguf, linear, ModelError};
@@ -97,11 +97,24 @@ impl Huatuo {
     /// Loads a checkpoint dense (`Quant::None`, as [`Huatuo::load`]) or quantized: on first
     /// use of a quantization the shards are converted into a GGUF file in
     /// `opts.cache_dir` ([`gguf::ensure`]; `progress` follows that conversion), which this
-    /// and later loads read. Quantized models compute in f32.
+    /// and later loads read. Quantized models compute in f32. q4_K weights are repacked
+    /// for speed ([`WeightLayout::Repacked`]); see [`Huatuo::load_with_layout`].
     pub fn load_with(
         ckpt: &Checkpoint,
         device: &Device,
         opts: &LoadOptions,
+        progress: &dyn Fn(ConvertProgress),
+    ) -> Result<(Self, LoadReport), ModelError> {
+        Self::load_with_layout(ckpt, device, opts, WeightLayout::Repacked, progress)
+    }
+
+    /// [`Huatuo::load_with`] with a choice of in-memory layout for q4_K weights: `Compact`
+    /// keeps them at 4.5 bits per weight (the 34B in 24 GB) at the cost of a slower prefill.
+    pub fn load_with_layout(
+        ckpt: &Checkpoint,
+        device: &Device,
+        opts: &LoadOptions,
+        layout: WeightLayout,
         progress: &dyn Fn(ConvertProgress),
     ) -> Result<(Self, LoadReport), ModelError> {
         let start = Instant::now();
@@ -117,10 +130,11 @@ impl Huatuo {
             Duration::ZERO
         };
         let tensors = gguf::read(&cache.path, device)?;
-        let weights = Weights::Quantized(QuantizedWeights::new(Arc::new(tensors), device));
+        let weights = Weights::Quantized(QuantizedWeights::new(Arc::new(tensors), device, layout));
         let model = Self::from_weights(&ckpt.config, &ckpt.vision, weights, device, opts.quant)
             .map_err(|e| with_dir(e, ckpt))?;
         let mut report = model.report(Some(cache.path.clone()), convert_time, start);
+        report.layout = layout;
         report.converted = cache.converted;
         report.rebuilt_because = cache.rebuilt_because;
         Ok((model, report))
@@ -128,11 +142,12 @@ impl Huatuo {
 
     /// A model with random weights at the geometry of `cfg` and `vision` (`huatuo bench
     /// --shape`): nothing is read from disk. Quantized as `quant` asks (dense f32 for
-    /// `Quant::None`).
+    /// `Quant::None`), held in `layout`.
     pub fn synthetic(
         cfg: &LlavaConfig,
         vision: &ClipVisionConfig,
         quant: Quant,
+        layout: WeightLayout,
         device: &Device,
         seed: u64,
     ) -> Result<Self, ModelError> {
@@ -144,7 +159,7 @@ impl Huatuo {
                 device.clone(),
             ))
         } else {
-            Weights::Quantized(QuantizedWeights::new(Arc::new(source), device))
+            Weights::Quantized(QuantizedWeights::new(Arc::new(source), device, layout))
         };
         Self::from_weights(cfg, vision, weights, device, quant)
     }
@@ -205,6 +220,7 @@ impl Huatuo {
     ) -> LoadReport {
         LoadReport {
             quant: self.quant,
+            layout: WeightLayout::Repacked,
             cache_file,
             converted: false,
             rebuilt_because: None,

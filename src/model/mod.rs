@@ -9,6 +9,7 @@ pub mod clip;
 pub mod config;
 pub mod decoder;
 pub mod gguf;
+pub mod gguf_write;
 pub mod kv_cache;
 pub mod linear;
 pub mod llava;

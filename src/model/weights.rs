@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::linear::{Embedding, Linear, QWeight};
-use super::quant::{tensor_type, Quant};
+use super::quant::{tensor_type, Quant, WeightLayout};
 
 /// A source of named quantized tensors.
 pub(crate) trait TensorSource: Send + Sync {
@@ -39,15 +39,21 @@ pub struct QuantizedWeights {
     source: Arc<dyn TensorSource>,
     prefix: String,
     device: Device,
+    layout: WeightLayout,
     built: Arc<Mutex<Vec<Linear>>>,
 }
 
 impl QuantizedWeights {
-    pub(crate) fn new(source: Arc<dyn TensorSource>, device: &Device) -> Self {
+    pub(crate) fn new(
+        source: Arc<dyn TensorSource>,
+        device: &Device,
+        layout: WeightLayout,
+    ) -> Self {
         Self {
             source,
             prefix: String::new(),
             device: device.clone(),
+            layout,
             built: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -117,7 +123,7 @@ impl<'a> Weights<'a> {
                 } else {
                     None
                 };
-                let layer = Linear::quantized(weight, bias)?;
+                let layer = Linear::quantized(weight, bias, q.layout == WeightLayout::Repacked)?;
                 q.built
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -198,8 +204,11 @@ pub(crate) struct Synthetic {
     quant: Quant,
     device: Device,
     seed: u64,
-    templates: Mutex<HashMap<(Vec<usize>, String), Arc<Vec<u8>>>>,
+    templates: Mutex<HashMap<TemplateKey, Arc<Vec<u8>>>>,
 }
+
+/// (shape, type and distribution) of a synthetic template.
+type TemplateKey = (Vec<usize>, String);
 
 /// Rows drawn per template before tiling.
 const TEMPLATE_ROWS: usize = 1024;
