@@ -11,7 +11,8 @@
 //!   which would cost 10.5 bits per weight instead of 4.5; since on such CPUs candle uses only
 //!   the tiles for every row count, [`prepare`] packs each layer once at load time and then
 //!   releases the original blocks.
-//! - **everything else** (q8_0, q6k, q5k, q4k elsewhere): candle's plain block kernels for a
+//! - **everything else** (q8_0, q6k, q5k, q4k elsewhere or in the compact layout,
+//!   [`super::quant::WeightLayout`]): candle's plain block kernels for a
 //!   few rows (decode) and, for 32 rows or more (prefill, the vision tower), the weight is
 //!   dequantized to f32 for that call and multiplied with the dense gemm, which is 1.5–3.5×
 //!   faster than q8_0/q6k's block kernels on AVX2 and never keeps a second copy.
