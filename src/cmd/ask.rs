@@ -48,7 +48,7 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
 
     let interrupts = install_interrupt_handler();
     let engine = engine_for(facts.stderr_tty);
-    let spec = model_spec(&args.model, &args.runtime);
+    let spec = model_spec(&args.model, &args.runtime)?;
     engine.send(Command::Load {
         id: LOAD_ID,
         spec: spec.clone(),

@@ -43,7 +43,7 @@ pub fn run(args: ChatArgs, facts: TermFacts) -> Result<()> {
     }
     let (params, pinned) = sampling(&args, &settings)?;
     let config = AppConfig {
-        spec: super::model_spec(&args.model, &args.runtime),
+        spec: super::model_spec(&args.model, &args.runtime)?,
         params,
         pinned,
         theme,

@@ -34,26 +34,35 @@ pub fn settings() -> Result<Settings> {
     Settings::load(&Dirs::from_env()?.config_file())
 }
 
-/// What to load: `--model`, else config.toml's `model`, else the 7B.
-pub fn model_spec(args: &ModelArgs, runtime: &RuntimeArgs) -> ModelSpec {
-    let configured = settings().ok().and_then(|s| s.model);
-    ModelSpec {
+/// What to load: `--model`, else config.toml's `model`, else the 7B; `--quant`, else
+/// config.toml's `quant` (an unknown name there is an error naming the file), else chosen by
+/// the resolver. config.toml is read once.
+pub fn model_spec(args: &ModelArgs, runtime: &RuntimeArgs) -> Result<ModelSpec> {
+    let configured = settings()?;
+    let quant = match (runtime.quant, configured.quant.as_deref()) {
+        (Some(q), _) => Some(q),
+        (None, Some(name)) => Some(Quant::from_name(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid quant {name:?} in {}: use none, q8_0, q6k, q5k or q4k",
+                Dirs::from_env()
+                    .map(|d| d.config_file().display().to_string())
+                    .unwrap_or_else(|_| "config.toml".into())
+            )
+        })?),
+        (None, None) => None,
+    };
+    Ok(ModelSpec {
         source: args
             .model
             .clone()
-            .or(configured)
+            .or(configured.model)
             .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
         revision: args.revision.clone(),
         device: runtime.device,
         dtype: runtime.dtype,
         offline: args.offline,
-        quant: runtime.quant.or_else(|| {
-            settings()
-                .ok()
-                .and_then(|s| s.quant)
-                .and_then(|q| Quant::from_name(&q))
-        }),
-    }
+        quant,
+    })
 }
 
 /// Starts the model worker with the resolver that finds or downloads models. With
