@@ -6,21 +6,22 @@
 //! the parity tests. Quantized layers hold a candle `QTensor` whose CPU blocks are a
 //! [`Blocks`] that huatuo can still reach, which lets it pick the multiplication per layer:
 //!
-//! - **q4k on x86 with AVX2**: candle's repacked kernels (`repack_x86`), about 2× faster than
-//!   the plain ones at prefill. candle keeps the packed tiles *beside* the original blocks,
-//!   which would cost 10.5 bits per weight instead of 4.5; since on such CPUs candle uses only
-//!   the tiles for every row count, [`prepare`] packs each layer once at load time and then
-//!   releases the original blocks.
+//! - **q4k on x86 with AVX2**: the weight is interleaved eight rows at a time at load
+//!   ([`super::q4k_x8`], ggml's `block_q4_Kx8`: the same 4.5 bits per weight as the GGUF
+//!   blocks) and multiplied by huatuo's port of ggml's AVX2 kernels, for every row count;
+//!   [`prepare`] interleaves each layer once and releases the original blocks.
 //! - **everything else** (q8_0, q6k, q5k, q4k elsewhere or in the compact layout,
 //!   [`super::quant::WeightLayout`]): candle's plain block kernels for a
 //!   few rows (decode) and, for 32 rows or more (prefill, the vision tower), the weight is
 //!   dequantized to f32 for that call and multiplied with the dense gemm, which is 1.5–3.5×
 //!   faster than q8_0/q6k's block kernels on AVX2 and never keeps a second copy.
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor, QuantizedType};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
+
+use super::q4k_x8::{self, Q4kX8};
 use candle_nn::VarBuilder;
 
 /// Rows from which a non-repacked quantized layer is dequantized for a dense gemm.
@@ -46,8 +47,10 @@ struct QLinear {
     /// The CPU blocks behind `weight` (absent on GPUs, where candle's own op runs).
     blocks: Option<Arc<Blocks>>,
     bias: Option<Tensor>,
-    /// Whether candle's repacked kernels run this layer (see the module docs).
+    /// Whether the interleaved q4_K kernels run this layer (see the module docs).
     repacked: bool,
+    /// The interleaved weight, once [`Linear::prepare`] (or a first product) has made it.
+    packed: Arc<OnceLock<Q4kX8>>,
     out_dim: usize,
     in_dim: usize,
 }
@@ -87,17 +90,32 @@ impl Linear {
         }
         let repacked = repack
             && weight.blocks.is_some()
-            && repacks_everything(weight.tensor.dtype(), out_dim, in_dim);
+            && weight.tensor.dtype() == GgmlDType::Q4K
+            && q4k_x8::supported()
+            && q4k_x8::fits(out_dim, in_dim);
         Ok(Self {
             inner: Inner::Quantized(QLinear {
                 weight: weight.tensor,
                 blocks: weight.blocks,
                 bias,
                 repacked,
+                packed: Arc::new(OnceLock::new()),
                 out_dim,
                 in_dim,
             }),
         })
+    }
+
+    /// A layer over a dense `[out, in]` weight quantized in memory to `dtype` on the CPU,
+    /// interleaved (and its blocks released) when `repack` and the CPU allow: what the
+    /// loaders build from a GGUF file, for benchmarks and tests.
+    pub fn quantize(weight: &Tensor, dtype: GgmlDType, repack: bool) -> Result<Self> {
+        let q = QTensor::quantize(weight, dtype)?;
+        let data = q.data()?;
+        let weight = QWeight::from_bytes(dtype, weight.dims(), &data, &Device::Cpu)?;
+        let layer = Self::quantized(weight, None, repack)?;
+        layer.prepare()?;
+        Ok(layer)
     }
 
     /// The GGML type of the weight (`F32`/`F16`/`BF16` for dense layers).
@@ -123,19 +141,14 @@ impl Linear {
                     Some(b) => b.size_in_bytes(),
                     None => q.weight.storage_size_in_bytes(),
                 };
-                // candle's repacked q4k tiles: 3072 bytes per 256 weights of 16 rows.
-                let tiles = if q.repacked {
-                    q.out_dim * q.in_dim / 4096 * 3072
-                } else {
-                    0
-                };
-                blocks + tiles + q.bias.as_ref().map(tensor_bytes).unwrap_or_default()
+                let packed = q.packed.get().map(Q4kX8::bytes).unwrap_or_default();
+                blocks + packed + q.bias.as_ref().map(tensor_bytes).unwrap_or_default()
             }
         }
     }
 
-    /// Packs a repacked layer's weight now and releases its original blocks (a no-op for
-    /// other layers). Called once per layer at load time by [`prepare`].
+    /// Interleaves a repacked layer's weight now and releases its original blocks (a no-op
+    /// for other layers). Called once per layer at load time by [`prepare`].
     fn prepare(&self) -> Result<()> {
         let Inner::Quantized(q) = &self.inner else {
             return Ok(());
@@ -143,24 +156,59 @@ impl Linear {
         let (Some(blocks), true) = (&q.blocks, q.repacked) else {
             return Ok(());
         };
-        if blocks.is_released() {
-            return Ok(());
-        }
-        let probe = Tensor::ones((1, q.in_dim), DType::F32, &Device::Cpu)?;
-        let before: Vec<f32> = probe
-            .apply_op1_no_bwd(q.weight.as_ref())?
-            .flatten_all()?
-            .to_vec1()?;
+        q.packed_weight(blocks)?;
         blocks.release();
-        // The tiles alone must give the same result, or candle still needed the blocks.
-        let after: Vec<f32> = probe
-            .apply_op1_no_bwd(q.weight.as_ref())?
-            .flatten_all()?
-            .to_vec1()?;
-        if before != after {
-            candle_core::bail!("a repacked layer changed its results after releasing its blocks");
-        }
         Ok(())
+    }
+}
+
+impl QLinear {
+    /// The interleaved weight, made from `blocks` on first use.
+    fn packed_weight(&self, blocks: &Blocks) -> Result<&Q4kX8> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p);
+        }
+        let packed = blocks.with(|b| {
+            // SAFETY: `as_ptr` and `storage_size_in_bytes` describe the blocks' own bytes,
+            // which live as long as the read guard `with` holds.
+            #[allow(unsafe_code)]
+            let bytes =
+                unsafe { std::slice::from_raw_parts(b.as_ptr(), b.storage_size_in_bytes()) };
+            Q4kX8::pack(bytes, self.out_dim, self.in_dim).ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "cannot interleave a q4_K weight of [{}, {}] ({} bytes)",
+                    self.out_dim,
+                    self.in_dim,
+                    bytes.len()
+                ))
+            })
+        })?;
+        Ok(self.packed.get_or_init(|| packed))
+    }
+
+    /// `x Wᵀ` with the interleaved kernels, for a contiguous f32 `x`.
+    fn forward_packed(&self, xs: &Tensor) -> Result<Tensor> {
+        let packed = match (self.packed.get(), &self.blocks) {
+            (Some(p), _) => p,
+            (None, Some(blocks)) => self.packed_weight(blocks)?,
+            (None, None) => candle_core::bail!(
+                "a repacked q4_K layer has neither its blocks nor its interleaved copy"
+            ),
+        };
+        let mut dims = xs.dims().to_vec();
+        match dims.last_mut() {
+            Some(k) if *k == self.in_dim => *k = self.out_dim,
+            _ => candle_core::bail!(
+                "input {:?} does not end in {} features",
+                xs.shape(),
+                self.in_dim
+            ),
+        }
+        let lhs = xs.flatten_all()?.to_vec1::<f32>()?;
+        let rows = lhs.len() / self.in_dim.max(1);
+        let mut dst = vec![0f32; rows * self.out_dim];
+        packed.matmul(&lhs, rows, &mut dst);
+        Tensor::from_vec(dst, dims, xs.device())
     }
 }
 
@@ -176,7 +224,7 @@ impl Module for Linear {
                 };
                 let rows = xs.elem_count() / q.in_dim.max(1);
                 let ys = match &q.blocks {
-                    Some(_) if q.repacked => xs.apply_op1_no_bwd(q.weight.as_ref())?,
+                    _ if q.repacked => q.forward_packed(&xs)?,
                     Some(blocks)
                         if rows >= DEQUANTIZE_MIN_ROWS
                             && q.out_dim * q.in_dim * 4 <= DEQUANTIZE_MAX_BYTES =>
@@ -299,34 +347,8 @@ impl QWeight {
     }
 }
 
-/// Whether candle 0.11.1 multiplies a `[n, k]` weight of `dtype` with its repacked x86 tiles
-/// for *every* number of rows, so that the original blocks are never read after packing.
-/// That is q4k on AVX2 or AVX-VNNI CPUs (`repack_x86::select`: n % 16 = 0, k % 256 = 0).
-/// AVX-512-VNNI CPUs are excluded: there, q4k with ≥ 32 rows may take the AMX path, which
-/// packs the blocks again.
-fn repacks_everything(dtype: GgmlDType, n: usize, k: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let avx2 = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma");
-        let avx512_vnni = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni");
-        dtype == GgmlDType::Q4K
-            && avx2
-            && !avx512_vnni
-            && n.is_multiple_of(16)
-            && k.is_multiple_of(256)
-            && k > 0
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (dtype, n, k);
-        false
-    }
-}
-
-/// Packs every repacked layer of `layers` (in parallel, one thread per core) and releases
-/// their original blocks, so that a q4k model holds 6 bits per weight, not 10.5.
+/// Interleaves every repacked layer of `layers` (in parallel, one thread per core) and
+/// releases their original blocks, so that a q4k model holds its 4.5 bits per weight once.
 pub(crate) fn prepare(layers: &[Linear]) -> Result<()> {
     let todo: Vec<&Linear> = layers
         .iter()
@@ -390,6 +412,7 @@ impl Blocks {
         }
     }
 
+    #[cfg(test)]
     fn is_released(&self) -> bool {
         self.data
             .read()
@@ -422,7 +445,7 @@ impl Blocks {
 
 /// The `QuantizedType` candle's `QTensor` holds: a handle on huatuo's [`Blocks`]. After
 /// a release it reports zero bytes at a dangling (never dereferenced) address and fails
-/// every computation, which candle's repacked path never asks for.
+/// every computation, which no repacked layer asks for (it runs on its interleaved copy).
 struct SharedBlocks(Arc<Blocks>);
 
 impl QuantizedType for SharedBlocks {
@@ -547,7 +570,7 @@ mod tests {
         num / den
     }
 
-    /// Every path (block kernels, dequantize + gemm, repacked tiles after the release)
+    /// Every path (block kernels, dequantize + gemm, interleaved q4_K after the release)
     /// computes `x Wᵀ` for the dequantized weight, at decode and prefill row counts.
     #[test]
     fn quantized_paths_agree_with_the_dequantized_weight() {
@@ -571,14 +594,15 @@ mod tests {
     }
 
     #[test]
-    fn q4k_blocks_are_released_only_where_candle_always_repacks() {
+    fn q4k_blocks_are_released_only_where_they_are_interleaved() {
         let (layer, _) = quantized(GgmlDType::Q4K, 64, 512);
         prepare(std::slice::from_ref(&layer)).expect("prepare");
         let Inner::Quantized(q) = &layer.inner else {
             panic!("not quantized");
         };
         let released = q.blocks.as_ref().expect("cpu blocks").is_released();
-        assert_eq!(released, repacks_everything(GgmlDType::Q4K, 64, 512));
+        assert_eq!(released, q4k_x8::supported());
+        assert_eq!(layer.bytes(), 64 * 512 / 256 * 144);
         assert_eq!(q.repacked, released);
         // q8_0 never is.
         let (layer, _) = quantized(GgmlDType::Q8_0, 64, 512);

@@ -14,6 +14,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod llava;
 pub mod preprocess;
+mod q4k_x8;
 pub mod quant;
 pub mod sampling;
 pub mod tokenizer;

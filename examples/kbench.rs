@@ -1,0 +1,43 @@
+//! Times one quantized matrix product per layout: `cargo run --release --example kbench`.
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Module, Tensor};
+use huatuo::model::linear::Linear;
+use std::time::Instant;
+
+fn time(layer: &Linear, x: &Tensor, reps: usize) -> f64 {
+    layer.forward(x).unwrap();
+    let mut ts: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            layer.forward(x).unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    ts[ts.len() / 2]
+}
+
+fn main() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (name, n, k) in [
+        ("gate 18944x3584", 18944usize, 3584usize),
+        ("down 3584x18944", 3584, 18944),
+    ] {
+        let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
+        for (label, repack) in [("x8", true), ("blocks", false)] {
+            let layer = Linear::quantize(&w, GgmlDType::Q4K, repack)?;
+            let bytes = layer.bytes();
+            for m in [1usize, 512] {
+                let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)?;
+                let t = time(&layer, &x, if m == 1 { 30 } else { 3 });
+                println!(
+                    "{name} q4k {label:6} m={m:3}: {:8.2} ms  {:5.1} GB/s  {:6.1} GMAC/s",
+                    t * 1e3,
+                    bytes as f64 / t / 1e9,
+                    (m * n * k) as f64 / t / 1e9
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,532 @@
+//! q4_K weights interleaved eight rows at a time, and the x86 AVX2 kernels that multiply them
+//! (issue 6: decode at memory speed, prefill near llama.cpp's, 4.5 bits per weight).
+//!
+//! This is ggml's `block_q4_Kx8` layout and its `gemv_q4_K_8x8_q8_K` kernel (llama.cpp,
+//! `ggml/src/ggml-cpu/repack.cpp` and `arch/x86/repack.cpp`, MIT licence), ported to Rust:
+//! eight GGUF q4_K blocks of eight consecutive weight rows are interleaved eight bytes at a
+//! time, with their scales and mins rearranged so that one AVX2 pass computes eight outputs.
+//! The layout has exactly the bytes of the blocks it came from (1152 = 8 × 144), unlike
+//! candle 0.11.1's repacked tiles (6 bits per weight), so a 7B keeps its 4.7 GB file size.
+//!
+//! Where ggml has a second, larger kernel for many activation rows (interleaving those too),
+//! this one takes up to four activation rows per pass ([`gemm_tile`]): the weight nibbles,
+//! scales and mins are unpacked once and used for all of them, which is where most of
+//! ggml's gemm gain comes from. Activations are quantized to q8_K exactly as ggml and candle
+//! do (`quantize_row_q8_K`), so the integer sums are those of their block kernels.
+//!
+//! The one module of huatuo with `unsafe` code besides memory-mapping: SIMD intrinsics, and
+//! the pool's workers writing disjoint parts of one output through a raw pointer.
+#![allow(unsafe_code)]
+
+use half::f16;
+
+/// Weights per q4_K / q8_K block.
+const QK_K: usize = 256;
+/// Bytes of one GGUF q4_K block: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of
+/// nibbles.
+const Q4K_BYTES: usize = 144;
+/// Activation rows per block of work in a multi-row product: their q8_K rows stay in L2
+/// while every weight group of a chunk passes over them (32 and 4 were the best of 16–128
+/// and 2–8 on the 7B's gate and down projections at 512 rows, `examples/kbench.rs`).
+const ROW_BLOCK: usize = 32;
+/// Weight groups (eight rows each) per work item.
+const GROUP_CHUNK: usize = 4;
+
+/// Eight q4_K blocks (one per weight row) of the same 256 columns, interleaved.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BlockQ4Kx8 {
+    d: [f16; 8],
+    dmin: [f16; 8],
+    scales: [u8; 96],
+    qs: [u8; 1024],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4Kx8>() == 8 * Q4K_BYTES);
+
+/// One activation block quantized to 8 bits (ggml's `block_q8_K`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BlockQ8K {
+    d: f32,
+    qs: [i8; QK_K],
+    bsums: [i16; QK_K / 16],
+}
+
+impl BlockQ8K {
+    const ZERO: Self = Self {
+        d: 0.0,
+        qs: [0; QK_K],
+        bsums: [0; QK_K / 16],
+    };
+
+    /// ggml's `quantize_row_q8_K_ref` for 256 values: the scale from the value of largest
+    /// magnitude, then round-to-nearest-even (`nearest_int`), written so that it vectorizes.
+    fn quantize(xs: &[f32]) -> Self {
+        let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+        let mut out = Self::ZERO;
+        if amax == 0.0 {
+            return out;
+        }
+        // The first value of that magnitude gives the sign, as in ggml.
+        let max = xs.iter().copied().find(|x| x.abs() == amax).unwrap_or(amax);
+        let iscale = -127f32 / max;
+        for (q, &x) in out.qs.iter_mut().zip(xs) {
+            // ggml's nearest_int: |iscale·x| ≤ 127, so the float trick is exact.
+            let v = iscale * x + 12_582_912.0;
+            *q = ((v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000) as i8;
+        }
+        for (sum, qs) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
+            *sum = qs.iter().map(|&q| q as i16).sum();
+        }
+        out.d = 1.0 / iscale;
+        out
+    }
+}
+
+/// Whether this CPU runs the interleaved q4_K kernels (x86-64 with AVX2, FMA and F16C).
+pub(crate) fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether an `[n, k]` q4_K weight can be interleaved (and [`supported`] runs it).
+pub(crate) fn fits(n: usize, k: usize) -> bool {
+    n > 0 && k > 0 && n.is_multiple_of(8) && k.is_multiple_of(QK_K)
+}
+
+/// A `[n, k]` q4_K weight in the interleaved layout.
+pub(crate) struct Q4kX8 {
+    blocks: Vec<BlockQ4Kx8>,
+    n: usize,
+    k: usize,
+}
+
+impl std::fmt::Debug for Q4kX8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Q4kX8([{}, {}])", self.n, self.k)
+    }
+}
+
+impl Q4kX8 {
+    /// Interleaves the GGUF bytes of a `[n, k]` q4_K weight (row-major blocks). `None` when
+    /// the shape does not [`fit`](fits) or the byte count is wrong.
+    pub fn pack(data: &[u8], n: usize, k: usize) -> Option<Self> {
+        let kb = k / QK_K;
+        if !fits(n, k) || data.len() != n * kb * Q4K_BYTES {
+            return None;
+        }
+        let mut blocks = Vec::with_capacity(n / 8 * kb);
+        for group in 0..n / 8 {
+            for b in 0..kb {
+                let src: [&[u8]; 8] = std::array::from_fn(|i| {
+                    let at = ((group * 8 + i) * kb + b) * Q4K_BYTES;
+                    &data[at..at + Q4K_BYTES]
+                });
+                blocks.push(interleave(&src));
+            }
+        }
+        Some(Self { blocks, n, k })
+    }
+
+    /// Bytes held (the same as the GGUF blocks').
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<BlockQ4Kx8>()
+    }
+
+    /// `dst[m, n] = lhs[m, k] · Wᵀ` on candle's thread pool.
+    pub fn matmul(&self, lhs: &[f32], m: usize, dst: &mut [f32]) {
+        assert_eq!(lhs.len(), m * self.k, "lhs is not [{m}, {}]", self.k);
+        assert_eq!(dst.len(), m * self.n, "dst is not [{m}, {}]", self.n);
+        assert!(
+            supported(),
+            "the interleaved q4_K kernels need AVX2, FMA and F16C"
+        );
+        let kb = self.k / QK_K;
+        let pool = candle_core::utils::barrier_pool();
+
+        // Activations to q8_K, a row per item (parallel when there are many).
+        let mut act = vec![BlockQ8K::ZERO; m * kb];
+        {
+            let act_ptr = SendPtr(act.as_mut_ptr());
+            let quantize_rows = |rows: std::ops::Range<usize>| {
+                for r in rows {
+                    for b in 0..kb {
+                        let x = &lhs[r * self.k + b * QK_K..r * self.k + (b + 1) * QK_K];
+                        // SAFETY: each (row, block) slot is written by exactly one item.
+                        unsafe { *act_ptr.get().add(r * kb + b) = BlockQ8K::quantize(x) };
+                    }
+                }
+            };
+            if m >= 8 {
+                pool.execute_chunked(m, quantize_rows);
+            } else {
+                quantize_rows(0..m);
+            }
+        }
+
+        let groups = self.n / 8;
+        let (rb, gc) = (ROW_BLOCK, GROUP_CHUNK);
+        let row_blocks = m.div_ceil(rb);
+        let chunks = groups.div_ceil(gc);
+        let dst_ptr = SendPtr(dst.as_mut_ptr());
+        let act = &act[..];
+        let n = self.n;
+        pool.execute_chunked(row_blocks * chunks, |items| {
+            for item in items {
+                let rows = (item / chunks) * rb..m.min((item / chunks + 1) * rb);
+                let first = (item % chunks) * gc;
+                for g in first..groups.min(first + gc) {
+                    let w = &self.blocks[g * kb..(g + 1) * kb];
+                    let mut r = rows.start;
+                    while r < rows.end {
+                        let take = (rows.end - r).min(4);
+                        let a = |i: usize| &act[(r + i) * kb..(r + i + 1) * kb];
+                        // SAFETY: `supported()` was checked above; every (row, group) output
+                        // of eight floats is written by exactly one work item.
+                        unsafe {
+                            let out = |i: usize| dst_ptr.get().add((r + i) * n + g * 8);
+                            match take {
+                                4 => gemm_tile::<4>(
+                                    w,
+                                    [a(0), a(1), a(2), a(3)],
+                                    [out(0), out(1), out(2), out(3)],
+                                ),
+                                3 => {
+                                    gemm_tile::<3>(w, [a(0), a(1), a(2)], [out(0), out(1), out(2)])
+                                }
+                                2 => gemm_tile::<2>(w, [a(0), a(1)], [out(0), out(1)]),
+                                _ => gemm_tile::<1>(w, [a(0)], [out(0)]),
+                            }
+                        }
+                        r += take;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A raw pointer the pool's workers may share (each writes disjoint elements).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// ggml's `make_block_q4_Kx8` with an interleave of eight bytes.
+fn interleave(src: &[&[u8]; 8]) -> BlockQ4Kx8 {
+    let d = |i: usize, at: usize| f16::from_le_bytes([src[i][at], src[i][at + 1]]);
+    let scales = |i: usize| &src[i][4..16];
+    let qs = |i: usize| &src[i][16..144];
+    let mut out = BlockQ4Kx8 {
+        d: std::array::from_fn(|i| d(i, 0)),
+        dmin: std::array::from_fn(|i| d(i, 2)),
+        scales: [0; 96],
+        qs: [0; 1024],
+    };
+    for i in 0..QK_K * 4 / 8 {
+        let (src_id, src_offset) = (i % 8, (i / 8) * 8);
+        out.qs[i * 8..i * 8 + 8].copy_from_slice(&qs(src_id)[src_offset..src_offset + 8]);
+    }
+    // 8 scales and 8 mins of 6 bits per block; the output keeps, per sub-block, those of
+    // the eight rows together, in q4_K's own 12-byte packing.
+    let mut pack = |base: usize, s: [u8; 8], m: [u8; 8]| {
+        for j in 0..4 {
+            out.scales[base + j] = (s[j] & 63) + ((s[j + 4] & 48) << 2);
+            out.scales[base + 4 + j] = (m[j] & 63) + ((m[j + 4] & 48) << 2);
+            out.scales[base + 8 + j] = (s[j + 4] & 15) + ((m[j + 4] & 15) << 4);
+        }
+    };
+    for i in 0..4 {
+        let s = std::array::from_fn(|j| scales(j)[i] & 63);
+        let m = std::array::from_fn(|j| scales(j)[i + 4] & 63);
+        pack(i * 12, s, m);
+    }
+    for i in 0..4 {
+        let s = std::array::from_fn(|j| ((scales(j)[i] & 192) >> 2) | (scales(j)[i + 8] & 15));
+        let m = std::array::from_fn(|j| {
+            ((scales(j)[i + 4] & 192) >> 2) | ((scales(j)[i + 8] & 240) >> 4)
+        });
+        pack(i * 12 + 48, s, m);
+    }
+    out
+}
+
+/// Eight outputs for each of `R` activation rows: `out[r][j] = a[r] · w_row(j)` for the
+/// eight weight rows of one interleaved group. ggml's AVX2 gemv, with the row-independent
+/// half of its work (nibbles, scales, mins) done once for all `R` rows.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; each `a[r]` must have `w.len()` blocks and each
+/// `out[r]` must be valid for eight `f32` writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: [*mut f32; R]) {
+    use std::arch::x86_64::*;
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+
+    let deltamask = _mm_set_epi8(15, 14, 7, 6, 13, 12, 5, 4, 11, 10, 3, 2, 9, 8, 1, 0);
+    let scalemask = _mm_set_epi8(7, 7, 3, 3, 6, 6, 2, 2, 5, 5, 1, 1, 4, 4, 0, 0);
+    let finalpermutemask = _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0);
+    let m4b = _mm256_set1_epi8(0x0F);
+
+    let mut acc_row = [_mm256_setzero_ps(); R];
+    let mut acc_min_rows = [_mm256_setzero_ps(); R];
+
+    for (b, wb) in w.iter().enumerate() {
+        let col_scale_f32 = _mm256_cvtph_ps(_mm_shuffle_epi8(
+            _mm_loadu_si128(wb.d.as_ptr() as *const __m128i),
+            deltamask,
+        ));
+        let col_dmin_f32 = _mm256_cvtph_ps(_mm_loadu_si128(wb.dmin.as_ptr() as *const __m128i));
+
+        let mut iacc_b = [_mm256_setzero_si256(); R];
+        let mut iacc_min_b = [_mm256_setzero_si256(); R];
+        let mut q8s: [__m256i; R] = std::array::from_fn(|r| {
+            let sums = _mm256_loadu_si256(a[r][b].bsums.as_ptr() as *const __m256i);
+            let s = _mm256_castsi128_si256(_mm_hadd_epi16(
+                _mm256_castsi256_si128(sums),
+                _mm256_extracti128_si256::<1>(sums),
+            ));
+            _mm256_permute2f128_si256::<0>(s, s)
+        });
+
+        for sb in 0..QK_K / 64 {
+            let qs = wb.qs.as_ptr().add(sb * 256);
+            let raw = |off: usize| _mm256_loadu_si256(qs.add(off) as *const __m256i);
+            let r0123_0 = raw(0);
+            let r4567_0 = raw(32);
+            let r0123_1 = raw(64);
+            let r4567_1 = raw(96);
+            let r0123_2 = raw(128);
+            let r4567_2 = raw(160);
+            let r0123_3 = raw(192);
+            let r4567_3 = raw(224);
+
+            let lo = |v: __m256i| _mm256_and_si256(v, m4b);
+            let hi = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4b);
+            // The two operands of each pair of products, for the eight weight rows.
+            let ev = |x0123: __m256i, x4567: __m256i| {
+                _mm256_blend_epi32::<170>(x0123, _mm256_shuffle_epi32::<177>(x4567))
+            };
+            let od = |x0123: __m256i, x4567: __m256i| {
+                _mm256_blend_epi32::<170>(_mm256_shuffle_epi32::<177>(x0123), x4567)
+            };
+            let w0: [__m256i; 8] = {
+                let (a0, b0) = (lo(r0123_0), lo(r4567_0));
+                let (a1, b1) = (lo(r0123_1), lo(r4567_1));
+                let (a2, b2) = (lo(r0123_2), lo(r4567_2));
+                let (a3, b3) = (lo(r0123_3), lo(r4567_3));
+                [
+                    ev(a0, b0),
+                    od(a0, b0),
+                    ev(a1, b1),
+                    od(a1, b1),
+                    ev(a2, b2),
+                    od(a2, b2),
+                    ev(a3, b3),
+                    od(a3, b3),
+                ]
+            };
+            let w1: [__m256i; 8] = {
+                let (a0, b0) = (hi(r0123_0), hi(r4567_0));
+                let (a1, b1) = (hi(r0123_1), hi(r4567_1));
+                let (a2, b2) = (hi(r0123_2), hi(r4567_2));
+                let (a3, b3) = (hi(r0123_3), hi(r4567_3));
+                [
+                    ev(a0, b0),
+                    od(a0, b0),
+                    ev(a1, b1),
+                    od(a1, b1),
+                    ev(a2, b2),
+                    od(a2, b2),
+                    ev(a3, b3),
+                    od(a3, b3),
+                ]
+            };
+
+            let unpack = |at: usize| {
+                let mut u = [0u32; 4];
+                for (i, v) in u.iter_mut().take(3).enumerate() {
+                    let p = at + i * 4;
+                    *v = u32::from_le_bytes([
+                        wb.scales[p],
+                        wb.scales[p + 1],
+                        wb.scales[p + 2],
+                        wb.scales[p + 3],
+                    ]);
+                }
+                u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+                let uaux = u[1] & KMASK1;
+                u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+                u[2] = uaux;
+                u[0] &= KMASK1;
+                _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32)
+            };
+            let mins_and_scales_0 = unpack(24 * sb);
+            let mins_and_scales_1 = unpack(12 + 24 * sb);
+            let scales_0 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(mins_and_scales_0, scalemask));
+            let scales_1 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(mins_and_scales_1, scalemask));
+            let mins_01 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
+                _mm_shuffle_epi32::<78>(mins_and_scales_0),
+                _mm_shuffle_epi32::<78>(mins_and_scales_1),
+            ));
+
+            for r in 0..R {
+                let q8 = a[r][b].qs.as_ptr().add(sb * 64);
+                let lhs = |off: usize| {
+                    let v = _mm256_castsi128_si256(_mm_loadu_si128(q8.add(off) as *const __m128i));
+                    _mm256_permute2f128_si256::<0>(v, v)
+                };
+                let (l00, l01, l10, l11) = (lhs(0), lhs(16), lhs(32), lhs(48));
+                let dot = |wv: &[__m256i; 8], la: __m256i, lb: __m256i| {
+                    let mut acc = _mm256_maddubs_epi16(wv[0], _mm256_shuffle_epi32::<0>(la));
+                    let t = |x: __m256i, y: __m256i| _mm256_maddubs_epi16(x, y);
+                    acc = _mm256_add_epi16(acc, t(wv[1], _mm256_shuffle_epi32::<85>(la)));
+                    acc = _mm256_add_epi16(acc, t(wv[2], _mm256_shuffle_epi32::<170>(la)));
+                    acc = _mm256_add_epi16(acc, t(wv[3], _mm256_shuffle_epi32::<255>(la)));
+                    acc = _mm256_add_epi16(acc, t(wv[4], _mm256_shuffle_epi32::<0>(lb)));
+                    acc = _mm256_add_epi16(acc, t(wv[5], _mm256_shuffle_epi32::<85>(lb)));
+                    acc = _mm256_add_epi16(acc, t(wv[6], _mm256_shuffle_epi32::<170>(lb)));
+                    _mm256_add_epi16(acc, t(wv[7], _mm256_shuffle_epi32::<255>(lb)))
+                };
+                let iacc_0 = _mm256_madd_epi16(dot(&w0, l00, l01), scales_0);
+                let iacc_1 = _mm256_madd_epi16(dot(&w1, l10, l11), scales_1);
+                iacc_b[r] = _mm256_add_epi32(iacc_b[r], _mm256_add_epi32(iacc_0, iacc_1));
+                let q8s_sb = _mm256_shuffle_epi32::<0>(q8s[r]);
+                iacc_min_b[r] = _mm256_add_epi32(iacc_min_b[r], _mm256_madd_epi16(q8s_sb, mins_01));
+                q8s[r] = _mm256_bsrli_epi128::<4>(q8s[r]);
+            }
+        }
+
+        for r in 0..R {
+            let row_scale_f32 = _mm256_set1_ps(a[r][b].d);
+            acc_row[r] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(iacc_b[r]),
+                _mm256_mul_ps(col_scale_f32, row_scale_f32),
+                acc_row[r],
+            );
+            acc_min_rows[r] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(iacc_min_b[r]),
+                _mm256_mul_ps(col_dmin_f32, row_scale_f32),
+                acc_min_rows[r],
+            );
+        }
+    }
+
+    for r in 0..R {
+        let v = _mm256_permutevar8x32_ps(acc_row[r], finalpermutemask);
+        _mm256_storeu_ps(out[r], _mm256_sub_ps(v, acc_min_rows[r]));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gemm_tile<const R: usize>(_: &[BlockQ4Kx8], _: [&[BlockQ8K]; R], _: [*mut f32; R]) {
+    unreachable!("the interleaved q4_K kernels run only where `supported()` is true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// A random `[n, k]` q4_K weight: its GGUF bytes and its dequantized f32 values.
+    fn weight(n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let dev = Device::Cpu;
+        // A fixed pseudo-random pattern (candle's CPU rng cannot be seeded).
+        let vals: Vec<f32> = (0..n * k)
+            .map(|i| {
+                let h = (i as u64 + seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                (h as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+            })
+            .collect();
+        let w = Tensor::from_vec(vals, (n, k), &dev).expect("weight");
+        let q = QTensor::quantize(&w, GgmlDType::Q4K).expect("quantize");
+        let bytes = q.data().expect("data").into_owned();
+        let deq = q.dequantize(&dev).expect("dequantize");
+        (
+            bytes,
+            deq.flatten_all().expect("flat").to_vec1().expect("vec"),
+        )
+    }
+
+    /// The reference the kernel must reproduce: each activation row quantized to q8_K as
+    /// the kernel does, then exact integer-valued sums per sub-block, as ggml's scalar
+    /// `gemv_q4_K_8x8_q8_K_generic` computes them (in f64 here).
+    fn reference(w_deq: &[f32], lhs: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            let act: Vec<f32> = lhs[r * k..(r + 1) * k]
+                .chunks_exact(QK_K)
+                .flat_map(|c| {
+                    let q = BlockQ8K::quantize(c);
+                    q.qs.map(|v| v as f32 * q.d)
+                })
+                .collect();
+            for j in 0..n {
+                let row = &w_deq[j * k..(j + 1) * k];
+                let s: f64 = row
+                    .iter()
+                    .zip(&act)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                out[r * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn interleaved_kernels_compute_the_quantized_product() {
+        if !supported() {
+            eprintln!("skipped: no AVX2/FMA/F16C");
+            return;
+        }
+        let (n, k) = (40, 768);
+        let (bytes, deq) = weight(n, k, 7);
+        let packed = Q4kX8::pack(&bytes, n, k).expect("pack");
+        assert_eq!(packed.bytes(), bytes.len());
+        // 1 (decode), 3 and 6 (a partial quad), 70 (two row blocks).
+        for m in [1, 3, 6, 70] {
+            let lhs: Vec<f32> = (0..m * k)
+                .map(|i| {
+                    ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * if i % 5 == 0 { 4.0 } else { 1.0 }
+                })
+                .collect();
+            let mut got = vec![f32::NAN; m * n];
+            packed.matmul(&lhs, m, &mut got);
+            let want = reference(&deq, &lhs, m, n, k);
+            let scale = want.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * scale.max(1.0),
+                    "m {m}, output {i}: got {g}, want {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_refused() {
+        let (bytes, _) = weight(8, 256, 1);
+        assert!(Q4kX8::pack(&bytes, 8, 256).is_some());
+        assert!(Q4kX8::pack(&bytes[..bytes.len() - 1], 8, 256).is_none());
+        assert!(!fits(12, 256));
+        assert!(!fits(16, 128));
+    }
+}
