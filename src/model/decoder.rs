@@ -77,11 +77,14 @@ impl Attention {
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = cache.append(layer, &k, &v)?;
+        // Grouped-query attention without repeating K and V for every query head: the
+        // `groups` query heads that share a KV head are stacked along the sequence axis
+        // (`[b, kv, groups·n, d]`, a free reshape), so each product reads the cache once.
         let groups = g.heads / g.kv_heads;
-        let k = repeat_kv(&k, groups)?;
-        let v = repeat_kv(&v, groups)?;
+        let t = k.dim(2)?;
+        let q = q.reshape((b, g.kv_heads, groups * n, g.head_dim))?;
         let scale = 1.0 / (g.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, g.heads, n, t))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
@@ -89,20 +92,14 @@ impl Attention {
         // Softmax in f32 whatever the activation dtype, as transformers does.
         let probs =
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, ()))?;
+        let probs = probs.reshape((b, g.kv_heads, groups * n, t))?;
+        let ctx = probs
+            .matmul(&v)?
+            .reshape((b, g.heads, n, g.head_dim))?
+            .transpose(1, 2)?
+            .reshape((b, n, ()))?;
         self.o.forward(&ctx)
     }
-}
-
-/// `[b, kv, t, d]` → `[b, kv*groups, t, d]`, each kv head repeated for its query group.
-fn repeat_kv(xs: &Tensor, groups: usize) -> Result<Tensor> {
-    if groups == 1 {
-        return Ok(xs.clone());
-    }
-    let (b, kv, t, d) = xs.dims4()?;
-    xs.unsqueeze(2)?
-        .expand((b, kv, groups, t, d))?
-        .reshape((b, kv * groups, t, d))
 }
 
 #[derive(Debug, Clone)]

@@ -4,18 +4,65 @@
 
 use candle_core::{Result, Tensor};
 
-/// Keys and values `[1, kv_heads, len, head_dim]` for every layer.
-#[derive(Debug, Clone)]
+/// Positions a layer's buffers grow by at least (and start with).
+const MIN_GROWTH: usize = 256;
+
+/// Keys and values `[1, kv_heads, len, head_dim]` for every layer, written in place into
+/// buffers with room to grow: a decode step copies only its own position, not the whole
+/// sequence so far (issue 6). Not `Clone`: two caches must never share a buffer that one
+/// of them writes into.
+#[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<Layer>>,
     len: usize,
+}
+
+/// One layer's buffers `[1, kv_heads, capacity, head_dim]`; positions `0..len` are valid.
+#[derive(Debug)]
+struct Layer {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl Layer {
+    fn capacity(&self) -> usize {
+        self.k.dim(2).unwrap_or(0)
+    }
+
+    /// Buffers like `k`'s (and `v`'s) with room for `capacity` positions, holding `keep`
+    /// positions of `old`.
+    fn with_capacity(k: &Tensor, v: &Tensor, capacity: usize, old: Option<&Layer>) -> Result<Self> {
+        let buffer = |t: &Tensor| -> Result<Tensor> {
+            let (b, h, _, d) = t.dims4()?;
+            Tensor::zeros((b, h, capacity, d), t.dtype(), t.device())
+        };
+        let layer = Self {
+            k: buffer(k)?,
+            v: buffer(v)?,
+            len: 0,
+        };
+        if let Some(old) = old.filter(|o| o.len > 0) {
+            layer
+                .k
+                .slice_set(&old.k.narrow(2, 0, old.len)?.contiguous()?, 2, 0)?;
+            layer
+                .v
+                .slice_set(&old.v.narrow(2, 0, old.len)?.contiguous()?, 2, 0)?;
+            return Ok(Self {
+                len: old.len,
+                ..layer
+            });
+        }
+        Ok(layer)
+    }
 }
 
 impl KvCache {
     /// An empty cache for a decoder of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            layers: (0..num_layers).map(|_| None).collect(),
             len: 0,
         }
     }
@@ -30,7 +77,8 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Appends this step's keys and values to `layer` and returns the whole sequence so far.
+    /// Appends this step's keys and values to `layer` and returns views of the whole
+    /// sequence so far (valid until the next append to that layer).
     pub(crate) fn append(
         &mut self,
         layer: usize,
@@ -41,12 +89,20 @@ impl KvCache {
             .layers
             .get_mut(layer)
             .ok_or_else(|| candle_core::Error::Msg(format!("no cache slot for layer {layer}")))?;
-        let (k, v) = match slot.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?),
-            None => (k.clone(), v.clone()),
+        let n = k.dim(2)?;
+        let needed = slot.as_ref().map_or(0, |l| l.len) + n;
+        if slot.as_ref().is_none_or(|l| l.capacity() < needed) {
+            let grown = slot.as_ref().map_or(0, |l| l.capacity() * 3 / 2);
+            let capacity = needed.max(grown).max(MIN_GROWTH);
+            *slot = Some(Layer::with_capacity(k, v, capacity, slot.as_ref())?);
+        }
+        let Some(l) = slot.as_mut() else {
+            candle_core::bail!("cache slot for layer {layer} was not allocated");
         };
-        *slot = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        l.k.slice_set(&k.contiguous()?, 2, l.len)?;
+        l.v.slice_set(&v.contiguous()?, 2, l.len)?;
+        l.len += n;
+        Ok((l.k.narrow(2, 0, l.len)?, l.v.narrow(2, 0, l.len)?))
     }
 
     /// Records that a forward pass of `n` positions has completed.
@@ -54,8 +110,8 @@ impl KvCache {
         self.len += n;
     }
 
-    /// Keeps the first `len` positions (a no-op if the cache is shorter). The kept keys and
-    /// values are views of the old storage until the next append copies them.
+    /// Keeps the first `len` positions (a no-op if the cache is shorter); later appends
+    /// overwrite the rest in place.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         if len >= self.len {
             return Ok(());
@@ -64,17 +120,65 @@ impl KvCache {
             self.reset();
             return Ok(());
         }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.narrow(2, 0, len)?;
-            *v = v.narrow(2, 0, len)?;
+        for l in self.layers.iter_mut().flatten() {
+            l.len = l.len.min(len);
         }
         self.len = len;
         Ok(())
     }
 
-    /// Forgets everything.
+    /// Forgets everything (and frees the buffers).
     pub fn reset(&mut self) {
         self.layers.iter_mut().for_each(|s| *s = None);
         self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn step(start: usize, n: usize) -> Tensor {
+        let vals: Vec<f32> = (0..2 * n * 3).map(|i| (start * 1000 + i) as f32).collect();
+        Tensor::from_vec(vals, (1, 2, n, 3), &Device::Cpu).expect("step")
+    }
+
+    /// Appends across growth, truncation and re-append give what concatenation would.
+    #[test]
+    fn appends_equal_concatenation_across_growth_and_truncation() {
+        let mut cache = KvCache::new(1);
+        let mut want: Vec<Tensor> = Vec::new();
+        for (i, n) in [200usize, 1, 1, 100, 300].into_iter().enumerate() {
+            let t = step(i, n);
+            let (k, v) = cache
+                .append(0, &t, &(&t * 2.0).expect("v"))
+                .expect("append");
+            cache.advance(n);
+            want.push(t);
+            let cat = Tensor::cat(&want, 2).expect("cat");
+            assert_eq!(
+                k.squeeze(0).expect("sq").to_vec3::<f32>().expect("k"),
+                cat.squeeze(0).expect("sq").to_vec3::<f32>().expect("cat")
+            );
+            let v2 = (&cat * 2.0).expect("v2");
+            assert_eq!(
+                v.squeeze(0).expect("sq").to_vec3::<f32>().expect("v"),
+                v2.squeeze(0).expect("sq").to_vec3::<f32>().expect("v2")
+            );
+        }
+        cache.truncate(150).expect("truncate");
+        assert_eq!(cache.len(), 150);
+        let t = step(9, 4);
+        let (k, _) = cache.append(0, &t, &t).expect("append");
+        let head = Tensor::cat(&want, 2)
+            .expect("cat")
+            .narrow(2, 0, 150)
+            .expect("narrow");
+        let cat = Tensor::cat(&[&head, &t], 2).expect("cat");
+        assert_eq!(
+            k.squeeze(0).expect("sq").to_vec3::<f32>().expect("k"),
+            cat.squeeze(0).expect("sq").to_vec3::<f32>().expect("cat")
+        );
     }
 }
