@@ -24,14 +24,18 @@ fn main() -> candle_core::Result<()> {
         ("down 3584x18944", 3584, 18944),
     ] {
         let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
-        for (label, repack) in [("x8", true), ("blocks", false)] {
-            let layer = Linear::quantize(&w, GgmlDType::Q4K, repack)?;
+        for (label, dtype, repack) in [
+            ("q4k x8", GgmlDType::Q4K, true),
+            ("q4k blocks", GgmlDType::Q4K, false),
+            ("q8_0", GgmlDType::Q8_0, true),
+        ] {
+            let layer = Linear::quantize(&w, dtype, repack)?;
             let bytes = layer.bytes();
             for m in [1usize, 512] {
                 let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)?;
                 let t = time(&layer, &x, if m == 1 { 30 } else { 3 });
                 println!(
-                    "{name} q4k {label:6} m={m:3}: {:8.2} ms  {:5.1} GB/s  {:6.1} GMAC/s",
+                    "{name} {label:10} m={m:3}: {:8.2} ms  {:5.1} GB/s  {:6.1} GMAC/s",
                     t * 1e3,
                     bytes as f64 / t / 1e9,
                     (m * n * k) as f64 / t / 1e9

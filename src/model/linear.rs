@@ -10,7 +10,9 @@
 //!   ([`super::q4k_x8`], ggml's `block_q4_Kx8`: the same 4.5 bits per weight as the GGUF
 //!   blocks) and multiplied by huatuo's port of ggml's AVX2 kernels, for every row count;
 //!   [`prepare`] interleaves each layer once and releases the original blocks.
-//! - **everything else** (q8_0, q6k, q5k, q4k elsewhere or in the compact layout,
+//! - **q8_0 on x86 with AVX2**: huatuo's own kernels ([`super::q8_0`]) on the blocks as
+//!   they are, for every row count.
+//! - **everything else** (q6k, q5k, q8_0 and q4k elsewhere, q4k in the compact layout,
 //!   [`super::quant::WeightLayout`]): candle's plain block kernels for a
 //!   few rows (decode) and, for 32 rows or more (prefill, the vision tower), the weight is
 //!   dequantized to f32 for that call and multiplied with the dense gemm, which is 1.5–3.5×
@@ -22,6 +24,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor, QuantizedType};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 
 use super::q4k_x8::{self, Q4kX8};
+use super::q8_0;
 use candle_nn::VarBuilder;
 
 /// Rows from which a non-repacked quantized layer is dequantized for a dense gemm.
@@ -195,6 +198,33 @@ impl QLinear {
                 "a repacked q4_K layer has neither its blocks nor its interleaved copy"
             ),
         };
+        self.rows_through(xs, |lhs, rows, dst| {
+            packed.matmul(lhs, rows, dst);
+            Ok(())
+        })
+    }
+
+    /// `x Wᵀ` with huatuo's q8_0 kernels, straight on the blocks.
+    fn forward_q8_0(&self, blocks: &Blocks, xs: &Tensor) -> Result<Tensor> {
+        self.rows_through(xs, |lhs, rows, dst| {
+            blocks.with(|b| {
+                // SAFETY: as in `packed_weight`: the blocks' own bytes, alive under the guard.
+                #[allow(unsafe_code)]
+                let w =
+                    unsafe { std::slice::from_raw_parts(b.as_ptr(), b.storage_size_in_bytes()) };
+                q8_0::matmul(w, self.out_dim, self.in_dim, lhs, rows, dst);
+                Ok(())
+            })
+        })
+    }
+
+    /// Runs `f(lhs, rows, dst)` over the rows of a contiguous f32 `x` (`[..., in]`) and
+    /// returns `dst` as `[..., out]`.
+    fn rows_through(
+        &self,
+        xs: &Tensor,
+        f: impl FnOnce(&[f32], usize, &mut [f32]) -> Result<()>,
+    ) -> Result<Tensor> {
         let mut dims = xs.dims().to_vec();
         match dims.last_mut() {
             Some(k) if *k == self.in_dim => *k = self.out_dim,
@@ -207,7 +237,7 @@ impl QLinear {
         let lhs = xs.flatten_all()?.to_vec1::<f32>()?;
         let rows = lhs.len() / self.in_dim.max(1);
         let mut dst = vec![0f32; rows * self.out_dim];
-        packed.matmul(&lhs, rows, &mut dst);
+        f(&lhs, rows, &mut dst)?;
         Tensor::from_vec(dst, dims, xs.device())
     }
 }
@@ -225,6 +255,12 @@ impl Module for Linear {
                 let rows = xs.elem_count() / q.in_dim.max(1);
                 let ys = match &q.blocks {
                     _ if q.repacked => q.forward_packed(&xs)?,
+                    Some(blocks)
+                        if q.weight.dtype() == GgmlDType::Q8_0
+                            && q8_0::fits(q.out_dim, q.in_dim) =>
+                    {
+                        q.forward_q8_0(blocks, &xs)?
+                    }
                     Some(blocks)
                         if rows >= DEQUANTIZE_MIN_ROWS
                             && q.out_dim * q.in_dim * 4 <= DEQUANTIZE_MAX_BYTES =>

@@ -15,6 +15,7 @@ pub mod linear;
 pub mod llava;
 pub mod preprocess;
 mod q4k_x8;
+mod q8_0;
 pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
