@@ -189,6 +189,10 @@ pub enum DevCommand {
         family: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The real 7B geometry instead of a tiny one (qwen2 only; 15 GB written, and as
+        /// much memory while writing).
+        #[arg(long)]
+        full_size: bool,
         /// Directory with tokenizer.json and its companion files.
         #[arg(long, value_name = "DIR")]
         tokenizer: PathBuf,

@@ -53,6 +53,26 @@ impl TinySpec {
         }
     }
 
+    /// Random weights at HuatuoGPT-Vision-7B's real geometry (Qwen2-7B, 28 layers, and the
+    /// whole CLIP ViT-L/14-336), in 4 shards: 15 GB of bf16, built in memory first. For
+    /// load and reload benchmarks of a full-size checkpoint without a download.
+    pub fn full_7b(seed: u64) -> Self {
+        Self {
+            family: Family::Qwen2,
+            seed,
+            hidden: 3584,
+            intermediate: 18944,
+            layers: 28,
+            heads: 28,
+            kv_heads: 4,
+            vision_hidden: 1024,
+            vision_intermediate: 4096,
+            vision_layers: 24,
+            vision_heads: 16,
+            shards: 4,
+        }
+    }
+
     /// A checkpoint of `family` whose every matrix dimension is a multiple of 256, so that
     /// all its linear layers take k-quant blocks (the quantization tests, issue 6).
     pub fn kquant(family: Family, seed: u64) -> Self {

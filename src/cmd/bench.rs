@@ -58,7 +58,8 @@ pub struct BenchArgs {
     /// Weight quantization; by default the most accurate one that fits in available memory.
     #[arg(long, value_enum)]
     pub quant: Option<Quant>,
-    /// Keep q4k weights at 4.5 bits per weight instead of repacking them (6 bits) for speed.
+    /// Keep q4k weights as GGUF blocks for candle's block kernels instead of interleaving
+    /// them for huatuo's AVX2 kernels (same memory, slower prefill; for comparison).
     #[arg(long)]
     pub compact: bool,
     /// Threads for the matrix kernels (default: one per core).
@@ -67,7 +68,7 @@ pub struct BenchArgs {
     /// Time each step N times and report medians.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub runs: usize,
-    /// Where quantized cache files go with --model (default: <data dir>/huatuo-quant).
+    /// Where quantized cache files go with --model (default: the one `chat` and `ask` use).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Print one JSON object instead of a table.
@@ -359,7 +360,7 @@ fn load_checkpoint(
         .unwrap_or_else(|| choose_quant(bf16, available, true));
     let cache_dir = match &args.cache_dir {
         Some(d) => d.clone(),
-        None => crate::config::Dirs::from_env()?.data.join("huatuo-quant"),
+        None => crate::config::Dirs::from_env()?.quant_cache(),
     };
     let opts = LoadOptions {
         dtype: candle_core::DType::F32,

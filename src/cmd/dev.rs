@@ -10,10 +10,16 @@ pub fn run(command: DevCommand) -> Result<()> {
         DevCommand::TinyCheckpoint {
             family,
             seed,
+            full_size,
             tokenizer,
             out,
         } => {
-            let spec = if family == "yi" {
+            let spec = if full_size {
+                if family != "qwen2" {
+                    anyhow::bail!("--full-size is only available for --family qwen2 (the 7B)");
+                }
+                TinySpec::full_7b(seed)
+            } else if family == "yi" {
                 TinySpec::yi(seed)
             } else {
                 TinySpec::qwen2(seed)

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::Checkpoint;
 use super::gguf_write;
 use super::linear::QWeight;
-use super::quant::{ConvertProgress, Quant};
+use super::quant::{ConvertProgress, Quant, WeightLayout};
 use super::weights::TensorMap;
 use super::ModelError;
 
@@ -244,8 +244,13 @@ pub(crate) fn expected_len(content: &gguf_file::Content) -> Result<u64, String> 
     Ok(end)
 }
 
-/// Reads a cache file checked by [`ensure`] into tensors on `device`.
-pub(crate) fn read(path: &Path, device: &Device) -> Result<TensorMap, ModelError> {
+/// Reads a cache file checked by [`ensure`] into tensors on `device`, q4_K matrices
+/// interleaved as they are read for [`WeightLayout::Repacked`].
+pub(crate) fn read(
+    path: &Path,
+    device: &Device,
+    layout: WeightLayout,
+) -> Result<TensorMap, ModelError> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -260,14 +265,22 @@ pub(crate) fn read(path: &Path, device: &Device) -> Result<TensorMap, ModelError
     let mut infos: Vec<_> = content.tensor_infos.iter().collect();
     infos.sort_by_key(|(_, info)| info.offset);
     let mut map = HashMap::with_capacity(infos.len());
+    // One read buffer for every tensor: a fresh one per tensor cost the kernel a zeroed page
+    // for every byte of the model (most of a 7B reload's time), on top of the tensor's own.
+    let mut data = Vec::new();
     for (name, info) in infos {
         let dtype = info.ggml_dtype;
         let size = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
-        let mut data = vec![0u8; size];
+        data.resize(size, 0);
         file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
             .map_err(io)?;
         file.read_exact(&mut data).map_err(io)?;
-        let w = QWeight::from_bytes(dtype, info.shape.dims(), &data, device).map_err(bad)?;
+        let w = if layout == WeightLayout::Repacked {
+            QWeight::from_bytes_interleaved(dtype, info.shape.dims(), &data, device)
+        } else {
+            QWeight::from_bytes(dtype, info.shape.dims(), &data, device)
+        }
+        .map_err(bad)?;
         map.insert(name.clone(), w);
     }
     Ok(TensorMap(map))

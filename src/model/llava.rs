@@ -109,7 +109,7 @@ impl Huatuo {
     }
 
     /// [`Huatuo::load_with`] with a choice of in-memory layout for q4_K weights: `Compact`
-    /// keeps them at 4.5 bits per weight (the 34B in 24 GB) at the cost of a slower prefill.
+    /// keeps the GGUF blocks for candle's block kernels (same memory, slower prefill).
     pub fn load_with_layout(
         ckpt: &Checkpoint,
         device: &Device,
@@ -129,7 +129,7 @@ impl Huatuo {
         } else {
             Duration::ZERO
         };
-        let tensors = gguf::read(&cache.path, device)?;
+        let tensors = gguf::read(&cache.path, device, layout)?;
         let weights = Weights::Quantized(QuantizedWeights::new(Arc::new(tensors), device, layout));
         let model = Self::from_weights(&ckpt.config, &ckpt.vision, weights, device, opts.quant)
             .map_err(|e| with_dir(e, ckpt))?;
@@ -151,7 +151,7 @@ impl Huatuo {
         device: &Device,
         seed: u64,
     ) -> Result<Self, ModelError> {
-        let source = Synthetic::new(quant, device, seed);
+        let source = Synthetic::new(quant, layout, device, seed);
         let weights = if quant == Quant::None {
             Weights::Dense(VarBuilder::from_backend(
                 Box::new(SyntheticDense(source)),
@@ -235,7 +235,7 @@ impl Huatuo {
         self.quant
     }
 
-    /// Bytes of weights held in memory (blocks, repacked tiles and dense tensors).
+    /// Bytes of weights held in memory (blocks, interleaved q4_K and dense tensors).
     pub fn weight_bytes(&self) -> usize {
         self.vision.weight_bytes()
             + self

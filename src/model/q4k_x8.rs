@@ -136,6 +136,62 @@ impl Q4kX8 {
         Some(Self { blocks, n, k })
     }
 
+    /// Rows of the weight (`n`).
+    pub fn rows_count(&self) -> usize {
+        self.n
+    }
+
+    /// Columns of the weight (`k`).
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Rows `ids` of the weight dequantized to f32, one after the other (an embedding
+    /// lookup): ggml's `dequantize_row_q4_K` read through the interleaving.
+    pub fn rows(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let kb = self.k / QK_K;
+        let mut out = Vec::with_capacity(ids.len() * self.k);
+        for &id in ids {
+            let id = id as usize;
+            if id >= self.n {
+                candle_core::bail!("row {id} is out of range for a table of {} rows", self.n);
+            }
+            let (group, lane) = (id / 8, id % 8);
+            for blk in &self.blocks[group * kb..(group + 1) * kb] {
+                let d = blk.d[lane].to_f32();
+                let dmin = blk.dmin[lane].to_f32();
+                // Sub-block t's scales and mins of the eight rows are packed like one q4_K
+                // block's eight sub-blocks, with the row in the sub-block's place.
+                let scale_min = |t: usize| {
+                    let q = &blk.scales[t * 12..t * 12 + 12];
+                    if lane < 4 {
+                        (q[lane] & 63, q[lane + 4] & 63)
+                    } else {
+                        (
+                            (q[lane + 4] & 0xF) | ((q[lane - 4] >> 6) << 4),
+                            (q[lane + 4] >> 4) | ((q[lane] >> 6) << 4),
+                        )
+                    }
+                };
+                // This row's 128 nibble bytes, eight at a time from every eighth chunk.
+                let mut qs = [0u8; 128];
+                for (c, chunk) in qs.chunks_exact_mut(8).enumerate() {
+                    let at = (c * 8 + lane) * 8;
+                    chunk.copy_from_slice(&blk.qs[at..at + 8]);
+                }
+                for j in 0..4 {
+                    let bytes = &qs[32 * j..32 * j + 32];
+                    for (t, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
+                        let (sc, m) = scale_min(t);
+                        let (dl, ml) = (d * sc as f32, dmin * m as f32);
+                        out.extend(bytes.iter().map(|&b| dl * ((b >> shift) & 0xF) as f32 - ml));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Bytes held (the same as the GGUF blocks').
     pub fn bytes(&self) -> usize {
         self.blocks.len() * std::mem::size_of::<BlockQ4Kx8>()
@@ -519,6 +575,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Rows gathered from the interleaved layout are the dequantized rows of the blocks.
+    #[test]
+    fn rows_are_the_dequantized_rows() {
+        let (n, k) = (24, 512);
+        let (bytes, deq) = weight(n, k, 3);
+        let packed = Q4kX8::pack(&bytes, n, k).expect("pack");
+        let ids = [0u32, 7, 8, 13, 23, 5];
+        let got = packed.rows(&ids).expect("rows");
+        for (i, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            assert_eq!(
+                &got[i * k..(i + 1) * k],
+                &deq[id * k..(id + 1) * k],
+                "row {id}"
+            );
+        }
+        assert!(packed.rows(&[24]).is_err());
     }
 
     #[test]

@@ -173,12 +173,14 @@ pub fn tensor_type(name: &str, shape: &[usize], quant: Quant) -> GgmlDType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightLayout {
-    /// candle's repacked q4_K tiles where the CPU has them (x86 with AVX2): prefill about 2×
-    /// faster, but 6 bits per weight instead of 4.5 (the 7B's weights take 5.9 GB, the 34B's
-    /// about 26 GB). The original blocks are released after packing.
+    /// Interleaved eight rows at a time for huatuo's AVX2 kernels where the CPU has them
+    /// (x86 with AVX2, FMA and F16C; `model::q4k_x8`): the same 4.5 bits per weight as the
+    /// GGUF blocks, which are released after packing, and about 2× faster prefill.
     #[default]
     Repacked,
-    /// The GGUF blocks as they are (4.5 bits per weight): what fits the 34B in 24 GB.
+    /// The GGUF blocks as they are, multiplied by candle's block kernels (and dequantized
+    /// to f32 for 32 rows or more): the same memory, slower prefill. For comparison, and
+    /// what every CPU without AVX2 runs anyway.
     Compact,
 }
 
@@ -196,7 +198,7 @@ pub struct LoadOptions {
     /// in f32 whatever this says.
     pub dtype: DType,
     pub quant: Quant,
-    /// Where quantized cache files live (the lead passes `<cache>/huatuo-quant/`); created
+    /// Where quantized cache files live (the binary passes `<cache dir>/quant/`); created
     /// if missing. Unused for `Quant::None`.
     pub cache_dir: PathBuf,
 }
@@ -216,7 +218,7 @@ pub struct LoadReport {
     pub convert_time: Duration,
     /// Total time of the load, conversion included.
     pub load_time: Duration,
-    /// Bytes of weights held in memory after the load (quantized blocks, repacked tiles
+    /// Bytes of weights held in memory after the load (quantized blocks, interleaved q4_K
     /// and dense tensors).
     pub weight_bytes: u64,
 }

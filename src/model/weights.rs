@@ -156,7 +156,7 @@ impl<'a> Weights<'a> {
     /// The token-embedding table `{prefix}.weight` `[vocab, hidden]`.
     pub fn embedding(&self, vocab: usize, hidden: usize) -> Result<Embedding> {
         match self {
-            Self::Dense(vb) => Ok(Embedding::Dense(candle_nn::Embedding::new(
+            Self::Dense(vb) => Ok(Embedding::dense(candle_nn::Embedding::new(
                 vb.get((vocab, hidden), "weight")?,
                 hidden,
             ))),
@@ -164,9 +164,12 @@ impl<'a> Weights<'a> {
                 let w = q.get_q("weight", &[vocab, hidden])?;
                 if matches!(w.tensor.dtype(), GgmlDType::F32 | GgmlDType::F16) {
                     let t = w.tensor.dequantize(&q.device)?;
-                    return Ok(Embedding::Dense(candle_nn::Embedding::new(t, hidden)));
+                    return Ok(Embedding::dense(candle_nn::Embedding::new(t, hidden)));
                 }
-                Ok(Embedding::Quantized(w.tensor))
+                Ok(match w.packed {
+                    Some(p) => Embedding::interleaved(p),
+                    None => Embedding::quantized(w.tensor),
+                })
             }
         }
     }
@@ -202,6 +205,8 @@ impl TensorSource for TensorMap {
 /// fan-in initialisation, so activations stay finite through many layers.
 pub(crate) struct Synthetic {
     quant: Quant,
+    /// Whether q4_K matrices are interleaved as they are made ([`WeightLayout::Repacked`]).
+    interleave: bool,
     device: Device,
     seed: u64,
     templates: Mutex<HashMap<TemplateKey, Arc<Vec<u8>>>>,
@@ -214,9 +219,10 @@ type TemplateKey = (Vec<usize>, String);
 const TEMPLATE_ROWS: usize = 1024;
 
 impl Synthetic {
-    pub fn new(quant: Quant, device: &Device, seed: u64) -> Self {
+    pub fn new(quant: Quant, layout: WeightLayout, device: &Device, seed: u64) -> Self {
         Self {
             quant,
+            interleave: layout == WeightLayout::Repacked,
             device: device.clone(),
             seed,
             templates: Mutex::new(HashMap::new()),
@@ -289,7 +295,11 @@ impl TensorSource for Synthetic {
             let take = (total - data.len()).min(template.len());
             data.extend_from_slice(&template[..take]);
         }
-        QWeight::from_bytes(dtype, shape, &data, &self.device)
+        if self.interleave {
+            QWeight::from_bytes_interleaved(dtype, shape, &data, &self.device)
+        } else {
+            QWeight::from_bytes(dtype, shape, &data, &self.device)
+        }
     }
 
     fn contains(&self, _name: &str) -> bool {
