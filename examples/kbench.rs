@@ -22,6 +22,8 @@ fn main() -> candle_core::Result<()> {
     for (name, n, k) in [
         ("gate 18944x3584", 18944usize, 3584usize),
         ("down 3584x18944", 3584, 18944),
+        ("clip fc1 4096x1024", 4096, 1024),
+        ("clip fc2 1024x4096", 1024, 4096),
     ] {
         let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
         for (label, dtype, repack) in [
@@ -31,7 +33,7 @@ fn main() -> candle_core::Result<()> {
         ] {
             let layer = Linear::quantize(&w, dtype, repack)?;
             let bytes = layer.bytes();
-            for m in [1usize, 512] {
+            for m in [1usize, 512, 577] {
                 let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)?;
                 let t = time(&layer, &x, if m == 1 { 30 } else { 3 });
                 println!(
