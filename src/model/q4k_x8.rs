@@ -209,24 +209,7 @@ impl Q4kX8 {
         let pool = candle_core::utils::barrier_pool();
 
         // Activations to q8_K, a row per item (parallel when there are many).
-        let mut act = vec![BlockQ8K::ZERO; m * kb];
-        {
-            let act_ptr = SendPtr(act.as_mut_ptr());
-            let quantize_rows = |rows: std::ops::Range<usize>| {
-                for r in rows {
-                    for b in 0..kb {
-                        let x = &lhs[r * self.k + b * QK_K..r * self.k + (b + 1) * QK_K];
-                        // SAFETY: each (row, block) slot is written by exactly one item.
-                        unsafe { *act_ptr.get().add(r * kb + b) = BlockQ8K::quantize(x) };
-                    }
-                }
-            };
-            if m >= 8 {
-                pool.execute_chunked(m, quantize_rows);
-            } else {
-                quantize_rows(0..m);
-            }
-        }
+        let act = quantize_rows(lhs, m, self.k, QK_K, BlockQ8K::ZERO, BlockQ8K::quantize);
 
         let groups = self.n / 8;
         let (rb, gc) = (ROW_BLOCK, GROUP_CHUNK);
@@ -272,13 +255,43 @@ impl Q4kX8 {
 
 /// A raw pointer the pool's workers may share (each writes disjoint elements).
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
+pub(super) struct SendPtr<T>(pub(super) *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
+    pub(super) fn get(self) -> *mut T {
         self.0
     }
+}
+
+/// The `m` rows of `lhs` (`k` wide) quantized `block` values at a time by `quantize`, on
+/// candle's thread pool when there are enough rows to share.
+pub(super) fn quantize_rows<B: Copy + Send + Sync>(
+    lhs: &[f32],
+    m: usize,
+    k: usize,
+    block: usize,
+    zero: B,
+    quantize: impl Fn(&[f32]) -> B + Sync,
+) -> Vec<B> {
+    let kb = k / block;
+    let mut act = vec![zero; m * kb];
+    let act_ptr = SendPtr(act.as_mut_ptr());
+    let run = |rows: std::ops::Range<usize>| {
+        for r in rows {
+            for b in 0..kb {
+                let x = &lhs[r * k + b * block..r * k + (b + 1) * block];
+                // SAFETY: each (row, block) slot is written by exactly one item.
+                unsafe { *act_ptr.get().add(r * kb + b) = quantize(x) };
+            }
+        }
+    };
+    if m >= 8 {
+        candle_core::utils::barrier_pool().execute_chunked(m, run);
+    } else {
+        run(0..m);
+    }
+    act
 }
 
 /// ggml's `make_block_q4_Kx8` with an interleave of eight bytes.
@@ -364,14 +377,8 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: 
         for sb in 0..QK_K / 64 {
             let qs = wb.qs.as_ptr().add(sb * 256);
             let raw = |off: usize| _mm256_loadu_si256(qs.add(off) as *const __m256i);
-            let r0123_0 = raw(0);
-            let r4567_0 = raw(32);
-            let r0123_1 = raw(64);
-            let r4567_1 = raw(96);
-            let r0123_2 = raw(128);
-            let r4567_2 = raw(160);
-            let r0123_3 = raw(192);
-            let r4567_3 = raw(224);
+            // Rows 0-3 and 4-7 of each 64-byte stretch: eight chunks of 32 bytes.
+            let raws: [__m256i; 8] = std::array::from_fn(|i| raw(32 * i));
 
             let lo = |v: __m256i| _mm256_and_si256(v, m4b);
             let hi = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4b);
@@ -382,38 +389,18 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: 
             let od = |x0123: __m256i, x4567: __m256i| {
                 _mm256_blend_epi32::<170>(_mm256_shuffle_epi32::<177>(x0123), x4567)
             };
-            let w0: [__m256i; 8] = {
-                let (a0, b0) = (lo(r0123_0), lo(r4567_0));
-                let (a1, b1) = (lo(r0123_1), lo(r4567_1));
-                let (a2, b2) = (lo(r0123_2), lo(r4567_2));
-                let (a3, b3) = (lo(r0123_3), lo(r4567_3));
-                [
-                    ev(a0, b0),
-                    od(a0, b0),
-                    ev(a1, b1),
-                    od(a1, b1),
-                    ev(a2, b2),
-                    od(a2, b2),
-                    ev(a3, b3),
-                    od(a3, b3),
-                ]
+            let operands = |x: [__m256i; 8]| -> [__m256i; 8] {
+                std::array::from_fn(|i| {
+                    let (a, b) = (x[i / 2 * 2], x[i / 2 * 2 + 1]);
+                    if i % 2 == 0 {
+                        ev(a, b)
+                    } else {
+                        od(a, b)
+                    }
+                })
             };
-            let w1: [__m256i; 8] = {
-                let (a0, b0) = (hi(r0123_0), hi(r4567_0));
-                let (a1, b1) = (hi(r0123_1), hi(r4567_1));
-                let (a2, b2) = (hi(r0123_2), hi(r4567_2));
-                let (a3, b3) = (hi(r0123_3), hi(r4567_3));
-                [
-                    ev(a0, b0),
-                    od(a0, b0),
-                    ev(a1, b1),
-                    od(a1, b1),
-                    ev(a2, b2),
-                    od(a2, b2),
-                    ev(a3, b3),
-                    od(a3, b3),
-                ]
-            };
+            let w0 = operands(raws.map(lo));
+            let w1 = operands(raws.map(hi));
 
             let unpack = |at: usize| {
                 let mut u = [0u32; 4];

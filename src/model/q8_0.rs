@@ -9,6 +9,8 @@
 //! memory speed. Weights are read where they are: no repacking, no second copy.
 #![allow(unsafe_code)]
 
+use super::q4k_x8::{quantize_rows, SendPtr};
+
 /// Weights per block.
 const QK: usize = 32;
 /// Bytes of one GGUF q8_0 block: d (f16) and 32 signed bytes.
@@ -77,24 +79,7 @@ pub(crate) fn matmul(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &
     assert_eq!(dst.len(), m * n, "dst is not [{m}, {n}]");
     let pool = candle_core::utils::barrier_pool();
 
-    let mut act = vec![BlockQ8::ZERO; m * kb];
-    {
-        let act_ptr = SendPtr(act.as_mut_ptr());
-        let quantize_rows = |rows: std::ops::Range<usize>| {
-            for r in rows {
-                for b in 0..kb {
-                    let x = &lhs[r * k + b * QK..r * k + (b + 1) * QK];
-                    // SAFETY: each (row, block) slot is written by exactly one item.
-                    unsafe { *act_ptr.get().add(r * kb + b) = BlockQ8::quantize(x) };
-                }
-            }
-        };
-        if m >= 8 {
-            pool.execute_chunked(m, quantize_rows);
-        } else {
-            quantize_rows(0..m);
-        }
-    }
+    let act = quantize_rows(lhs, m, k, QK, BlockQ8::ZERO, BlockQ8::quantize);
 
     let tiles = n / TILE_ROWS;
     let chunks = tiles.div_ceil(TILE_CHUNK);
@@ -143,15 +128,16 @@ pub(crate) fn matmul(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &
     });
 }
 
-/// A raw pointer the pool's workers may share (each writes disjoint elements).
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
+/// The f16 scales of block `at` (a byte offset) of four weight rows, as four f32.
+///
+/// # Safety
+/// As [`tile`]: every `wp[i]` must point at least `at + 2` readable bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weight_scales(wp: &[*const u8; 4], at: usize) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    let d = |i: usize| (wp[i].add(at) as *const i16).read_unaligned();
+    _mm_cvtph_ps(_mm_set_epi16(0, 0, 0, 0, d(3), d(2), d(1), d(0)))
 }
 
 /// `out[r][i] = a[r] · w[i]` for four weight rows (GGUF q8_0 bytes) and `R` activation rows.
@@ -171,17 +157,7 @@ unsafe fn tile<const R: usize>(w: [&[u8]; 4], a: [&[BlockQ8]; R], out: [*mut f32
     for b in 0..kb {
         let at = b * BLOCK_BYTES;
         // The four weight rows' f16 scales, converted together.
-        let d16 = _mm_set_epi16(
-            0,
-            0,
-            0,
-            0,
-            (wp[3].add(at) as *const i16).read_unaligned(),
-            (wp[2].add(at) as *const i16).read_unaligned(),
-            (wp[1].add(at) as *const i16).read_unaligned(),
-            (wp[0].add(at) as *const i16).read_unaligned(),
-        );
-        let wd = _mm_cvtph_ps(d16);
+        let wd = weight_scales(&wp, at);
         let wds: [__m256; 4] = [
             _mm256_broadcastss_ps(wd),
             _mm256_broadcastss_ps(_mm_shuffle_ps::<0x55>(wd, wd)),
@@ -240,17 +216,7 @@ unsafe fn tile_pairs<const P: usize>(
     let wp: [*const u8; 4] = std::array::from_fn(|i| w[i].as_ptr());
     for b in 0..kb {
         let at = b * BLOCK_BYTES;
-        let d16 = _mm_set_epi16(
-            0,
-            0,
-            0,
-            0,
-            (wp[3].add(at) as *const i16).read_unaligned(),
-            (wp[2].add(at) as *const i16).read_unaligned(),
-            (wp[1].add(at) as *const i16).read_unaligned(),
-            (wp[0].add(at) as *const i16).read_unaligned(),
-        );
-        let wd = _mm_cvtph_ps(d16);
+        let wd = weight_scales(&wp, at);
         let wd2 = _mm256_set_m128(wd, wd);
         let wq: [__m256i; 4] =
             std::array::from_fn(|i| _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i));
