@@ -187,12 +187,7 @@ impl QLinear {
         if let Some(p) = self.packed.get() {
             return Ok(p);
         }
-        let packed = blocks.with(|b| {
-            // SAFETY: `as_ptr` and `storage_size_in_bytes` describe the blocks' own bytes,
-            // which live as long as the read guard `with` holds.
-            #[allow(unsafe_code)]
-            let bytes =
-                unsafe { std::slice::from_raw_parts(b.as_ptr(), b.storage_size_in_bytes()) };
+        let packed = blocks.with_bytes(|bytes| {
             Q4kX8::pack(bytes, self.out_dim, self.in_dim).ok_or_else(|| {
                 candle_core::Error::Msg(format!(
                     "cannot interleave a q4_K weight of [{}, {}] ({} bytes)",
@@ -223,11 +218,7 @@ impl QLinear {
     /// `x Wᵀ` with huatuo's q8_0 kernels, straight on the blocks.
     fn forward_q8_0(&self, blocks: &Blocks, xs: &Tensor) -> Result<Tensor> {
         self.rows_through(xs, |lhs, rows, dst| {
-            blocks.with(|b| {
-                // SAFETY: as in `packed_weight`: the blocks' own bytes, alive under the guard.
-                #[allow(unsafe_code)]
-                let w =
-                    unsafe { std::slice::from_raw_parts(b.as_ptr(), b.storage_size_in_bytes()) };
+            blocks.with_bytes(|w| {
                 q8_0::matmul(w, self.out_dim, self.in_dim, lhs, rows, dst);
                 Ok(())
             })
@@ -545,6 +536,18 @@ impl Blocks {
                 self.dtype
             ),
         }
+    }
+
+    /// `f` over the blocks' raw GGML bytes.
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+        self.with(|b| {
+            // SAFETY: `as_ptr` and `storage_size_in_bytes` describe the blocks' own bytes,
+            // which live as long as the read guard `with` holds.
+            #[allow(unsafe_code)]
+            let bytes =
+                unsafe { std::slice::from_raw_parts(b.as_ptr(), b.storage_size_in_bytes()) };
+            f(bytes)
+        })
     }
 
     #[cfg(test)]
