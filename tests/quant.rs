@@ -13,7 +13,7 @@ use huatuo::model::sampling::SamplingParams;
 use huatuo::model::{Checkpoint, Huatuo, Logits};
 use huatuo::tiny::{write_checkpoint, TinySpec};
 
-use crate::util::fixture;
+use crate::util::{copy_dir, fixture};
 
 /// Largest cosine distance (1 − cos) between a quantized model's logits and f32's at any
 /// position of the test prompt (a 576-position image plus text). Measured on this
@@ -169,19 +169,6 @@ fn stamp(path: &Path) -> (std::time::SystemTime, u64) {
     #[cfg(not(unix))]
     let ino = meta.len();
     (meta.modified().expect("mtime"), ino)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    for entry in std::fs::read_dir(src).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let to = dst.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).expect("copy");
-        }
-    }
 }
 
 /// The second load reads the file the first wrote (same inode and mtime, no conversion)

@@ -42,7 +42,8 @@ pub fn tiny_copy(family: &str, into: &Path) -> PathBuf {
     dst
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
+/// Copies a directory tree (fixtures into a test's own temporary folder).
+pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).expect("mkdir");
     for entry in std::fs::read_dir(src).expect("read_dir") {
         let entry = entry.expect("entry");
