@@ -9,6 +9,7 @@ use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::ClipVisionConfig;
 use super::linear::Linear;
+use super::vit_attention;
 use super::weights::Weights;
 
 /// Which hidden state and which tokens of it the projector sees.
@@ -46,16 +47,24 @@ impl Attention {
     /// Bidirectional multi-head attention over all 577 positions (no mask).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, c) = xs.dims3()?;
+        // transformers scales q before the product (CLIPAttention: q_proj(x) * scale).
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let (q, k, v) = (
+            self.q.forward(xs)?,
+            self.k.forward(xs)?,
+            self.v.forward(xs)?,
+        );
+        if let Some(ctx) = vit_attention::attention(&q, &k, &v, self.heads, scale as f32)? {
+            return self.out.forward(&ctx);
+        }
         let split = |t: Tensor| -> Result<Tensor> {
             t.reshape((b, n, self.heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        // transformers scales q before the product (CLIPAttention: q_proj(x) * scale).
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = split((self.q.forward(xs)? * scale)?)?;
-        let k = split(self.k.forward(xs)?)?;
-        let v = split(self.v.forward(xs)?)?;
+        let q = split((q * scale)?)?;
+        let k = split(k)?;
+        let v = split(v)?;
         let scores = q.matmul(&k.t()?)?;
         let probs =
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;

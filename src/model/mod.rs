@@ -19,6 +19,7 @@ mod q8_0;
 pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
+mod vit_attention;
 pub mod weights;
 
 pub use checkpoint::Checkpoint;
