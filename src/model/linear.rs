@@ -241,10 +241,37 @@ impl QLinear {
                 self.in_dim
             ),
         }
-        let lhs = xs.flatten_all()?.to_vec1::<f32>()?;
+        // The activations are read where they are (a prefill's or the vision tower's are
+        // megabytes), and the bias is added to each row as the products leave it.
+        let (storage, layout) = xs.storage_and_layout();
+        let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("the quantized kernels take contiguous activations on the CPU");
+        };
+        let lhs = &cpu.as_slice::<f32>()?[start..end];
         let rows = lhs.len() / self.in_dim.max(1);
         let mut dst = vec![0f32; rows * self.out_dim];
-        f(&lhs, rows, &mut dst)?;
+        f(lhs, rows, &mut dst)?;
+        drop(storage);
+        if let Some(bias) = &self.bias {
+            let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let add = |row: &mut [f32]| {
+                for (y, b) in row.iter_mut().zip(&bias) {
+                    *y += b;
+                }
+            };
+            if rows >= 8 {
+                let chunk = rows.div_ceil(candle_core::utils::get_num_threads().max(1));
+                std::thread::scope(|s| {
+                    for part in dst.chunks_mut(chunk * self.out_dim) {
+                        s.spawn(move || part.chunks_exact_mut(self.out_dim).for_each(add));
+                    }
+                });
+            } else {
+                dst.chunks_exact_mut(self.out_dim).for_each(add);
+            }
+        }
         Tensor::from_vec(dst, dims, xs.device())
     }
 }
@@ -260,13 +287,14 @@ impl Module for Linear {
                     xs.to_dtype(DType::F32)?
                 };
                 let rows = xs.elem_count() / q.in_dim.max(1);
+                // huatuo's kernels add the bias themselves.
                 let ys = match &q.blocks {
-                    _ if q.repacked => q.forward_packed(&xs)?,
+                    _ if q.repacked => return q.forward_packed(&xs),
                     Some(blocks)
                         if q.weight.dtype() == GgmlDType::Q8_0
                             && q8_0::fits(q.out_dim, q.in_dim) =>
                     {
-                        q.forward_q8_0(blocks, &xs)?
+                        return q.forward_q8_0(blocks, &xs);
                     }
                     Some(blocks)
                         if rows >= DEQUANTIZE_MIN_ROWS
