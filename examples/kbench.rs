@@ -26,6 +26,18 @@ fn main() -> candle_core::Result<()> {
         ("clip fc2 1024x4096", 1024, 4096),
     ] {
         let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
+        if name.starts_with("clip") {
+            // The f32 gemm candle runs for dense layers, for comparison.
+            let dense = Linear::dense(w.clone(), None);
+            let m = 577;
+            let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)?;
+            let t = time(&dense, &x, 3);
+            println!(
+                "{name} f32 dense  m={m:3}: {:8.2} ms  {:6.1} GMAC/s",
+                t * 1e3,
+                (m * n * k) as f64 / t / 1e9
+            );
+        }
         for (label, dtype, repack) in [
             ("q4k x8", GgmlDType::Q4K, true),
             ("q4k blocks", GgmlDType::Q4K, false),
