@@ -15,6 +15,9 @@ const MIN_GROWTH: usize = 256;
 pub struct KvCache {
     layers: Vec<Option<Layer>>,
     len: usize,
+    /// Capacity that growth ahead of need stops at (the model's context length): a
+    /// conversation near the end of the context does not reserve half as much again.
+    limit: usize,
 }
 
 /// One layer's buffers `[1, kv_heads, capacity, head_dim]`; positions `0..len` are valid.
@@ -61,9 +64,16 @@ impl Layer {
 impl KvCache {
     /// An empty cache for a decoder of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
+        Self::with_limit(num_layers, usize::MAX)
+    }
+
+    /// An empty cache whose buffers grow ahead of need only up to `limit` positions (they
+    /// still hold whatever is appended beyond it).
+    pub fn with_limit(num_layers: usize, limit: usize) -> Self {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
             len: 0,
+            limit,
         }
     }
 
@@ -93,7 +103,7 @@ impl KvCache {
         let needed = slot.as_ref().map_or(0, |l| l.len) + n;
         if slot.as_ref().is_none_or(|l| l.capacity() < needed) {
             let grown = slot.as_ref().map_or(0, |l| l.capacity() * 3 / 2);
-            let capacity = needed.max(grown).max(MIN_GROWTH);
+            let capacity = grown.max(MIN_GROWTH).min(self.limit).max(needed);
             *slot = Some(Layer::with_capacity(k, v, capacity, slot.as_ref())?);
         }
         let Some(l) = slot.as_mut() else {
@@ -142,6 +152,28 @@ mod tests {
     fn step(start: usize, n: usize) -> Tensor {
         let vals: Vec<f32> = (0..2 * n * 3).map(|i| (start * 1000 + i) as f32).collect();
         Tensor::from_vec(vals, (1, 2, n, 3), &Device::Cpu).expect("step")
+    }
+
+    /// Buffers grow by half ahead of need until the limit, then only as far as appended.
+    #[test]
+    fn growth_ahead_of_need_stops_at_the_limit() {
+        let mut cache = KvCache::with_limit(1, 300);
+        let capacity = |c: &KvCache| c.layers[0].as_ref().map(Layer::capacity);
+        let mut seen = Vec::new();
+        for n in [200usize, 100, 1] {
+            let t = step(0, n);
+            cache.append(0, &t, &t).expect("append");
+            cache.advance(n);
+            seen.push(capacity(&cache));
+        }
+        // 256 at first (MIN_GROWTH), then 384 capped at 300, then exactly the 301 held.
+        assert_eq!(seen, [Some(256), Some(300), Some(301)]);
+        let mut unlimited = KvCache::new(1);
+        for n in [200usize, 100] {
+            let t = step(0, n);
+            unlimited.append(0, &t, &t).expect("append");
+        }
+        assert_eq!(capacity(&unlimited), Some(384));
     }
 
     /// Appends across growth, truncation and re-append give what concatenation would.

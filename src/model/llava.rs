@@ -67,6 +67,9 @@ pub struct Huatuo {
     projector: Projector,
     decoder: Decoder,
     patches_per_image: usize,
+    /// Positions a prompt may hold (`tokenizer_model_max_length`): where KV buffers stop
+    /// growing ahead of need.
+    context_length: usize,
     device: Device,
     quant: Quant,
 }
@@ -207,6 +210,7 @@ impl Huatuo {
             projector,
             decoder,
             patches_per_image,
+            context_length: cfg.context_length(),
             device: device.clone(),
             quant,
         })
@@ -259,7 +263,7 @@ impl Huatuo {
 
     /// An empty KV cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.decoder.num_layers())
+        KvCache::with_limit(self.decoder.num_layers(), self.context_length)
     }
 
     /// The dtype activations run in.
