@@ -123,16 +123,33 @@ impl Q4kX8 {
         if !fits(n, k) || data.len() != n * kb * Q4K_BYTES {
             return None;
         }
-        let mut blocks = Vec::with_capacity(n / 8 * kb);
-        for group in 0..n / 8 {
-            for b in 0..kb {
-                let src: [&[u8]; 8] = std::array::from_fn(|i| {
-                    let at = ((group * 8 + i) * kb + b) * Q4K_BYTES;
-                    &data[at..at + Q4K_BYTES]
-                });
-                blocks.push(interleave(&src));
+        let groups = n / 8;
+        let total = groups * kb;
+        // Written in parallel straight into fresh memory: most of a reload is the kernel
+        // zeroing those pages as they are first touched, which then happens on every core.
+        let mut blocks: Vec<BlockQ4Kx8> = Vec::with_capacity(total);
+        let dst = SendPtr(blocks.as_mut_ptr());
+        let run = |groups: std::ops::Range<usize>| {
+            for group in groups {
+                for b in 0..kb {
+                    let src: [&[u8]; 8] = std::array::from_fn(|i| {
+                        let at = ((group * 8 + i) * kb + b) * Q4K_BYTES;
+                        &data[at..at + Q4K_BYTES]
+                    });
+                    // SAFETY: `group * kb + b < total`, the capacity, and each slot is
+                    // written by exactly one item.
+                    unsafe { dst.get().add(group * kb + b).write(interleave(&src)) };
+                }
             }
+        };
+        if total >= 256 {
+            candle_core::utils::barrier_pool().execute_chunked(groups, run);
+        } else {
+            run(0..groups);
         }
+        // SAFETY: every one of the `total` slots was written above (a panic in a worker is
+        // propagated by the pool before this line).
+        unsafe { blocks.set_len(total) };
         Some(Self { blocks, n, k })
     }
 
@@ -581,6 +598,18 @@ mod tests {
             );
         }
         assert!(packed.rows(&[24]).is_err());
+    }
+
+    /// A matrix large enough to be interleaved on every core: every row reads back as
+    /// candle's dequantization of its GGUF blocks.
+    #[test]
+    fn parallel_packing_keeps_every_row() {
+        let (n, k) = (264, 2048); // 33 groups × 8 blocks = 264 blocks ≥ 256
+        let (bytes, deq) = weight(n, k, 11);
+        let packed = Q4kX8::pack(&bytes, n, k).expect("pack");
+        assert_eq!(packed.bytes(), bytes.len());
+        let ids: Vec<u32> = (0..n as u32).collect();
+        assert_eq!(packed.rows(&ids).expect("rows"), deq);
     }
 
     #[test]
