@@ -468,6 +468,15 @@ impl QWeight {
         })
     }
 
+    /// Whether [`QWeight::from_bytes_interleaved`] interleaves a tensor of this type and
+    /// shape (on every core: [`Q4kX8::pack`]).
+    pub(crate) fn interleaves(dtype: GgmlDType, shape: &[usize], device: &Device) -> bool {
+        matches!(shape, [n, k] if dtype == GgmlDType::Q4K
+            && device.is_cpu()
+            && q4k_x8::supported()
+            && q4k_x8::fits(*n, *k))
+    }
+
     /// [`QWeight::from_bytes`], except that a q4_K matrix the interleaved kernels take is
     /// interleaved straight from `data`: the model then holds one copy made once, where
     /// candle's blocks followed by the interleaved copy cost a reload of the 7B about
@@ -479,9 +488,7 @@ impl QWeight {
         device: &Device,
     ) -> Result<Self> {
         let packed = match shape {
-            [n, k] if dtype == GgmlDType::Q4K && device.is_cpu() && q4k_x8::supported() => {
-                Q4kX8::pack(data, *n, *k)
-            }
+            [n, k] if Self::interleaves(dtype, shape, device) => Q4kX8::pack(data, *n, *k),
             _ => None,
         };
         let Some(packed) = packed else {
