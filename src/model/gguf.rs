@@ -247,6 +247,22 @@ pub(crate) fn expected_len(content: &gguf_file::Content) -> Result<u64, String> 
     Ok(end)
 }
 
+/// How a failed read of the cache file at `path` is reported.
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> ModelError + Copy + Sync + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How a cache file at `path` whose contents do not make tensors is reported.
+fn damaged(path: &Path) -> impl Fn(candle_core::Error) -> ModelError + Copy + Sync + '_ {
+    move |e| ModelError::BadConfig {
+        path: path.to_path_buf(),
+        reason: format!("damaged quantized cache: {e} (delete it to rebuild)"),
+    }
+}
+
 /// Reads a cache file checked by [`ensure`] into tensors on `device`, q4_K matrices
 /// interleaved as they are read for [`WeightLayout::Repacked`].
 pub(crate) fn read(
@@ -254,14 +270,7 @@ pub(crate) fn read(
     device: &Device,
     layout: WeightLayout,
 ) -> Result<TensorMap, ModelError> {
-    let io = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let bad = |e: candle_core::Error| ModelError::BadConfig {
-        path: path.to_path_buf(),
-        reason: format!("damaged quantized cache: {e} (delete it to rebuild)"),
-    };
+    let (io, bad) = (io_error(path), damaged(path));
     let content = gguf_file::Content::read(&mut File::open(path).map_err(io)?).map_err(bad)?;
     // In file order, so the reads are nearly sequential.
     let mut infos: Vec<_> = content.tensor_infos.iter().collect();
@@ -297,14 +306,7 @@ fn load_tensors(
     layout: WeightLayout,
     device: &Device,
 ) -> Result<Vec<Vec<(String, QWeight)>>, ModelError> {
-    let io = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let bad = |e: candle_core::Error| ModelError::BadConfig {
-        path: path.to_path_buf(),
-        reason: format!("damaged quantized cache: {e} (delete it to rebuild)"),
-    };
+    let (io, bad) = (io_error(path), damaged(path));
     let next = AtomicUsize::new(0);
     let load = || -> Result<Vec<(String, QWeight)>, ModelError> {
         let mut file = File::open(path).map_err(io)?;
