@@ -327,12 +327,9 @@ fn load_tensors(
             file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
                 .map_err(io)?;
             file.read_exact(&mut data).map_err(io)?;
-            let w = if layout == WeightLayout::Repacked {
-                QWeight::from_bytes_interleaved(dtype, info.shape.dims(), &data, device)
-            } else {
-                QWeight::from_bytes(dtype, info.shape.dims(), &data, device)
-            }
-            .map_err(bad)?;
+            let interleave = layout == WeightLayout::Repacked;
+            let w = QWeight::from_bytes_in(dtype, info.shape.dims(), &data, device, interleave)
+                .map_err(bad)?;
             done.push(((*name).clone(), w));
         }
     };

@@ -124,11 +124,7 @@ impl Linear {
     pub fn quantize(weight: &Tensor, dtype: GgmlDType, repack: bool) -> Result<Self> {
         let q = QTensor::quantize(weight, dtype)?;
         let data = q.data()?;
-        let weight = if repack {
-            QWeight::from_bytes_interleaved(dtype, weight.dims(), &data, &Device::Cpu)?
-        } else {
-            QWeight::from_bytes(dtype, weight.dims(), &data, &Device::Cpu)?
-        };
+        let weight = QWeight::from_bytes_in(dtype, weight.dims(), &data, &Device::Cpu, repack)?;
         let layer = Self::quantized(weight, None, repack)?;
         layer.prepare()?;
         Ok(layer)
@@ -386,22 +382,7 @@ impl Embedding {
                 false,
             ),
             Table::Interleaved(p) => {
-                let (n, k) = (p.rows_count(), p.cols());
-                let blocks = Arc::new(Blocks {
-                    dtype: GgmlDType::Q4K,
-                    block_size: GgmlDType::Q4K.block_size(),
-                    data: RwLock::new(None),
-                });
-                let storage = QStorage::Cpu(Box::new(SharedBlocks(blocks.clone())));
-                Linear::quantized(
-                    QWeight {
-                        tensor: Arc::new(QTensor::new(storage, (n, k))?),
-                        blocks: Some(blocks),
-                        packed: Some(p.clone()),
-                    },
-                    None,
-                    true,
-                )
+                Linear::quantized(QWeight::interleaved(p.clone())?, None, true)
             }
         }
     }
@@ -426,8 +407,8 @@ fn tensor_bytes(t: &Tensor) -> usize {
 pub(crate) struct QWeight {
     pub tensor: Arc<QTensor>,
     pub blocks: Option<Arc<Blocks>>,
-    /// A q4_K weight interleaved as it was read ([`QWeight::from_bytes_interleaved`]); its
-    /// `blocks` are then empty.
+    /// A q4_K weight interleaved as it was read ([`QWeight::from_bytes_in`]); its `blocks`
+    /// are then empty.
     pub packed: Option<Arc<Q4kX8>>,
 }
 
@@ -468,8 +449,8 @@ impl QWeight {
         })
     }
 
-    /// Whether [`QWeight::from_bytes_interleaved`] interleaves a tensor of this type and
-    /// shape (on every core: [`Q4kX8::pack`]).
+    /// Whether [`QWeight::from_bytes_in`] interleaves a tensor of this type and shape (on
+    /// every core: [`Q4kX8::pack`]).
     pub(crate) fn interleaves(dtype: GgmlDType, shape: &[usize], device: &Device) -> bool {
         matches!(shape, [n, k] if dtype == GgmlDType::Q4K
             && device.is_cpu()
@@ -477,33 +458,42 @@ impl QWeight {
             && q4k_x8::fits(*n, *k))
     }
 
-    /// [`QWeight::from_bytes`], except that a q4_K matrix the interleaved kernels take is
-    /// interleaved straight from `data`: the model then holds one copy made once, where
-    /// candle's blocks followed by the interleaved copy cost a reload of the 7B about
-    /// 9 GB of freshly zeroed pages instead of 4.6.
-    pub fn from_bytes_interleaved(
+    /// [`QWeight::from_bytes`], except that with `interleave` a q4_K matrix the interleaved
+    /// kernels take is interleaved straight from `data`: the model then holds one copy made
+    /// once, where candle's blocks followed by the interleaved copy cost a reload of the 7B
+    /// about 9 GB of freshly zeroed pages instead of 4.6.
+    pub fn from_bytes_in(
         dtype: GgmlDType,
         shape: &[usize],
         data: &[u8],
         device: &Device,
+        interleave: bool,
     ) -> Result<Self> {
         let packed = match shape {
-            [n, k] if Self::interleaves(dtype, shape, device) => Q4kX8::pack(data, *n, *k),
+            [n, k] if interleave && Self::interleaves(dtype, shape, device) => {
+                Q4kX8::pack(data, *n, *k)
+            }
             _ => None,
         };
-        let Some(packed) = packed else {
-            return Self::from_bytes(dtype, shape, data, device);
-        };
+        match packed {
+            Some(p) => Self::interleaved(Arc::new(p)),
+            None => Self::from_bytes(dtype, shape, data, device),
+        }
+    }
+
+    /// An interleaved q4_K weight, with a candle tensor of its shape whose blocks are empty.
+    fn interleaved(packed: Arc<Q4kX8>) -> Result<Self> {
         let blocks = Arc::new(Blocks {
-            dtype,
-            block_size: dtype.block_size(),
+            dtype: GgmlDType::Q4K,
+            block_size: GgmlDType::Q4K.block_size(),
             data: RwLock::new(None),
         });
         let storage = QStorage::Cpu(Box::new(SharedBlocks(blocks.clone())));
+        let shape = (packed.rows_count(), packed.cols());
         Ok(Self {
             tensor: Arc::new(QTensor::new(storage, shape)?),
             blocks: Some(blocks),
-            packed: Some(Arc::new(packed)),
+            packed: Some(packed),
         })
     }
 }

@@ -295,11 +295,7 @@ impl TensorSource for Synthetic {
             let take = (total - data.len()).min(template.len());
             data.extend_from_slice(&template[..take]);
         }
-        if self.interleave {
-            QWeight::from_bytes_interleaved(dtype, shape, &data, &self.device)
-        } else {
-            QWeight::from_bytes(dtype, shape, &data, &self.device)
-        }
+        QWeight::from_bytes_in(dtype, shape, &data, &self.device, self.interleave)
     }
 
     fn contains(&self, _name: &str) -> bool {
