@@ -15,17 +15,14 @@
 //!   quantization, source identity) differs, or whose size differs from what its tensor table
 //!   implies (truncated, or grown) is rebuilt, never half-loaded. The tensor bytes
 //!   themselves are not checksummed (that would cost seconds per load).
-//! - **Reading.** candle's CPU quantized tensors own their blocks, so the file is read
-//!   into memory rather than memory-mapped: tensor by tensor, by one loader per core (up to
-//!   four), each with one reusable read buffer.
+//! - **Reading.** The file is memory-mapped; on a CPU the blocks the kernels read as they
+//!   are stay in its pages ([`read`]).
 //!
 //! The conversion itself is [`super::gguf_write`].
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
@@ -34,6 +31,7 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::Checkpoint;
 use super::gguf_write;
 use super::linear::QWeight;
+use super::mapped::MappedFile;
 use super::quant::{ConvertProgress, Quant, WeightLayout};
 use super::weights::TensorMap;
 use super::ModelError;
@@ -42,8 +40,6 @@ use super::ModelError;
 /// every cache file.
 pub const FORMAT_VERSION: u32 = 1;
 pub(crate) const ALIGNMENT: u64 = 32;
-/// Bytes above which a loader's read buffer is dropped after use (see [`read`]).
-const BIG_TENSOR: usize = 256 << 20;
 
 /// What [`ensure`] found or did.
 #[derive(Debug, Clone)]
@@ -263,8 +259,15 @@ fn damaged(path: &Path) -> impl Fn(candle_core::Error) -> ModelError + Copy + Sy
     }
 }
 
-/// Reads a cache file checked by [`ensure`] into tensors on `device`, q4_K matrices
+/// Loads a cache file checked by [`ensure`] as tensors on `device`, q4_K matrices
 /// interleaved as they are read for [`WeightLayout::Repacked`].
+///
+/// The file is memory-mapped. On a CPU, blocks the kernels read as they are (q8_0, and the
+/// k-quants that are not interleaved) stay in the file's pages: nothing is copied, a warm
+/// reload costs no time, and the pages are shared with the page cache (`mapped.rs`).
+/// Interleaved q4_K matrices are made from the mapped bytes on every core
+/// (`Q4kX8::pack`), after which those pages are let go; small tensors (norms, biases) are
+/// copied.
 pub(crate) fn read(
     path: &Path,
     device: &Device,
@@ -272,77 +275,28 @@ pub(crate) fn read(
 ) -> Result<TensorMap, ModelError> {
     let (io, bad) = (io_error(path), damaged(path));
     let content = gguf_file::Content::read(&mut File::open(path).map_err(io)?).map_err(bad)?;
-    // In file order, so the reads are nearly sequential.
+    let file = MappedFile::open(path).map_err(io)?;
+    // In file order, so that the pages are touched nearly sequentially.
     let mut infos: Vec<_> = content.tensor_infos.iter().collect();
     infos.sort_by_key(|(_, info)| info.offset);
-    // Most of a reload is the kernel zeroing the fresh pages each tensor is copied into, so
-    // that copy should run on every core. q4_K matrices that are interleaved already are
-    // (Q4kX8::pack), so a q4k file is read by one loader; other files by a few loaders
-    // taking the tensors in turn (`huatuo ask` on a q8_0 7B: 24.8 s → 9.3 s). Each loader
-    // reuses one read buffer (a fresh one per tensor would cost a zeroed page for every
-    // byte of the model once more).
-    let interleaved = infos.iter().any(|(_, info)| {
-        layout == WeightLayout::Repacked
-            && QWeight::interleaves(info.ggml_dtype, info.shape.dims(), device)
-    });
-    let loaders = if interleaved {
-        1
-    } else {
-        candle_core::utils::get_num_threads().clamp(1, 4)
-    };
+    let interleave = layout == WeightLayout::Repacked;
     let mut map = HashMap::with_capacity(infos.len());
-    for part in load_tensors(path, &content, &infos, loaders, layout, device)? {
-        map.extend(part);
+    for (name, info) in infos {
+        let dtype = info.ggml_dtype;
+        let dims = info.shape.dims();
+        let size = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
+        let start = usize::try_from(content.tensor_data_offset + info.offset)
+            .map_err(|e| bad(candle_core::Error::Msg(format!("tensor {name}: {e}"))))?;
+        let range = start..start + size;
+        let w = QWeight::from_mapped(dtype, dims, &file, range.clone(), device, interleave)
+            .map_err(bad)?;
+        if !w.is_in_place() {
+            // Copied or interleaved: the mapped pages are not needed any more.
+            file.release(range);
+        }
+        map.insert(name.clone(), w);
     }
     Ok(TensorMap(map))
-}
-
-/// Reads `infos` with `loaders` threads taking them in turn.
-fn load_tensors(
-    path: &Path,
-    content: &gguf_file::Content,
-    infos: &[(&String, &gguf_file::TensorInfo)],
-    loaders: usize,
-    layout: WeightLayout,
-    device: &Device,
-) -> Result<Vec<Vec<(String, QWeight)>>, ModelError> {
-    let (io, bad) = (io_error(path), damaged(path));
-    let next = AtomicUsize::new(0);
-    let load = || -> Result<Vec<(String, QWeight)>, ModelError> {
-        let mut file = File::open(path).map_err(io)?;
-        let mut done = Vec::new();
-        let mut data = Vec::new();
-        loop {
-            let Some((name, info)) = infos.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                return Ok(done);
-            };
-            let dtype = info.ggml_dtype;
-            let size = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
-            // The embedding and the LM head are far larger than any other tensor: their
-            // buffers are not kept for the next one.
-            if data.len() > BIG_TENSOR && size <= BIG_TENSOR {
-                data = Vec::new();
-            }
-            data.resize(size, 0);
-            file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
-                .map_err(io)?;
-            file.read_exact(&mut data).map_err(io)?;
-            let interleave = layout == WeightLayout::Repacked;
-            let w = QWeight::from_bytes_in(dtype, info.shape.dims(), &data, device, interleave)
-                .map_err(bad)?;
-            done.push(((*name).clone(), w));
-        }
-    };
-    if loaders <= 1 {
-        return Ok(vec![load()?]);
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..loaders).map(|_| s.spawn(load)).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
 }
 
 #[cfg(test)]

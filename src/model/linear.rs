@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor, QuantizedType};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 
+use super::mapped::{self, MappedFile};
 use super::q4k_x8::{self, Q4kX8};
 use super::q8_0;
 use candle_nn::VarBuilder;
@@ -436,10 +437,27 @@ impl QWeight {
                 packed: None,
             });
         }
+        Self::with_blocks(
+            dtype,
+            shape,
+            dtype.from_data(std::borrow::Cow::Borrowed(data)),
+            false,
+        )
+    }
+
+    /// A CPU weight over `blocks` (in a mapped file when `mapped`), shared by candle's
+    /// tensor and huatuo's kernels.
+    fn with_blocks(
+        dtype: GgmlDType,
+        shape: &[usize],
+        blocks: Box<dyn QuantizedType>,
+        mapped: bool,
+    ) -> Result<Self> {
         let blocks = Arc::new(Blocks {
             dtype,
             block_size: dtype.block_size(),
-            data: RwLock::new(Some(dtype.from_data(std::borrow::Cow::Borrowed(data)))),
+            data: RwLock::new(Some(blocks)),
+            mapped,
         });
         let storage = QStorage::Cpu(Box::new(SharedBlocks(blocks.clone())));
         Ok(Self {
@@ -447,6 +465,41 @@ impl QWeight {
             blocks: Some(blocks),
             packed: None,
         })
+    }
+
+    /// A weight of `dtype` and `shape` whose GGML bytes are `range` of a memory-mapped
+    /// cache file. On a CPU its blocks are used where they are in the file (no copy), unless
+    /// `interleave` makes an interleaved q4_K copy of them; elsewhere they are copied as
+    /// [`QWeight::from_bytes_in`] copies them.
+    pub(crate) fn from_mapped(
+        dtype: GgmlDType,
+        shape: &[usize],
+        file: &Arc<MappedFile>,
+        range: std::ops::Range<usize>,
+        device: &Device,
+        interleave: bool,
+    ) -> Result<Self> {
+        let elems: usize = shape.iter().product();
+        let expected = elems / dtype.block_size() * dtype.type_size();
+        let Some(data) = file.bytes().get(range.clone()) else {
+            candle_core::bail!(
+                "{dtype:?} tensor {shape:?} lies past the end of its file ({range:?})"
+            );
+        };
+        let copy = !device.is_cpu()
+            || !mapped::mappable(dtype)
+            || (interleave && Self::interleaves(dtype, shape, device))
+            || data.len() != expected
+            || !elems.is_multiple_of(dtype.block_size());
+        match (copy, mapped::blocks(file, dtype, range)) {
+            (false, Some(blocks)) => Self::with_blocks(dtype, shape, blocks, true),
+            _ => Self::from_bytes_in(dtype, shape, data, device, interleave),
+        }
+    }
+
+    /// Whether the blocks are read in place from a mapped file.
+    pub(crate) fn is_in_place(&self) -> bool {
+        self.blocks.as_ref().is_some_and(|b| b.mapped)
     }
 
     /// Whether [`QWeight::from_bytes_in`] interleaves a tensor of this type and shape (on
@@ -487,6 +540,7 @@ impl QWeight {
             dtype: GgmlDType::Q4K,
             block_size: GgmlDType::Q4K.block_size(),
             data: RwLock::new(None),
+            mapped: false,
         });
         let storage = QStorage::Cpu(Box::new(SharedBlocks(blocks.clone())));
         let shape = (packed.rows_count(), packed.cols());
@@ -538,6 +592,8 @@ pub(crate) struct Blocks {
     dtype: GgmlDType,
     block_size: usize,
     data: RwLock<Option<Box<dyn QuantizedType>>>,
+    /// Whether `data` is read in place from a mapped file ([`QWeight::from_mapped`]).
+    mapped: bool,
 }
 
 impl std::fmt::Debug for Blocks {
@@ -774,5 +830,72 @@ mod tests {
             panic!("not quantized");
         };
         assert!(!q.blocks.as_ref().expect("cpu blocks").is_released());
+    }
+
+    /// Blocks the kernels read as they are stay in the mapped file and compute what a copy
+    /// of the same bytes computes; interleaved q4_K matrices are copies; a range past the
+    /// end of the file is an error, not a read out of bounds.
+    #[test]
+    fn mapped_blocks_are_used_in_place_and_compute_as_copies_do() {
+        let (n, k) = (64, 512);
+        let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).expect("randn");
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("weights.bin");
+        let mut file_bytes = vec![7u8; 96]; // a header's worth, like a GGUF file
+        let mut ranges = Vec::new();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q6K, GgmlDType::Q4K] {
+            let q = QTensor::quantize(&w, dtype).expect("quantize");
+            let data = q.data().expect("data").into_owned();
+            file_bytes.resize(file_bytes.len().next_multiple_of(32), 0);
+            ranges.push((dtype, file_bytes.len()..file_bytes.len() + data.len()));
+            file_bytes.extend_from_slice(&data);
+        }
+        std::fs::write(&path, &file_bytes).expect("write");
+        let file = MappedFile::open(&path).expect("map");
+        let x = Tensor::randn(0f32, 1.0, (1, 40, k), &Device::Cpu).expect("x");
+        for (dtype, range) in ranges {
+            for interleave in [false, true] {
+                let mapped = QWeight::from_mapped(
+                    dtype,
+                    &[n, k],
+                    &file,
+                    range.clone(),
+                    &Device::Cpu,
+                    interleave,
+                )
+                .expect("mapped");
+                let in_place = !(interleave && QWeight::interleaves(dtype, &[n, k], &Device::Cpu));
+                assert_eq!(
+                    mapped.is_in_place(),
+                    in_place,
+                    "{dtype:?} interleave {interleave}"
+                );
+                let copy = QWeight::from_bytes_in(
+                    dtype,
+                    &[n, k],
+                    &file_bytes[range.clone()],
+                    &Device::Cpu,
+                    interleave,
+                )
+                .expect("copy");
+                assert!(!copy.is_in_place());
+                let run = |q: QWeight| {
+                    let layer = Linear::quantized(q, None, interleave).expect("linear");
+                    layer
+                        .forward(&x)
+                        .and_then(|y| y.flatten_all())
+                        .and_then(|y| y.to_vec1::<f32>())
+                };
+                assert_eq!(
+                    run(mapped).expect("mapped"),
+                    run(copy).expect("copy"),
+                    "{dtype:?}"
+                );
+            }
+        }
+        let past = file_bytes.len() - 100..file_bytes.len() + 100;
+        let err = QWeight::from_mapped(GgmlDType::Q8_0, &[n, k], &file, past, &Device::Cpu, false)
+            .expect_err("past the end");
+        assert!(err.to_string().contains("past the end"), "{err}");
     }
 }

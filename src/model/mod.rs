@@ -13,6 +13,7 @@ pub mod gguf_write;
 pub mod kv_cache;
 pub mod linear;
 pub mod llava;
+mod mapped;
 pub mod preprocess;
 mod q4k_x8;
 mod q8_0;
