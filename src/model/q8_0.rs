@@ -153,19 +153,20 @@ pub(crate) fn matmul(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &
     }
 }
 
-/// [`matmul`] for `groups` whole groups of eight activation rows, on [`tile_x8`].
-fn matmul_x8(w: &[u8], n: usize, k: usize, lhs: &[f32], groups: usize, dst: &mut [f32]) {
-    let kb = k / QK;
-    let act = quantize_groups(lhs, groups, k);
+/// Runs `f(block, row0, weights)` on candle's thread pool for every block of activation
+/// rows (`blocks` of them) and every tile of four weight rows (`row0..row0 + 4`), a chunk
+/// of tiles per work item.
+fn for_each_tile(
+    w: &[u8],
+    n: usize,
+    kb: usize,
+    blocks: usize,
+    f: impl Fn(usize, usize, [&[u8]; 4]) + Sync,
+) {
     let tiles = n / TILE_ROWS;
     let chunks = tiles.div_ceil(TILE_CHUNK);
-    let group_blocks = groups.div_ceil(GROUP_BLOCK);
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
-    let act = &act[..];
-    candle_core::utils::barrier_pool().execute_chunked(group_blocks * chunks, |items| {
+    candle_core::utils::barrier_pool().execute_chunked(blocks * chunks, |items| {
         for item in items {
-            let gb = item / chunks;
-            let gs = gb * GROUP_BLOCK..groups.min((gb + 1) * GROUP_BLOCK);
             let first = (item % chunks) * TILE_CHUNK;
             for t in first..tiles.min(first + TILE_CHUNK) {
                 let row0 = t * TILE_ROWS;
@@ -173,14 +174,24 @@ fn matmul_x8(w: &[u8], n: usize, k: usize, lhs: &[f32], groups: usize, dst: &mut
                     let at = (row0 + i) * kb * BLOCK_BYTES;
                     &w[at..at + kb * BLOCK_BYTES]
                 };
-                let ws = [wrow(0), wrow(1), wrow(2), wrow(3)];
-                for g in gs.clone() {
-                    let a = &act[g * kb..(g + 1) * kb];
-                    // SAFETY: `fits` checked the CPU; every (group, tile) output of 8 × 4
-                    // floats is written by exactly one work item.
-                    unsafe { tile_x8(ws, a, dst_ptr.get().add(g * 8 * n + row0), n) };
-                }
+                f(item / chunks, row0, [wrow(0), wrow(1), wrow(2), wrow(3)]);
             }
+        }
+    });
+}
+
+/// [`matmul`] for `groups` whole groups of eight activation rows, on [`tile_x8`].
+fn matmul_x8(w: &[u8], n: usize, k: usize, lhs: &[f32], groups: usize, dst: &mut [f32]) {
+    let kb = k / QK;
+    let act = quantize_groups(lhs, groups, k);
+    let dst_ptr = SendPtr(dst.as_mut_ptr());
+    let blocks = groups.div_ceil(GROUP_BLOCK);
+    for_each_tile(w, n, kb, blocks, |block, row0, ws| {
+        for g in block * GROUP_BLOCK..groups.min((block + 1) * GROUP_BLOCK) {
+            let a = &act[g * kb..(g + 1) * kb];
+            // SAFETY: `fits` checked the CPU; every (group, tile) output of 8 × 4 floats
+            // is written by exactly one work item.
+            unsafe { tile_x8(ws, a, dst_ptr.get().add(g * 8 * n + row0), n) };
         }
     });
 }
@@ -188,53 +199,34 @@ fn matmul_x8(w: &[u8], n: usize, k: usize, lhs: &[f32], groups: usize, dst: &mut
 /// [`matmul`] for any `m`: four weight rows by up to four activation rows per pass.
 fn matmul_rows(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &mut [f32]) {
     let kb = k / QK;
-    let pool = candle_core::utils::barrier_pool();
-
     let act = quantize_rows(lhs, m, k, QK, BlockQ8::ZERO, BlockQ8::quantize);
-
-    let tiles = n / TILE_ROWS;
-    let chunks = tiles.div_ceil(TILE_CHUNK);
-    let row_blocks = m.div_ceil(ROW_BLOCK);
     let dst_ptr = SendPtr(dst.as_mut_ptr());
-    let act = &act[..];
-    pool.execute_chunked(row_blocks * chunks, |items| {
-        for item in items {
-            let rb = item / chunks;
-            let rows = rb * ROW_BLOCK..m.min((rb + 1) * ROW_BLOCK);
-            let first = (item % chunks) * TILE_CHUNK;
-            for t in first..tiles.min(first + TILE_CHUNK) {
-                let row0 = t * TILE_ROWS;
-                let wrow = |i: usize| {
-                    let at = (row0 + i) * kb * BLOCK_BYTES;
-                    &w[at..at + kb * BLOCK_BYTES]
-                };
-                let ws = [wrow(0), wrow(1), wrow(2), wrow(3)];
-                let mut r = rows.start;
-                while r < rows.end {
-                    let take = (rows.end - r).min(MAX_R);
-                    let a = |i: usize| &act[(r + i) * kb..(r + i + 1) * kb];
-                    // SAFETY: `fits` checked the CPU; every (row, tile) output of four
-                    // floats is written by exactly one work item.
-                    unsafe {
-                        let out = |i: usize| dst_ptr.get().add((r + i) * n + row0);
-                        match take {
-                            4 => tile_pairs::<2>(
-                                ws,
-                                [[a(0), a(1)], [a(2), a(3)]],
-                                [[out(0), out(1)], [out(2), out(3)]],
-                            ),
-                            2 | 3 => {
-                                tile_pairs::<1>(ws, [[a(0), a(1)]], [[out(0), out(1)]]);
-                                if take == 3 {
-                                    tile::<1>(ws, [a(2)], [out(2)]);
-                                }
-                            }
-                            _ => tile::<1>(ws, [a(0)], [out(0)]),
+    for_each_tile(w, n, kb, m.div_ceil(ROW_BLOCK), |block, row0, ws| {
+        let rows = block * ROW_BLOCK..m.min((block + 1) * ROW_BLOCK);
+        let mut r = rows.start;
+        while r < rows.end {
+            let take = (rows.end - r).min(MAX_R);
+            let a = |i: usize| &act[(r + i) * kb..(r + i + 1) * kb];
+            // SAFETY: `fits` checked the CPU; every (row, tile) output of four floats is
+            // written by exactly one work item.
+            unsafe {
+                let out = |i: usize| dst_ptr.get().add((r + i) * n + row0);
+                match take {
+                    4 => tile_pairs::<2>(
+                        ws,
+                        [[a(0), a(1)], [a(2), a(3)]],
+                        [[out(0), out(1)], [out(2), out(3)]],
+                    ),
+                    2 | 3 => {
+                        tile_pairs::<1>(ws, [[a(0), a(1)]], [[out(0), out(1)]]);
+                        if take == 3 {
+                            tile::<1>(ws, [a(2)], [out(2)]);
                         }
                     }
-                    r += take;
+                    _ => tile::<1>(ws, [a(0)], [out(0)]),
                 }
             }
+            r += take;
         }
     });
 }
