@@ -225,6 +225,45 @@ fn cache_file_is_reused_then_rebuilt_when_the_source_changes() {
     assert!(!report.converted);
 }
 
+/// A checkpoint cut down by its config.json (as the benchmarks cut the full-size 7B to 4
+/// layers) converts only the decoder layers it runs, and runs.
+#[test]
+fn decoder_layers_past_the_config_are_not_converted() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("cut");
+    copy_dir(checkpoint(), &dir);
+    let config = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("read config")).expect("json");
+    let layers = cfg["num_hidden_layers"]
+        .as_u64()
+        .expect("num_hidden_layers");
+    assert!(layers >= 2, "the test needs a layer to cut");
+    cfg["num_hidden_layers"] = (layers - 1).into();
+    std::fs::write(&config, serde_json::to_vec(&cfg).expect("json")).expect("write config");
+
+    let (model, report) = load(&dir, Quant::Q8_0, &tmp.path().join("cache"));
+    let file = report.cache_file.expect("cache file");
+    let content = candle_core::quantized::gguf_file::Content::read(
+        &mut std::fs::File::open(&file).expect("open"),
+    )
+    .expect("gguf header");
+    let names: Vec<&String> = content.tensor_infos.keys().collect();
+    let kept = format!("model.layers.{}.", layers - 2);
+    let cut = format!("model.layers.{}.", layers - 1);
+    assert!(names.iter().any(|n| n.starts_with(&kept)), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with(&cut)), "{names:?}");
+
+    let p = pipeline();
+    let (ids, pixels) = prompt(&p);
+    let logits = all_logits(&model, &ids, &pixels);
+    let values: Vec<f32> = logits
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("logits");
+    assert!(values.iter().all(|v| v.is_finite()));
+}
+
 /// Hub snapshots share one cache slot per repo: a new revision replaces the old file.
 #[test]
 fn a_new_hub_revision_rebuilds_the_same_cache_file() {

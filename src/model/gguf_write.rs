@@ -121,8 +121,17 @@ fn source_tensors(ckpt: &Checkpoint, quant: Quant) -> Result<Vec<SourceTensor>, 
 }
 
 /// Whether the network reads this tensor: the vision tower's layers after the selected
-/// hidden state and its `post_layernorm` are never used (huatuo-reference.md §1.3).
+/// hidden state and its `post_layernorm` are never used (huatuo-reference.md §1.3), nor
+/// decoder layers past `num_hidden_layers` (a checkpoint cut down by its config.json, as
+/// the benchmarks do with the full-size random 7B).
 fn needed(ckpt: &Checkpoint, name: &str) -> bool {
+    if let Some(layer) = name
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        return layer < ckpt.config.num_hidden_layers;
+    }
     let Some(rest) = name.strip_prefix("model.vision_tower.vision_tower.vision_model.") else {
         return true;
     };
