@@ -275,11 +275,16 @@ pub(crate) fn read(
 ) -> Result<TensorMap, ModelError> {
     let (io, bad) = (io_error(path), damaged(path));
     let content = gguf_file::Content::read(&mut File::open(path).map_err(io)?).map_err(bad)?;
-    let file = MappedFile::open(path).map_err(io)?;
     // In file order, so that the pages are touched nearly sequentially.
     let mut infos: Vec<_> = content.tensor_infos.iter().collect();
     infos.sort_by_key(|(_, info)| info.offset);
     let interleave = layout == WeightLayout::Repacked;
+    // Pages are mapped up front where the file is used in place (see `MappedFile::open`).
+    let copies = !device.is_cpu()
+        || infos.iter().any(|(_, info)| {
+            interleave && QWeight::interleaves(info.ggml_dtype, info.shape.dims(), device)
+        });
+    let file = MappedFile::open(path, !copies).map_err(io)?;
     let mut map = HashMap::with_capacity(infos.len());
     for (name, info) in infos {
         let dtype = info.ggml_dtype;

@@ -851,7 +851,7 @@ mod tests {
             file_bytes.extend_from_slice(&data);
         }
         std::fs::write(&path, &file_bytes).expect("write");
-        let file = MappedFile::open(&path).expect("map");
+        let file = MappedFile::open(&path, true).expect("map");
         let x = Tensor::randn(0f32, 1.0, (1, 40, k), &Device::Cpu).expect("x");
         for (dtype, range) in ranges {
             for interleave in [false, true] {
