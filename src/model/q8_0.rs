@@ -243,6 +243,20 @@ unsafe fn weight_scales(wp: &[*const u8; 4], at: usize) -> std::arch::x86_64::__
     _mm_cvtph_ps(_mm_set_epi16(0, 0, 0, 0, d(3), d(2), d(1), d(0)))
 }
 
+/// Each of the four lanes of `v`, broadcast to a whole vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn lanes(v: std::arch::x86_64::__m128) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    [
+        _mm256_broadcastss_ps(v),
+        _mm256_broadcastss_ps(_mm_shuffle_ps::<0x55>(v, v)),
+        _mm256_broadcastss_ps(_mm_shuffle_ps::<0xAA>(v, v)),
+        _mm256_broadcastss_ps(_mm_shuffle_ps::<0xFF>(v, v)),
+    ]
+}
+
 /// `out[r][i] = a[r] · w[i]` for four weight rows (GGUF q8_0 bytes) and `R` activation rows.
 ///
 /// # Safety
@@ -261,12 +275,7 @@ unsafe fn tile<const R: usize>(w: [&[u8]; 4], a: [&[BlockQ8]; R], out: [*mut f32
         let at = b * BLOCK_BYTES;
         // The four weight rows' f16 scales, converted together.
         let wd = weight_scales(&wp, at);
-        let wds: [__m256; 4] = [
-            _mm256_broadcastss_ps(wd),
-            _mm256_broadcastss_ps(_mm_shuffle_ps::<0x55>(wd, wd)),
-            _mm256_broadcastss_ps(_mm_shuffle_ps::<0xAA>(wd, wd)),
-            _mm256_broadcastss_ps(_mm_shuffle_ps::<0xFF>(wd, wd)),
-        ];
+        let wds = lanes(wd);
         let wq: [__m256i; 4] =
             std::array::from_fn(|i| _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i));
         let wabs: [__m256i; 4] = std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]));
@@ -402,12 +411,7 @@ unsafe fn tile_x8(w: [&[u8]; 4], a: &[BlockQ8x8], out: *mut f32, n: usize) {
         }
         let ad = _mm256_load_ps(blk.d.as_ptr());
         let wd = weight_scales(&wp, at);
-        let wds: [__m256; 4] = [
-            _mm256_broadcastss_ps(wd),
-            _mm256_broadcastss_ps(_mm_shuffle_ps::<0x55>(wd, wd)),
-            _mm256_broadcastss_ps(_mm_shuffle_ps::<0xAA>(wd, wd)),
-            _mm256_broadcastss_ps(_mm_shuffle_ps::<0xFF>(wd, wd)),
-        ];
+        let wds = lanes(wd);
         for i in 0..4 {
             let scale = _mm256_mul_ps(ad, wds[i]);
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), scale, acc[i]);
