@@ -18,6 +18,7 @@ pub mod preprocess;
 mod q4k_x8;
 mod q8_0;
 pub mod quant;
+mod qweight;
 pub mod sampling;
 pub mod tokenizer;
 mod vit_attention;
