@@ -80,16 +80,8 @@ impl MappedFile {
     }
 }
 
-/// Whether blocks of `dtype` can be used in place ([`blocks`] takes them).
-pub(crate) fn mappable(dtype: GgmlDType) -> bool {
-    matches!(
-        dtype,
-        GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K
-    )
-}
-
-/// The blocks of `dtype` at `range` of `file`, in place. `None` when the type is not
-/// [`mappable`] or the range is not whole, aligned blocks inside the file.
+/// The blocks of `dtype` at `range` of `file`, in place. `None` for a type other than
+/// q8_0 and the k-quants, or a range that is not whole, aligned blocks inside the file.
 pub(crate) fn blocks(
     file: &Arc<MappedFile>,
     dtype: GgmlDType,

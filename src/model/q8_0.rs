@@ -23,8 +23,6 @@ const QK: usize = 32;
 const BLOCK_BYTES: usize = 34;
 /// Weight rows per tile.
 const TILE_ROWS: usize = 4;
-/// Activation rows per block of work (their q8_0 rows stay in L2).
-const ROW_BLOCK: usize = 32;
 /// Groups of eight activation rows per block of work on the interleaved path: 128 rows,
 /// whose interleaved blocks (0.5–5 MB at the 7B's and CLIP's widths) stay in L3 while the
 /// weight tiles of a chunk pass over them, so a weight is read from memory once per 128
@@ -196,16 +194,17 @@ fn matmul_x8(w: &[u8], n: usize, k: usize, lhs: &[f32], groups: usize, dst: &mut
     });
 }
 
-/// [`matmul`] for any `m`: four weight rows by up to four activation rows per pass.
+/// [`matmul`] for fewer than eight activation rows (a decode step, the rest of a prefill):
+/// four weight rows by up to four activation rows per pass.
 fn matmul_rows(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &mut [f32]) {
+    debug_assert!(m < 8, "whole groups of eight rows go to matmul_x8");
     let kb = k / QK;
     let act = quantize_rows(lhs, m, k, QK, BlockQ8::ZERO, BlockQ8::quantize);
     let dst_ptr = SendPtr(dst.as_mut_ptr());
-    for_each_tile(w, n, kb, m.div_ceil(ROW_BLOCK), |block, row0, ws| {
-        let rows = block * ROW_BLOCK..m.min((block + 1) * ROW_BLOCK);
-        let mut r = rows.start;
-        while r < rows.end {
-            let take = (rows.end - r).min(MAX_R);
+    for_each_tile(w, n, kb, 1, |_, row0, ws| {
+        let mut r = 0;
+        while r < m {
+            let take = (m - r).min(MAX_R);
             let a = |i: usize| &act[(r + i) * kb..(r + i + 1) * kb];
             // SAFETY: `fits` checked the CPU; every (row, tile) output of four floats is
             // written by exactly one work item.

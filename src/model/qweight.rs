@@ -46,26 +46,22 @@ impl QWeight {
                 packed: None,
             });
         }
-        Self::with_blocks(
-            dtype,
-            shape,
-            dtype.from_data(std::borrow::Cow::Borrowed(data)),
-            false,
-        )
+        let blocks = dtype.from_data(std::borrow::Cow::Borrowed(data));
+        Self::with_blocks(dtype, shape, Some(blocks), false)
     }
 
-    /// A CPU weight over `blocks` (in a mapped file when `mapped`), shared by candle's
-    /// tensor and huatuo's kernels.
+    /// A CPU weight over `blocks` (in a mapped file when `mapped`; none for an interleaved
+    /// weight), shared by candle's tensor and huatuo's kernels.
     fn with_blocks(
         dtype: GgmlDType,
         shape: &[usize],
-        blocks: Box<dyn QuantizedType>,
+        blocks: Option<Box<dyn QuantizedType>>,
         mapped: bool,
     ) -> Result<Self> {
         let blocks = Arc::new(Blocks {
             dtype,
             block_size: dtype.block_size(),
-            data: RwLock::new(Some(blocks)),
+            data: RwLock::new(blocks),
             mapped,
         });
         let storage = QStorage::Cpu(Box::new(SharedBlocks(blocks.clone())));
@@ -95,14 +91,17 @@ impl QWeight {
                 "{dtype:?} tensor {shape:?} lies past the end of its file ({range:?})"
             );
         };
-        let copy = !device.is_cpu()
-            || !mapped::mappable(dtype)
-            || (interleave && Self::interleaves(dtype, shape, device))
-            || data.len() != expected
-            || !elems.is_multiple_of(dtype.block_size());
-        match (copy, mapped::blocks(file, dtype, range)) {
-            (false, Some(blocks)) => Self::with_blocks(dtype, shape, blocks, true),
-            _ => Self::from_bytes_in(dtype, shape, data, device, interleave),
+        // A wrong size falls through to `from_bytes`, which reports it.
+        let in_place = device.is_cpu()
+            && !(interleave && Self::interleaves(dtype, shape, device))
+            && data.len() == expected
+            && elems.is_multiple_of(dtype.block_size());
+        match in_place
+            .then(|| mapped::blocks(file, dtype, range))
+            .flatten()
+        {
+            Some(blocks) => Self::with_blocks(dtype, shape, Some(blocks), true),
+            None => Self::from_bytes_in(dtype, shape, data, device, interleave),
         }
     }
 
@@ -145,19 +144,10 @@ impl QWeight {
 
     /// An interleaved q4_K weight, with a candle tensor of its shape whose blocks are empty.
     pub(super) fn interleaved(packed: Arc<Q4kX8>) -> Result<Self> {
-        let blocks = Arc::new(Blocks {
-            dtype: GgmlDType::Q4K,
-            block_size: GgmlDType::Q4K.block_size(),
-            data: RwLock::new(None),
-            mapped: false,
-        });
-        let storage = QStorage::Cpu(Box::new(SharedBlocks(blocks.clone())));
-        let shape = (packed.rows_count(), packed.cols());
-        Ok(Self {
-            tensor: Arc::new(QTensor::new(storage, shape)?),
-            blocks: Some(blocks),
-            packed: Some(packed),
-        })
+        let shape = [packed.rows_count(), packed.cols()];
+        let mut weight = Self::with_blocks(GgmlDType::Q4K, &shape, None, false)?;
+        weight.packed = Some(packed);
+        Ok(weight)
     }
 }
 
