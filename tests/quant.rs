@@ -13,7 +13,7 @@ use huatuo::model::sampling::SamplingParams;
 use huatuo::model::{Checkpoint, Huatuo, Logits};
 use huatuo::tiny::{write_checkpoint, TinySpec};
 
-use crate::util::{copy_dir, fixture};
+use crate::util::{copy_dir, fixture, process_dir};
 
 /// Largest cosine distance (1 − cos) between a quantized model's logits and f32's at any
 /// position of the test prompt (a 576-position image plus text). Measured on this
@@ -39,9 +39,7 @@ const SEED: u64 = 20;
 fn checkpoint() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("tiny-kquant-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = process_dir("tiny-kquant");
         write_checkpoint(
             &TinySpec::kquant(Family::Qwen2, SEED),
             &fixture("tokenizers/qwen2"),

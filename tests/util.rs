@@ -25,13 +25,40 @@ pub fn tiny_checkpoint(family: &str) -> &'static Path {
         other => panic!("no tiny family {other}"),
     };
     cell.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("tiny-{family}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = process_dir(&format!("tiny-{family}"));
         write_checkpoint(&spec, &fixture(&format!("tokenizers/{tok}")), &dir)
             .expect("writing tiny checkpoint");
         dir
     })
+}
+
+/// An empty directory `<prefix>-<pid>` under cargo's target tmp dir for this test process.
+///
+/// Statics are never dropped, so a test process cannot delete what it wrote there; instead
+/// each claim removes the `<prefix>-<pid>` directories of processes that no longer run (on
+/// Linux, where `/proc` tells), so repeated test runs do not fill the disk (the k-quant
+/// checkpoint is 165 MB).
+pub fn process_dir(prefix: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let proc = Path::new("/proc/self");
+    if proc.exists() {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix)?.strip_prefix('-'))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// A fresh copy of a tiny checkpoint that a test may damage.
