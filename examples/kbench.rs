@@ -17,14 +17,35 @@ fn time(layer: &Linear, x: &Tensor, reps: usize) -> f64 {
     ts[ts.len() / 2]
 }
 
+fn time_module(layer: &impl Module, x: &Tensor, reps: usize) -> f64 {
+    layer.forward(x).unwrap();
+    let mut ts: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            layer.forward(x).unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    ts[ts.len() / 2]
+}
+
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
+    // `kbench [substring]` times the shapes whose name contains it.
+    let only = std::env::args().nth(1).unwrap_or_default();
     for (name, n, k) in [
         ("gate 18944x3584", 18944usize, 3584usize),
         ("down 3584x18944", 3584, 18944),
         ("clip fc1 4096x1024", 4096, 1024),
         ("clip fc2 1024x4096", 1024, 4096),
+        ("lm_head 151936x3584", 151936, 3584),
+        // Fits in the L2/L3 caches: the kernels' speed without the memory stream.
+        ("cached 512x3584", 512, 3584),
     ] {
+        if !name.contains(&only) {
+            continue;
+        }
         let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
         if name.starts_with("clip") {
             // The f32 gemm candle runs for dense layers, for comparison.
@@ -38,16 +59,40 @@ fn main() -> candle_core::Result<()> {
                 (m * n * k) as f64 / t / 1e9
             );
         }
+        {
+            // candle's own q6_K block kernel at decode, for comparison.
+            let q = candle_core::quantized::QTensor::quantize(&w, GgmlDType::Q6K)?;
+            let bytes = q.storage_size_in_bytes();
+            let mm = candle_core::quantized::QMatMul::from_qtensor(q)?;
+            let x = Tensor::randn(0f32, 1.0, (1, 1, k), &dev)?;
+            let t = time_module(&mm, &x, if n * k < 1 << 22 { 2000 } else { 30 });
+            println!(
+                "{name} {:10} m={:3}: {:8.2} ms  {:5.1} GB/s  {:6.1} GMAC/s",
+                "q6k candle",
+                1,
+                t * 1e3,
+                bytes as f64 / t / 1e9,
+                (n * k) as f64 / t / 1e9
+            );
+        }
         for (label, dtype, repack) in [
             ("q4k x8", GgmlDType::Q4K, true),
             ("q4k blocks", GgmlDType::Q4K, false),
             ("q8_0", GgmlDType::Q8_0, true),
+            ("q6k", GgmlDType::Q6K, false),
         ] {
             let layer = Linear::quantize(&w, dtype, repack)?;
             let bytes = layer.bytes();
-            for m in [1usize, 512, 577] {
+            // The LM head only ever multiplies the last position.
+            let ms: &[usize] = if n > 100_000 { &[1] } else { &[1, 512, 577] };
+            for &m in ms {
                 let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)?;
-                let t = time(&layer, &x, if m == 1 { 30 } else { 3 });
+                let reps = match (m, n * k < 1 << 22) {
+                    (1, true) => 2000,
+                    (1, false) => 30,
+                    _ => 3,
+                };
+                let t = time(&layer, &x, reps);
                 println!(
                     "{name} {label:10} m={m:3}: {:8.2} ms  {:5.1} GB/s  {:6.1} GMAC/s",
                     t * 1e3,

@@ -24,6 +24,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 
 use super::q4k_x8::{self, Q4kX8};
+use super::q6k;
 use super::q8_0;
 use super::qweight::Blocks;
 pub(crate) use super::qweight::QWeight;
@@ -223,6 +224,16 @@ impl QLinear {
         })
     }
 
+    /// `x Wᵀ` with huatuo's q6_K kernels, straight on the blocks.
+    fn forward_q6k(&self, blocks: &Blocks, xs: &Tensor) -> Result<Tensor> {
+        self.rows_through(xs, |lhs, rows, dst| {
+            blocks.with_bytes(|w| {
+                q6k::matmul(w, self.out_dim, self.in_dim, lhs, rows, dst);
+                Ok(())
+            })
+        })
+    }
+
     /// Runs `f(lhs, rows, dst)` over the rows of a contiguous f32 `x` (`[..., in]`) and
     /// returns `dst` as `[..., out]`.
     fn rows_through(
@@ -300,6 +311,11 @@ impl Module for Linear {
                     {
                         let w = blocks.dequantize_tensor((q.out_dim, q.in_dim))?;
                         candle_nn::Linear::new(w, None).forward(&xs)?
+                    }
+                    Some(blocks)
+                        if q.weight.dtype() == GgmlDType::Q6K && q6k::fits(q.out_dim, q.in_dim) =>
+                    {
+                        return q.forward_q6k(blocks, &xs);
                     }
                     Some(blocks) => xs.apply_op1_no_bwd(&BlockMatMul {
                         blocks: blocks.clone(),

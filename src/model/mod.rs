@@ -16,6 +16,7 @@ pub mod llava;
 mod mapped;
 pub mod preprocess;
 mod q4k_x8;
+mod q6k;
 mod q8_0;
 pub mod quant;
 mod qweight;
