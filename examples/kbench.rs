@@ -4,20 +4,7 @@ use candle_core::{Device, Module, Tensor};
 use huatuo::model::linear::Linear;
 use std::time::Instant;
 
-fn time(layer: &Linear, x: &Tensor, reps: usize) -> f64 {
-    layer.forward(x).unwrap();
-    let mut ts: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            layer.forward(x).unwrap();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    ts[ts.len() / 2]
-}
-
-fn time_module(layer: &impl Module, x: &Tensor, reps: usize) -> f64 {
+fn time(layer: &impl Module, x: &Tensor, reps: usize) -> f64 {
     layer.forward(x).unwrap();
     let mut ts: Vec<f64> = (0..reps)
         .map(|_| {
@@ -65,7 +52,7 @@ fn main() -> candle_core::Result<()> {
             let bytes = q.storage_size_in_bytes();
             let mm = candle_core::quantized::QMatMul::from_qtensor(q)?;
             let x = Tensor::randn(0f32, 1.0, (1, 1, k), &dev)?;
-            let t = time_module(&mm, &x, if n * k < 1 << 22 { 2000 } else { 30 });
+            let t = time(&mm, &x, if n * k < 1 << 22 { 2000 } else { 30 });
             println!(
                 "{name} {:10} m={:3}: {:8.2} ms  {:5.1} GB/s  {:6.1} GMAC/s",
                 "q6k candle",
