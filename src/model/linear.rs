@@ -12,7 +12,9 @@
 //!   [`prepare`] interleaves each layer once and releases the original blocks.
 //! - **q8_0 on x86 with AVX2**: huatuo's own kernels ([`super::q8_0`]) on the blocks as
 //!   they are, for every row count.
-//! - **everything else** (q6k, q5k, q8_0 and q4k elsewhere, q4k in the compact layout,
+//! - **q6k on x86 with AVX2**, few rows (decode, the LM head): huatuo's kernel
+//!   ([`super::q6k`]) on the blocks as they are.
+//! - **everything else** (q5k, q6k's prefills, q8_0 and q4k elsewhere, q4k in the compact layout,
 //!   [`super::quant::WeightLayout`]): candle's plain block kernels for a
 //!   few rows (decode) and, for 32 rows or more (prefill, the vision tower), the weight is
 //!   dequantized to f32 for that call and multiplied with the dense gemm, which is 1.5–3.5×
