@@ -32,6 +32,9 @@ use super::qweight::Blocks;
 pub(crate) use super::qweight::QWeight;
 use candle_nn::VarBuilder;
 
+/// A kernel over a weight's GGUF bytes: `(w, n, k, lhs, m, dst)`, `dst[m, n] = lhs[m, k] · Wᵀ`.
+type BytesKernel = fn(&[u8], usize, usize, &[f32], usize, &mut [f32]);
+
 /// Rows from which a non-repacked quantized layer is dequantized for a dense gemm.
 const DEQUANTIZE_MIN_ROWS: usize = 32;
 /// Largest f32 copy of a weight made for that (the 7B's LM head, 2.2 GB, stays on blocks).
@@ -216,21 +219,12 @@ impl QLinear {
         })
     }
 
-    /// `x Wᵀ` with huatuo's q8_0 kernels, straight on the blocks.
-    fn forward_q8_0(&self, blocks: &Blocks, xs: &Tensor) -> Result<Tensor> {
+    /// `x Wᵀ` with one of huatuo's kernels over the blocks' GGUF bytes as they are
+    /// ([`q8_0::matmul`], [`q6k::matmul`]: `(w, n, k, lhs, m, dst)`).
+    fn forward_bytes(&self, blocks: &Blocks, xs: &Tensor, kernel: BytesKernel) -> Result<Tensor> {
         self.rows_through(xs, |lhs, rows, dst| {
             blocks.with_bytes(|w| {
-                q8_0::matmul(w, self.out_dim, self.in_dim, lhs, rows, dst);
-                Ok(())
-            })
-        })
-    }
-
-    /// `x Wᵀ` with huatuo's q6_K kernels, straight on the blocks.
-    fn forward_q6k(&self, blocks: &Blocks, xs: &Tensor) -> Result<Tensor> {
-        self.rows_through(xs, |lhs, rows, dst| {
-            blocks.with_bytes(|w| {
-                q6k::matmul(w, self.out_dim, self.in_dim, lhs, rows, dst);
+                kernel(w, self.out_dim, self.in_dim, lhs, rows, dst);
                 Ok(())
             })
         })
@@ -305,7 +299,7 @@ impl Module for Linear {
                         if q.weight.dtype() == GgmlDType::Q8_0
                             && q8_0::fits(q.out_dim, q.in_dim) =>
                     {
-                        return q.forward_q8_0(blocks, &xs);
+                        return q.forward_bytes(blocks, &xs, q8_0::matmul);
                     }
                     Some(blocks)
                         if rows >= DEQUANTIZE_MIN_ROWS
@@ -317,7 +311,7 @@ impl Module for Linear {
                     Some(blocks)
                         if q.weight.dtype() == GgmlDType::Q6K && q6k::fits(q.out_dim, q.in_dim) =>
                     {
-                        return q.forward_q6k(blocks, &xs);
+                        return q.forward_bytes(blocks, &xs, q6k::matmul);
                     }
                     Some(blocks) => xs.apply_op1_no_bwd(&BlockMatMul {
                         blocks: blocks.clone(),
