@@ -19,8 +19,10 @@ fn time(layer: &impl Module, x: &Tensor, reps: usize) -> f64 {
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    // `kbench [substring]` times the shapes whose name contains it.
-    let only = std::env::args().nth(1).unwrap_or_default();
+    // `kbench [shape [layout [rows]]]`: the shapes and layouts whose names contain these
+    // substrings, and only that many activation rows.
+    let arg = |i: usize| std::env::args().nth(i).unwrap_or_default();
+    let (only, layouts, rows) = (arg(1), arg(2), arg(3).parse::<usize>().ok());
     for (name, n, k) in [
         ("gate 18944x3584", 18944usize, 3584usize),
         ("down 3584x18944", 3584, 18944),
@@ -46,7 +48,7 @@ fn main() -> candle_core::Result<()> {
                 (m * n * k) as f64 / t / 1e9
             );
         }
-        {
+        if "q6k candle".contains(&layouts) && rows.is_none_or(|m| m == 1) {
             // candle's own q6_K block kernel at decode, for comparison.
             let q = candle_core::quantized::QTensor::quantize(&w, GgmlDType::Q6K)?;
             let bytes = q.storage_size_in_bytes();
@@ -68,11 +70,14 @@ fn main() -> candle_core::Result<()> {
             ("q8_0", GgmlDType::Q8_0, true),
             ("q6k", GgmlDType::Q6K, false),
         ] {
+            if !label.contains(&layouts) {
+                continue;
+            }
             let layer = Linear::quantize(&w, dtype, repack)?;
             let bytes = layer.bytes();
             // The LM head only ever multiplies the last position.
             let ms: &[usize] = if n > 100_000 { &[1] } else { &[1, 512, 577] };
-            for &m in ms {
+            for &m in ms.iter().filter(|&&m| rows.is_none_or(|r| r == m)) {
                 let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)?;
                 let reps = match (m, n * k < 1 << 22) {
                     (1, true) => 2000,

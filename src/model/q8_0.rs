@@ -4,9 +4,11 @@
 //! kernel ran at ~10 GB/s here), so q8_0 decoded at half llama.cpp's speed and prefilled
 //! through a dequantized f32 copy. These kernels quantize the activations to q8_0 as ggml
 //! does and use ggml's sign trick for signed×signed bytes (`maddubs(|x|, sign(y, x))`):
-//! - for a few activation rows (decode), a tile of four weight rows by one to four rows
-//!   per pass ([`tile`], [`tile_pairs`]), a weight block loaded once for all of them, at
-//!   memory speed;
+//! - for one activation row (a decode step), eight weight rows per pass whose sums of a
+//!   block are reduced into one vector before they are scaled ([`tile8`]): twice the
+//!   speed of a four-row tile with the weight in cache, 1.2–1.3× from memory;
+//! - for two to seven rows (the rest of a prefill), a tile of four weight rows by two or
+//!   four rows per pass ([`tile_pairs`], [`tile`]), a weight block loaded once for all;
 //! - for many rows (a prefill, the vision tower), eight activation rows interleaved four
 //!   bytes at a time, against which each weight row's four bytes are broadcast
 //!   ([`tile_x8`]): no horizontal sums, one sign, two multiplies and an add per 32
@@ -198,6 +200,9 @@ fn matmul_x8(w: &[u8], n: usize, k: usize, lhs: &[f32], groups: usize, dst: &mut
 /// four weight rows by up to four activation rows per pass.
 fn matmul_rows(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &mut [f32]) {
     debug_assert!(m < 8, "whole groups of eight rows go to matmul_x8");
+    if m == 1 {
+        return matmul_one(w, n, k, lhs, dst);
+    }
     let kb = k / QK;
     let act = quantize_rows(lhs, m, k, QK, BlockQ8::ZERO, BlockQ8::quantize);
     let dst_ptr = SendPtr(dst.as_mut_ptr());
@@ -226,6 +231,30 @@ fn matmul_rows(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &mut [f
                 }
             }
             r += take;
+        }
+    });
+}
+
+/// [`matmul`] for one activation row (a decode step): eight weight rows per pass
+/// ([`tile8`]), the last four of an `n` that is not a multiple of eight on [`tile`].
+fn matmul_one(w: &[u8], n: usize, k: usize, lhs: &[f32], dst: &mut [f32]) {
+    let kb = k / QK;
+    let act = quantize_rows(lhs, 1, k, QK, BlockQ8::ZERO, BlockQ8::quantize);
+    let dst_ptr = SendPtr(dst.as_mut_ptr());
+    let wrow = |r: usize| &w[r * kb * BLOCK_BYTES..(r + 1) * kb * BLOCK_BYTES];
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(8), |tiles| {
+        for t in tiles {
+            let row0 = t * 8;
+            // SAFETY: `fits` checked the CPU and that `n` is a multiple of four; every
+            // tile's outputs are written by exactly one work item.
+            unsafe {
+                let out = dst_ptr.get().add(row0);
+                if row0 + 8 <= n {
+                    tile8(std::array::from_fn(|i| wrow(row0 + i)), &act, out);
+                } else {
+                    tile::<1>(std::array::from_fn(|i| wrow(row0 + i)), [&act], [out]);
+                }
+            }
         }
     });
 }
@@ -367,6 +396,66 @@ unsafe fn tile_pairs<const P: usize>(
     _: [[&[BlockQ8]; 2]; P],
     _: [[*mut f32; 2]; P],
 ) {
+    unreachable!("the q8_0 kernels run only where `fits` is true")
+}
+
+/// `out[i] = a · w[i]` for eight weight rows and one activation row (a decode step). The
+/// activation's magnitudes are taken once for all eight rows (`maddubs(|a|, sign(w, a))`,
+/// as in [`tile_x8`]), and the eight rows' sums of a block are reduced into one vector
+/// (as in [`tile_pairs`]) before a single conversion and multiply-add scale them all: per
+/// 32 multiply-adds a sign, a `maddubs` and a `madd`, where [`tile`] also takes a weight's
+/// magnitude and converts, scales and adds each row on its own.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; every `w[i]` must hold `a.len()` blocks and `out`
+/// must be valid for eight `f32` writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile8(w: [&[u8]; 8], a: &[BlockQ8], out: *mut f32) {
+    use std::arch::x86_64::*;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let wp: [*const u8; 8] = std::array::from_fn(|i| w[i].as_ptr());
+    for (b, blk) in a.iter().enumerate() {
+        let at = b * BLOCK_BYTES;
+        let d = |i: usize| (wp[i].add(at) as *const i16).read_unaligned();
+        let wd = _mm256_cvtph_ps(_mm_set_epi16(
+            d(7),
+            d(6),
+            d(5),
+            d(4),
+            d(3),
+            d(2),
+            d(1),
+            d(0),
+        ));
+        let scale = _mm256_mul_ps(wd, _mm256_set1_ps(blk.d));
+        let aq = _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i);
+        let aabs = _mm256_sign_epi8(aq, aq);
+        let dot = |i: usize| {
+            let wq = _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(aabs, _mm256_sign_epi8(wq, aq)), ones)
+        };
+        // Lane j of `g0` (`g1`): part of row j's (j + 4's) sum, the two halves apart.
+        let g0 = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(dot(0), dot(1)),
+            _mm256_hadd_epi32(dot(2), dot(3)),
+        );
+        let g1 = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(dot(4), dot(5)),
+            _mm256_hadd_epi32(dot(6), dot(7)),
+        );
+        let sums = _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(g0, g1),
+            _mm256_permute2x128_si256::<0x31>(g0, g1),
+        );
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
+    }
+    _mm256_storeu_ps(out, acc);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile8(_: [&[u8]; 8], _: &[BlockQ8], _: *mut f32) {
     unreachable!("the q8_0 kernels run only where `fits` is true")
 }
 
