@@ -92,6 +92,8 @@ pub struct Report {
     pub layers: usize,
     pub quant: Quant,
     pub layout: WeightLayout,
+    /// The dtype of the KV cache (f16 with quantized weights on a CPU).
+    pub kv_cache: String,
     pub threads: usize,
     pub runs: usize,
     /// Seconds to load (or, with --shape, build) the weights; a cache conversion excluded.
@@ -140,6 +142,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (None, None) => bail!("give --model DIR or --shape 7b|34b"),
     };
     report.runs = runs;
+    let kv = model.new_cache().dtype().unwrap_or(model.dtype());
+    report.kv_cache = kv.as_str().to_string();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let vocab = model_vocab(&report, &args)?;
     let mut ids = |n: usize| -> Vec<u32> {
@@ -321,6 +325,7 @@ fn empty_report(model: String, shape: Option<Shape>, layers: usize, quant: Quant
         layers,
         quant,
         layout: WeightLayout::Repacked,
+        kv_cache: String::new(),
         threads: 0,
         runs: 0,
         load_s: 0.0,
@@ -494,8 +499,8 @@ fn print_table(r: &Report) {
         WeightLayout::Compact => " (compact)",
     };
     println!(
-        "huatuo bench: {} ({} decoder layers), {}{layout}, {} threads, {runs}",
-        r.model, r.layers, r.quant, r.threads
+        "huatuo bench: {} ({} decoder layers), {}{layout}, KV cache {}, {} threads, {runs}",
+        r.model, r.layers, r.quant, r.kv_cache, r.threads
     );
     let load_note = if r.shape.is_some() {
         "random weights built in memory"

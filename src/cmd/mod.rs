@@ -18,6 +18,7 @@ use crate::engine::protocol::ModelSpec;
 use crate::engine::protocol::{DType, DevicePref, LoadStage};
 use crate::engine::{Engine, EngineHandle, Faults, ResolvedModel, Resolver};
 use crate::hub::{self, memory::WeightFormat};
+use crate::model::decoder::PREFILL_CHUNK;
 use crate::model::quant::{choose_quant, Quant};
 use crate::model::sampling::SamplingParams;
 
@@ -120,7 +121,8 @@ pub fn hub_resolver(draw_bar: bool) -> Resolver {
                     // q5k/q6k are smaller than q8_0: estimating them as q8_0 errs on the safe side.
                     (Quant::Q8_0 | Quant::Q6k | Quant::Q5k, _) => WeightFormat::Q8_0,
                 };
-                hub::memory::preflight(&resolved.dir, format, 4096).map_err(|e| e.to_string())?;
+                hub::memory::preflight(&resolved.dir, format, 4096, PREFILL_CHUNK)
+                    .map_err(|e| e.to_string())?;
             }
             let quant_cache_dir = Dirs::from_env().ok().map(|d| d.quant_cache());
             Ok(ResolvedModel {

@@ -51,6 +51,14 @@ impl WeightFormat {
         }
     }
 
+    /// Bytes per KV-cache element: quantized models keep their cache in f16.
+    pub fn kv_bytes(self) -> u64 {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 | Self::Q8_0 | Self::Q4K => 2,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
@@ -120,11 +128,13 @@ fn model_name(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-/// Estimates what the checkpoint in `dir` needs in `format` with `context_tokens` of context.
+/// Estimates what the checkpoint in `dir` needs in `format` with `context_tokens` of context,
+/// a prompt running `prefill_chunk` positions at a time (the decoder's chunk).
 pub fn estimate(
     dir: &Path,
     format: WeightFormat,
     context_tokens: usize,
+    prefill_chunk: usize,
 ) -> Result<MemoryEstimate, MemoryError> {
     let unreadable = |path: PathBuf, detail: String| MemoryError::Unreadable {
         model: model_name(dir),
@@ -166,16 +176,24 @@ pub fn estimate(
         shapes,
         format,
         context_tokens as u64,
+        prefill_chunk.clamp(1, context_tokens.max(1)) as u64,
     ))
 }
 
-fn estimate_from(params: u64, s: Shapes, format: WeightFormat, ctx: u64) -> MemoryEstimate {
+fn estimate_from(
+    params: u64,
+    s: Shapes,
+    format: WeightFormat,
+    ctx: u64,
+    chunk: u64,
+) -> MemoryEstimate {
     let act = format.activation_bytes();
     let weights_bytes = (params as f64 * format.bytes_per_param()).ceil() as u64;
     let head_dim = s.hidden / s.heads;
-    let kv_cache_bytes = 2 * s.layers * s.kv_heads * head_dim * ctx * act;
-    let attention_scores = s.heads * ctx * ctx * act;
-    let mlp = 4 * ctx * s.intermediate.max(s.hidden) * act;
+    let kv_cache_bytes = 2 * s.layers * s.kv_heads * head_dim * ctx * format.kv_bytes();
+    // The last chunk of a prompt that fills the context attends to all of it.
+    let attention_scores = s.heads * chunk * ctx * act;
+    let mlp = 4 * chunk * s.intermediate.max(s.hidden) * act;
     let logits = s.vocab * 4;
     let activation_bytes = attention_scores + mlp + logits + RUNTIME_BYTES;
     MemoryEstimate {
@@ -225,10 +243,13 @@ pub fn preflight(
     dir: &Path,
     format: WeightFormat,
     context_tokens: usize,
+    prefill_chunk: usize,
 ) -> Result<MemoryEstimate, MemoryError> {
-    let est = estimate(dir, format, context_tokens)?;
+    let est = estimate(dir, format, context_tokens, prefill_chunk)?;
     match available_memory() {
-        Some(available) => check(dir, format, context_tokens, est, available).map(|()| est),
+        Some(available) => {
+            check(dir, format, context_tokens, prefill_chunk, est, available).map(|()| est)
+        }
         None => Ok(est),
     }
 }
@@ -238,6 +259,7 @@ pub fn check(
     dir: &Path,
     format: WeightFormat,
     context_tokens: usize,
+    prefill_chunk: usize,
     est: MemoryEstimate,
     available: u64,
 ) -> Result<(), MemoryError> {
@@ -248,7 +270,7 @@ pub fn check(
         .iter()
         .filter(|f| f.bytes_per_param() < format.bytes_per_param())
         .filter_map(|f| {
-            let e = estimate(dir, *f, context_tokens).ok()?;
+            let e = estimate(dir, *f, context_tokens, prefill_chunk).ok()?;
             (e.total_bytes <= available)
                 .then(|| format!("{} (about {})", f.name(), format_bytes(e.total_bytes)))
         })
@@ -293,13 +315,37 @@ mod tests {
     fn seven_b_numbers() {
         // ~15.9 GB of bf16 shards.
         let params = 15_880_000_000 / 2;
-        let f32 = estimate_from(params, QWEN2_7B, WeightFormat::F32, 4096);
+        let f32 = estimate_from(params, QWEN2_7B, WeightFormat::F32, 4096, 4096);
         assert_eq!(f32.weights_bytes, 31_760_000_000);
         // 2 × 28 layers × 4 kv heads × 128 × 4096 × 4 bytes
         assert_eq!(f32.kv_cache_bytes, 469_762_048);
         assert!(f32.total_bytes > 34_000_000_000 && f32.total_bytes < 36_000_000_000);
-        let q4 = estimate_from(params, QWEN2_7B, WeightFormat::Q4K, 4096);
+        let q4 = estimate_from(params, QWEN2_7B, WeightFormat::Q4K, 4096, 512);
         assert!(q4.weights_bytes < 4_500_000_000);
+        // The f16 KV cache of quantized models: half of f32's.
+        assert_eq!(q4.kv_cache_bytes, 469_762_048 / 2);
+    }
+
+    /// The 34B in q4k at its full context fits a 24 GB machine: its f16 KV cache (1 GB) and
+    /// a 512-position prefill chunk's activations (0.6 GB) rather than an f32 cache (2 GB)
+    /// and a whole 4,096-position prompt's scores and MLP (5.1 GB).
+    #[test]
+    fn thirty_four_b_q4k_fits_24_gb() {
+        let yi_34b = Shapes {
+            layers: 60,
+            hidden: 7168,
+            heads: 56,
+            kv_heads: 8,
+            intermediate: 20480,
+            vocab: 64000,
+        };
+        // ~69 GB of bf16 shards.
+        let params = 69_000_000_000 / 2;
+        let q4 = estimate_from(params, yi_34b, WeightFormat::Q4K, 4096, 512);
+        assert_eq!(q4.kv_cache_bytes, 2 * 60 * 8 * 128 * 4096 * 2);
+        assert!(q4.total_bytes < 22_000_000_000, "{q4:?}");
+        let whole = estimate_from(params, yi_34b, WeightFormat::Q4K, 4096, 4096);
+        assert!(whole.total_bytes > 24_000_000_000, "{whole:?}");
     }
 
     #[test]

@@ -13,6 +13,12 @@ use super::kv_cache::KvCache;
 use super::linear::{Embedding, Linear};
 use super::weights::Weights;
 
+/// Positions a forward pass runs at once. A longer prompt runs in chunks of this many (as
+/// llama.cpp's 512-token batches), so its attention scores (`heads × chunk × context`
+/// floats) stay bounded: a 4,096-position prompt to the 34B holds 0.47 GB of them rather
+/// than 3.8 GB.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// Which positions get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -84,6 +90,21 @@ impl Attention {
         let t = k.dim(2)?;
         let q = q.reshape((b, g.kv_heads, groups * n, g.head_dim))?;
         let scale = 1.0 / (g.head_dim as f64).sqrt();
+        let (k, v) = if k.dtype() == q.dtype() {
+            (k, v)
+        } else if n == 1 && b == 1 && super::kv_attention::supported() {
+            // A decode step over an f16 cache, read where it is.
+            let ctx = super::kv_attention::decode(&q, &k, &v, scale as f32)?
+                .to_dtype(q.dtype())?
+                .reshape((b, g.heads, n, g.head_dim))?
+                .transpose(1, 2)?
+                .reshape((b, n, ()))?;
+            return self.o.forward(&ctx);
+        } else {
+            // A prefill (or a CPU without AVX2/F16C): the cache's views in the activations'
+            // dtype, once for the call.
+            (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?)
+        };
         let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, g.heads, n, t))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
@@ -229,8 +250,37 @@ impl Decoder {
     }
 
     /// Runs `[1, n, hidden]` embeddings at positions `cache.len()..` and returns f32 logits
-    /// `[n, vocab]` (`Logits::All`) or `[1, vocab]` (`Logits::Last`).
+    /// `[n, vocab]` (`Logits::All`) or `[1, vocab]` (`Logits::Last`). A long prompt runs
+    /// [`PREFILL_CHUNK`] positions at a time; each chunk attends to the cache and to itself,
+    /// so the logits are those of one pass (up to the order of float sums).
     pub fn forward(&self, embeds: &Tensor, cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        let (_, n, _) = embeds.dims3()?;
+        if n == 0 {
+            candle_core::bail!("a forward pass needs at least one position");
+        }
+        let mut hidden = Vec::with_capacity(n.div_ceil(PREFILL_CHUNK));
+        for at in (0..n).step_by(PREFILL_CHUNK) {
+            let part = embeds.narrow(1, at, PREFILL_CHUNK.min(n - at))?;
+            let xs = self.run_layers(&part, cache)?;
+            if which == Logits::All || at + PREFILL_CHUNK >= n {
+                hidden.push(xs);
+            }
+        }
+        let xs = match hidden.len() {
+            1 => hidden.remove(0),
+            _ => Tensor::cat(&hidden, 1)?,
+        };
+        let xs = match which {
+            Logits::All => xs,
+            Logits::Last => xs.narrow(1, xs.dim(1)? - 1, 1)?,
+        };
+        let xs = self.norm.forward(&xs)?;
+        self.lm_head.forward(&xs)?.squeeze(0)?.to_dtype(DType::F32)
+    }
+
+    /// Runs `[1, n, hidden]` embeddings through every layer at positions `cache.len()..`,
+    /// appending their keys and values, and returns the last layer's hidden states.
+    fn run_layers(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (_, n, _) = embeds.dims3()?;
         let offset = cache.len();
         let device = embeds.device();
@@ -255,12 +305,7 @@ impl Decoder {
             xs = (xs + h)?;
         }
         cache.advance(n);
-        let xs = match which {
-            Logits::All => xs,
-            Logits::Last => xs.narrow(1, n - 1, 1)?,
-        };
-        let xs = self.norm.forward(&xs)?;
-        self.lm_head.forward(&xs)?.squeeze(0)?.to_dtype(DType::F32)
+        Ok(xs)
     }
 
     /// cos/sin `[n, head_dim/2]` for positions `offset..offset+n`, computed in f32 as

@@ -2,7 +2,7 @@
 //! run, so a forward pass continues at `len()`; `truncate` and `reset` serve prefix reuse
 //! across chat turns (issue 6).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Positions a layer's buffers grow by at least (and start with).
 const MIN_GROWTH: usize = 256;
@@ -18,6 +18,9 @@ pub struct KvCache {
     /// Capacity that growth ahead of need stops at (the model's context length): a
     /// conversation near the end of the context does not reserve half as much again.
     limit: usize,
+    /// The dtype keys and values are stored in, when not that of the activations (f16 for
+    /// quantized models: [`KvCache::storing`]).
+    store: Option<DType>,
 }
 
 /// One layer's buffers `[1, kv_heads, capacity, head_dim]`; positions `0..len` are valid.
@@ -74,7 +77,22 @@ impl KvCache {
             layers: (0..num_layers).map(|_| None).collect(),
             len: 0,
             limit,
+            store: None,
         }
+    }
+
+    /// This cache, storing keys and values in `dtype` (appends are converted to it) rather
+    /// than in the activations' dtype.
+    pub fn storing(self, dtype: DType) -> Self {
+        Self {
+            store: Some(dtype),
+            ..self
+        }
+    }
+
+    /// The dtype keys and values are stored in (`None`: that of the activations).
+    pub fn dtype(&self) -> Option<DType> {
+        self.store
     }
 
     /// Positions already in the cache.
@@ -99,12 +117,16 @@ impl KvCache {
             .layers
             .get_mut(layer)
             .ok_or_else(|| candle_core::Error::Msg(format!("no cache slot for layer {layer}")))?;
+        let (k, v) = match self.store {
+            Some(dtype) => (k.to_dtype(dtype)?, v.to_dtype(dtype)?),
+            None => (k.clone(), v.clone()),
+        };
         let n = k.dim(2)?;
         let needed = slot.as_ref().map_or(0, |l| l.len) + n;
         if slot.as_ref().is_none_or(|l| l.capacity() < needed) {
             let grown = slot.as_ref().map_or(0, |l| l.capacity() * 3 / 2);
             let capacity = grown.max(MIN_GROWTH).min(self.limit).max(needed);
-            *slot = Some(Layer::with_capacity(k, v, capacity, slot.as_ref())?);
+            *slot = Some(Layer::with_capacity(&k, &v, capacity, slot.as_ref())?);
         }
         let Some(l) = slot.as_mut() else {
             candle_core::bail!("cache slot for layer {layer} was not allocated");
@@ -174,6 +196,32 @@ mod tests {
             unlimited.append(0, &t, &t).expect("append");
         }
         assert_eq!(capacity(&unlimited), Some(384));
+    }
+
+    /// A cache storing f16 converts what is appended and hands out f16 views of it.
+    #[test]
+    fn a_half_precision_cache_stores_appends_rounded() {
+        let mut cache = KvCache::new(1).storing(DType::F16);
+        assert_eq!(cache.dtype(), Some(DType::F16));
+        let t = (step(0, 3) / 7.0).expect("step");
+        let (k, v) = cache.append(0, &t, &t).expect("append");
+        assert_eq!((k.dtype(), v.dtype()), (DType::F16, DType::F16));
+        let want = t
+            .to_dtype(DType::F16)
+            .and_then(|x| x.to_dtype(DType::F32))
+            .and_then(|x| x.squeeze(0))
+            .and_then(|x| x.to_vec3::<f32>())
+            .expect("rounded");
+        let got = k
+            .to_dtype(DType::F32)
+            .and_then(|x| x.squeeze(0))
+            .and_then(|x| x.to_vec3::<f32>())
+            .expect("k");
+        assert_eq!(got, want);
+        assert_ne!(
+            got,
+            t.squeeze(0).and_then(|x| x.to_vec3::<f32>()).expect("t")
+        );
     }
 
     /// Appends across growth, truncation and re-append give what concatenation would.

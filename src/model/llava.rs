@@ -261,9 +261,17 @@ impl Huatuo {
         self.vision.image_size()
     }
 
-    /// An empty KV cache for this model.
+    /// An empty KV cache for this model: f16 for quantized weights on a CPU (half the
+    /// memory, llama.cpp's default; quantized answers are approximate anyway, and
+    /// [`super::kv_attention`] reads it in place at decode), otherwise in the activations'
+    /// dtype, so that `--quant none` stays exact.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::with_limit(self.decoder.num_layers(), self.context_length)
+        let cache = KvCache::with_limit(self.decoder.num_layers(), self.context_length);
+        if self.quant != Quant::None && self.device.is_cpu() {
+            cache.storing(DType::F16)
+        } else {
+            cache
+        }
     }
 
     /// The dtype activations run in.

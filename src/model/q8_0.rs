@@ -5,7 +5,7 @@
 //! through a dequantized f32 copy. These kernels quantize the activations to q8_0 as ggml
 //! does and use ggml's sign trick for signed×signed bytes (`maddubs(|x|, sign(y, x))`):
 //! - for one activation row (a decode step), eight weight rows per pass whose sums of a
-//!   block are reduced into one vector before they are scaled ([`tile8`]): twice the
+//!   block are reduced into one vector before they are scaled ([`tile8`]): 1.8× the
 //!   speed of a four-row tile with the weight in cache, 1.2–1.3× from memory;
 //! - for two to seven rows (the rest of a prefill), a tile of four weight rows by two or
 //!   four rows per pass ([`tile_pairs`], [`tile`]), a weight block loaded once for all;

@@ -1,0 +1,207 @@
+//! A decode step's attention straight over a half-precision KV cache (issue 6).
+//!
+//! Quantized models keep their KV cache in f16, as llama.cpp does by default: half the
+//! memory (the 34B's cache at its 4,096-position context is 1 GB instead of 2) and half the
+//! bytes a decode step reads from it. candle multiplies only like dtypes, so without this
+//! module every step would first convert the whole cache to f32, the per-token copy the
+//! issue rules out. Here each key and value row is widened to f32 in registers (F16C) as
+//! it is read; queries, scores, the softmax and the weighted sum stay in f32. Prefills
+//! (many queries) convert the cache views once per call and use candle's gemm.
+#![allow(unsafe_code)]
+
+use candle_core::{DType, Layout, Result, Storage, Tensor};
+use half::f16;
+
+use super::q4k_x8::SendPtr;
+
+/// Whether [`decode`] runs on this CPU.
+pub(crate) fn supported() -> bool {
+    super::q4k_x8::supported()
+}
+
+/// `softmax(q · kᵀ · scale) · v` for one query position: `q` is `[1, kv_heads, groups, d]`
+/// f32 (the query heads that share a KV head, stacked), `k` and `v` are `[1, kv_heads, t, d]`
+/// f16 views whose positions are contiguous rows (the cache's buffers, narrowed). Returns
+/// `[1, kv_heads, groups, d]` f32.
+pub(crate) fn decode(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let (b, kv, groups, d) = q.dims4()?;
+    let (_, _, t, _) = k.dims4()?;
+    if b != 1 || !d.is_multiple_of(8) || !supported() {
+        candle_core::bail!(
+            "f16 decode attention: unsupported shape {:?} or CPU",
+            q.shape()
+        );
+    }
+    if k.dims() != [1, kv, t, d] || v.dims() != [1, kv, t, d] {
+        candle_core::bail!(
+            "f16 decode attention: keys {:?} and values {:?} do not match queries {:?}",
+            k.shape(),
+            v.shape(),
+            q.shape()
+        );
+    }
+    let q = q.to_dtype(DType::F32)?.contiguous()?;
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (Storage::Cpu(qc), Storage::Cpu(kc), Storage::Cpu(vc)) = (&*qs, &*ks, &*vs) else {
+        candle_core::bail!("f16 decode attention runs on the CPU");
+    };
+    let qf = &qc.as_slice::<f32>()?[ql.start_offset()..];
+    let (kf, k_head) = rows(kc.as_slice::<f16>()?, kl, d)?;
+    let (vf, v_head) = rows(vc.as_slice::<f16>()?, vl, d)?;
+    let mut out = vec![0f32; kv * groups * d];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(kv, |heads| {
+        let mut scores = vec![0f32; groups * t];
+        for h in heads {
+            let q = &qf[h * groups * d..(h + 1) * groups * d];
+            let k = &kf[h * k_head..h * k_head + t * d];
+            let v = &vf[h * v_head..h * v_head + t * d];
+            // SAFETY: `supported` checked the CPU; head `h`'s outputs are written by this
+            // item only.
+            unsafe {
+                let ctx =
+                    std::slice::from_raw_parts_mut(out_ptr.get().add(h * groups * d), groups * d);
+                head(q, k, v, groups, d, scale, &mut scores, ctx);
+            }
+        }
+    });
+    drop((qs, ks, vs));
+    Tensor::from_vec(out, (1, kv, groups, d), q.device())
+}
+
+/// The f16 elements of a `[1, heads, t, d]` view from its first element on, and the
+/// distance between heads, for a view whose positions are contiguous rows of `d`.
+fn rows<'a>(data: &'a [f16], layout: &Layout, d: usize) -> Result<(&'a [f16], usize)> {
+    match layout.stride() {
+        [_, head, row, 1] if *row == d => Ok((&data[layout.start_offset()..], *head)),
+        s => candle_core::bail!("f16 decode attention: cache strides {s:?} are not rows of {d}"),
+    }
+}
+
+/// One KV head: `ctx[g] = softmax(q[g] · kᵀ · scale) · v` for its `groups` query rows.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `q`, `ctx` hold `groups · d` values, `k` and `v`
+/// `t · d` with `t = scores.len() / groups`, and `d` is a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    groups: usize,
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+    ctx: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let t = scores.len() / groups;
+    let wide = |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+    // Scores: each key row is widened once for all the query rows that share it.
+    for pos in 0..t {
+        let row = k.as_ptr().add(pos * d);
+        for g in 0..groups {
+            let qg = q.as_ptr().add(g * d);
+            let mut acc = _mm256_setzero_ps();
+            for c in (0..d).step_by(8) {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qg.add(c)), wide(row.add(c)), acc);
+            }
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            scores[g * t + pos] = _mm_cvtss_f32(s) * scale;
+        }
+    }
+    // Softmax per query row, in f32 as transformers does.
+    for row in scores.chunks_exact_mut(t) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+    // The weighted sum of value rows, each widened once for all query rows.
+    ctx.fill(0.0);
+    for pos in 0..t {
+        let row = v.as_ptr().add(pos * d);
+        for c in (0..d).step_by(8) {
+            let vc = wide(row.add(c));
+            for g in 0..groups {
+                let p = _mm256_set1_ps(scores[g * t + pos]);
+                let out = ctx.as_mut_ptr().add(g * d + c);
+                _mm256_storeu_ps(out, _mm256_fmadd_ps(p, vc, _mm256_loadu_ps(out)));
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head(
+    _: &[f32],
+    _: &[f16],
+    _: &[f16],
+    _: usize,
+    _: usize,
+    _: f32,
+    _: &mut [f32],
+    _: &mut [f32],
+) {
+    unreachable!("f16 decode attention runs only where `supported` is true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The kernel gives candle's f32 attention over the same (f16-rounded) keys and values,
+    /// on views narrowed from larger buffers as the cache hands them out.
+    #[test]
+    fn decode_matches_f32_attention_on_the_same_values() {
+        if !supported() {
+            eprintln!("skipped: no AVX2/FMA/F16C");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (kv, groups, d, cap, t) = (3, 4, 16, 40, 29);
+        let val = |i: usize, s: u64| {
+            ((i as u64 ^ s).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / 8_388_608.0 - 1.0
+        };
+        let q: Vec<f32> = (0..kv * groups * d).map(|i| val(i, 1)).collect();
+        let q = Tensor::from_vec(q, (1, kv, groups, d), &dev).expect("q");
+        let buf = |s: u64| {
+            let x: Vec<f32> = (0..kv * cap * d).map(|i| val(i, s) * 2.0).collect();
+            Tensor::from_vec(x, (1, kv, cap, d), &dev)
+                .and_then(|x| x.to_dtype(DType::F16))
+                .and_then(|x| x.narrow(2, 0, t))
+                .expect("buffer")
+        };
+        let (k, v) = (buf(2), buf(3));
+        let scale = 0.25;
+        let got = decode(&q, &k, &v, scale).expect("decode");
+        let (k32, v32) = (
+            k.to_dtype(DType::F32).expect("k"),
+            v.to_dtype(DType::F32).expect("v"),
+        );
+        let scores = (q.matmul(&k32.t().expect("t")).expect("qk") * scale as f64).expect("scale");
+        let probs = candle_nn::ops::softmax_last_dim(&scores).expect("softmax");
+        let want = probs.matmul(&v32).expect("pv");
+        let got: Vec<f32> = got.flatten_all().and_then(|x| x.to_vec1()).expect("got");
+        let want: Vec<f32> = want.flatten_all().and_then(|x| x.to_vec1()).expect("want");
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "[{i}]: {g} vs {w}"
+            );
+        }
+    }
+}
