@@ -4,8 +4,9 @@
 //! f32, about 32 GB for the 7B, or quantized).
 //!
 //! The estimate is weights (the index's `metadata.total_size`, bf16 on disk, scaled to the
-//! chosen format) plus the KV cache and the largest transient activations (eager attention
-//! scores and the MLP at the full context) plus a fixed runtime allowance. Available memory is
+//! chosen format) plus the KV cache (f16 for quantized formats) and the largest transient
+//! activations (the eager attention scores and the MLP of the last prefill chunk of a prompt
+//! that fills the context) plus a fixed runtime allowance. Available memory is
 //! `MemAvailable` from `/proc/meminfo`, lowered by a cgroup limit when there is one; on other
 //! systems the check is skipped. It is meant for CPU loading; GPU memory is not checked here.
 
