@@ -7,6 +7,10 @@
 //! issue rules out. Here each key and value row is widened to f32 in registers (F16C) as
 //! it is read; queries, scores, the softmax and the weighted sum stay in f32. Prefills
 //! (many queries) convert the cache views once per call and use candle's gemm.
+//!
+//! Per layer and decode step, against candle's f32 products on an f32 cache
+//! (`examples/kvbench.rs`, 2 threads): 0.08 vs 0.42 ms at 512 positions, 0.7 vs 3.4 ms at
+//! 4,096 (the 7B's 4 KV heads), 1.6 vs 6.6 ms (the 34B's 8).
 #![allow(unsafe_code)]
 
 use candle_core::{DType, Layout, Result, Storage, Tensor};
@@ -23,7 +27,7 @@ pub(crate) fn supported() -> bool {
 /// f32 (the query heads that share a KV head, stacked), `k` and `v` are `[1, kv_heads, t, d]`
 /// f16 views whose positions are contiguous rows (the cache's buffers, narrowed). Returns
 /// `[1, kv_heads, groups, d]` f32.
-pub(crate) fn decode(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     let (b, kv, groups, d) = q.dims4()?;
     let (_, _, t, _) = k.dims4()?;
     if b != 1 || !d.is_multiple_of(8) || !supported() {
@@ -53,7 +57,8 @@ pub(crate) fn decode(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<T
     let mut out = vec![0f32; kv * groups * d];
     let out_ptr = SendPtr(out.as_mut_ptr());
     candle_core::utils::barrier_pool().execute_chunked(kv, |heads| {
-        let mut scores = vec![0f32; groups * t];
+        // Rows padded to whole vectors for the vectorized softmax.
+        let mut scores = vec![0f32; groups * t.div_ceil(8) * 8];
         for h in heads {
             let q = &qf[h * groups * d..(h + 1) * groups * d];
             let k = &kf[h * k_head..h * k_head + t * d];
@@ -63,7 +68,7 @@ pub(crate) fn decode(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<T
             unsafe {
                 let ctx =
                     std::slice::from_raw_parts_mut(out_ptr.get().add(h * groups * d), groups * d);
-                head(q, k, v, groups, d, scale, &mut scores, ctx);
+                head(q, k, v, (groups, t, d), scale, &mut scores, ctx);
             }
         }
     });
@@ -80,76 +85,142 @@ fn rows<'a>(data: &'a [f16], layout: &Layout, d: usize) -> Result<(&'a [f16], us
     }
 }
 
+/// Key rows widened together for the scores, and value rows per pass of the weighted sum.
+const KEY_BLOCK: usize = 8;
+const VALUE_BLOCK: usize = 64;
+
 /// One KV head: `ctx[g] = softmax(q[g] · kᵀ · scale) · v` for its `groups` query rows.
+///
+/// Scores, eight positions at a time: their key rows are widened once into `kf`, each query
+/// row's eight dot products run in eight accumulators, reduced together into one vector
+/// (no horizontal sum per dot product). The weighted sum runs eight output columns at a
+/// time over 64 positions, every query row's column in a register ([`weighted_sum`]).
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `q`, `ctx` hold `groups · d` values, `k` and `v`
-/// `t · d` with `t = scores.len() / groups`, and `d` is a multiple of 8.
+/// `t · d`, `scores` `groups` rows of `t` rounded up to a multiple of 8, and `d` is a
+/// multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn head(
     q: &[f32],
     k: &[f16],
     v: &[f16],
-    groups: usize,
-    d: usize,
+    (groups, t, d): (usize, usize, usize),
     scale: f32,
     scores: &mut [f32],
     ctx: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let t = scores.len() / groups;
-    let wide = |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-    // Scores: each key row is widened once for all the query rows that share it.
-    for pos in 0..t {
-        let row = k.as_ptr().add(pos * d);
+    let stride = scores.len() / groups;
+    let mut kf = vec![0f32; KEY_BLOCK * d];
+    for p0 in (0..t).step_by(KEY_BLOCK) {
+        let np = (t - p0).min(KEY_BLOCK);
+        for p in 0..KEY_BLOCK {
+            for c in (0..d).step_by(8) {
+                let row = if p < np {
+                    wide(k.as_ptr().add((p0 + p) * d + c))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                _mm256_storeu_ps(kf.as_mut_ptr().add(p * d + c), row);
+            }
+        }
         for g in 0..groups {
             let qg = q.as_ptr().add(g * d);
-            let mut acc = _mm256_setzero_ps();
+            let mut acc = [_mm256_setzero_ps(); KEY_BLOCK];
             for c in (0..d).step_by(8) {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qg.add(c)), wide(row.add(c)), acc);
+                let qc = _mm256_loadu_ps(qg.add(c));
+                for (p, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kf.as_ptr().add(p * d + c)), *a);
+                }
             }
-            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            scores[g * t + pos] = _mm_cvtss_f32(s) * scale;
+            // Lane p of `sums`: position p's dot product.
+            let g0 = _mm256_hadd_ps(
+                _mm256_hadd_ps(acc[0], acc[1]),
+                _mm256_hadd_ps(acc[2], acc[3]),
+            );
+            let g1 = _mm256_hadd_ps(
+                _mm256_hadd_ps(acc[4], acc[5]),
+                _mm256_hadd_ps(acc[6], acc[7]),
+            );
+            let sums = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(g0, g1),
+                _mm256_permute2f128_ps::<0x31>(g0, g1),
+            );
+            let mut out = [0f32; KEY_BLOCK];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+            scores[g * stride + p0..g * stride + p0 + np].copy_from_slice(&out[..np]);
         }
     }
-    // Softmax per query row, in f32 as transformers does.
-    for row in scores.chunks_exact_mut(t) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in row.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|s| *s *= inv);
+    // Softmax per query row in f32, as transformers does (the vision tower's, on 8 lanes).
+    for row in scores.chunks_exact_mut(stride) {
+        super::vit_attention::softmax(row, t);
     }
-    // The weighted sum of value rows, each widened once for all query rows.
     ctx.fill(0.0);
-    for pos in 0..t {
-        let row = v.as_ptr().add(pos * d);
+    for g0 in (0..groups).step_by(8) {
+        let at = |g: usize| (g0 + g) * stride;
+        let args = (v, d, &*scores, t, g0, &mut *ctx);
+        match (groups - g0).min(8) {
+            1 => weighted_sum::<1>(args, at),
+            2 => weighted_sum::<2>(args, at),
+            3 => weighted_sum::<3>(args, at),
+            4 => weighted_sum::<4>(args, at),
+            5 => weighted_sum::<5>(args, at),
+            6 => weighted_sum::<6>(args, at),
+            7 => weighted_sum::<7>(args, at),
+            _ => weighted_sum::<8>(args, at),
+        }
+    }
+}
+
+/// Eight f16 values widened to f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn wide(p: *const f16) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// `ctx[g0 + g] += Σ_pos probs[g0 + g][pos] · v[pos]` for `G` query rows (the probabilities
+/// of row `g` start at `scores[at(g)]`): eight columns at a time, over [`VALUE_BLOCK`]
+/// positions, with the `G` rows' partial sums in registers.
+///
+/// # Safety
+/// As [`head`]; `g0 + G` query rows exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_sum<const G: usize>(
+    (v, d, scores, t, g0, ctx): (&[f16], usize, &[f32], usize, usize, &mut [f32]),
+    at: impl Fn(usize) -> usize,
+) {
+    use std::arch::x86_64::*;
+    let base = ctx.as_mut_ptr();
+    for p0 in (0..t).step_by(VALUE_BLOCK) {
+        let np = (t - p0).min(VALUE_BLOCK);
         for c in (0..d).step_by(8) {
-            let vc = wide(row.add(c));
-            for g in 0..groups {
-                let p = _mm256_set1_ps(scores[g * t + pos]);
-                let out = ctx.as_mut_ptr().add(g * d + c);
-                _mm256_storeu_ps(out, _mm256_fmadd_ps(p, vc, _mm256_loadu_ps(out)));
+            let out = |g: usize| base.add((g0 + g) * d + c);
+            let mut acc: [__m256; G] = std::array::from_fn(|g| _mm256_loadu_ps(out(g)));
+            for p in p0..p0 + np {
+                let vc = wide(v.as_ptr().add(p * d + c));
+                for (g, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*scores.get_unchecked(at(g) + p)), vc, *a);
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out(g), *a);
             }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
 unsafe fn head(
     _: &[f32],
     _: &[f16],
     _: &[f16],
-    _: usize,
-    _: usize,
+    _: (usize, usize, usize),
     _: f32,
     _: &mut [f32],
     _: &mut [f32],
@@ -171,7 +242,9 @@ mod tests {
             return;
         }
         let dev = Device::Cpu;
-        let (kv, groups, d, cap, t) = (3, 4, 16, 40, 29);
+        // Nine query rows per KV head: a pass of eight and one of one; 29 positions: whole
+        // and partial blocks.
+        let (kv, groups, d, cap, t) = (3, 9, 16, 40, 29);
         let val = |i: usize, s: u64| {
             ((i as u64 ^ s).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / 8_388_608.0 - 1.0
         };

@@ -10,7 +10,7 @@ pub mod config;
 pub mod decoder;
 pub mod gguf;
 pub mod gguf_write;
-mod kv_attention;
+pub mod kv_attention;
 pub mod kv_cache;
 pub mod linear;
 pub mod llava;

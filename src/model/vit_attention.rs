@@ -290,7 +290,7 @@ unsafe fn tile(_: *const f32, _: usize, _: *const f32, _: usize, _: usize, _: *m
 /// AVX2 and FMA must be available; `row.len()` is a multiple of 8 and at least `n`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax(row: &mut [f32], n: usize) {
+pub(super) unsafe fn softmax(row: &mut [f32], n: usize) {
     use std::arch::x86_64::*;
     let max = row[..n].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let vmax = _mm256_set1_ps(max);
@@ -325,7 +325,7 @@ unsafe fn softmax(row: &mut [f32], n: usize) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn softmax(_: &mut [f32], _: usize) {
+pub(super) unsafe fn softmax(_: &mut [f32], _: usize) {
     unreachable!("the attention kernels run only where `supported()`")
 }
 
