@@ -163,3 +163,67 @@ fn bad_flag_value_exits_2() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `huatuo bench --json` on a checkpoint: one JSON object with every field the issue asks for
+/// (load, image encode, prefill at the given depth, 64 decode steps, both turns' time to
+/// first token, peak RSS), the second turn reusing the first's positions.
+#[test]
+fn bench_json_reports_every_measurement() {
+    let out = huatuo()
+        .args(["bench", "--model"])
+        .arg(tiny_checkpoint("qwen2"))
+        .args([
+            "--quant",
+            "none",
+            "--depth",
+            "32",
+            "--threads",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in [
+        "load_s",
+        "image_encode_ms",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "first_turn_ttft_ms",
+        "second_turn_ttft_ms",
+        "second_turn_uncached_ttft_ms",
+    ] {
+        let v = r[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v > 0.0 && v.is_finite(), "{key}: {}", r[key]);
+    }
+    assert_eq!(r["quant"], "none");
+    assert_eq!(r["kv_cache"], "f32");
+    assert_eq!(r["threads"], 1);
+    assert_eq!(r["prefill_tokens"], 32);
+    assert_eq!(r["decode_tokens"], 64);
+    assert!(r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0), "{r}");
+    let (all, new) = (
+        r["second_turn_positions"].as_u64().expect("positions"),
+        r["second_turn_new_positions"].as_u64().expect("new"),
+    );
+    assert!(0 < new && new < all, "{new} of {all} positions prefilled");
+}
+
+/// A depth past the model's context is refused before anything runs, naming the flag.
+#[test]
+fn bench_refuses_a_depth_past_the_context() {
+    let out = huatuo()
+        .args(["bench", "--model"])
+        .arg(tiny_checkpoint("qwen2"))
+        .args(["--quant", "none", "--depth", "100000"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--depth") && err.contains("context"), "{err}");
+}

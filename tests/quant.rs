@@ -349,6 +349,11 @@ fn quantized_models_hold_fewer_weight_bytes() {
     assert_eq!(r4.weight_bytes, b4 as u64);
     assert!(b8 * 3 < d, "q8_0 {b8} vs f32 {d}");
     assert!(b4 < b8, "q4k {b4} vs q8_0 {b8}");
+    // Quantized models keep their KV cache in f16; f32 keeps the activations' dtype.
+    assert_eq!(dense.new_cache().dtype(), None);
+    for m in [&q8, &q4] {
+        assert_eq!(m.new_cache().dtype(), Some(candle_core::DType::F16));
+    }
 }
 
 /// Interleaving q4k for the AVX2 kernels costs no memory (both layouts hold the GGUF's

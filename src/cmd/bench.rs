@@ -1,6 +1,7 @@
 //! `huatuo bench`: how fast and how big a model is on this machine (issue 6). Loads a
 //! checkpoint (through the quantized cache), or builds one in memory with random weights at
-//! the real 7B/34B geometry, then times image encoding, a 512-token prefill, 64 decode steps
+//! the real 7B/34B geometry, then times image encoding, a 512-token prefill (`--depth`), 64
+//! decode steps after it
 //! and the time to first token of a one-image question and of a second turn about it, and
 //! reads the peak RSS. Prints a table, or one JSON object with `--json`.
 //!
@@ -65,6 +66,10 @@ pub struct BenchArgs {
     /// Threads for the matrix kernels (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Tokens of the prompt whose prefill is timed and after which the 64 decode steps run
+    /// (as llama-bench's depth): decode slows as the context grows.
+    #[arg(long, value_name = "N", default_value_t = PREFILL_TOKENS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub depth: usize,
     /// Time each step N times and report medians.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub runs: usize,
@@ -142,6 +147,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (None, None) => bail!("give --model DIR or --shape 7b|34b"),
     };
     report.runs = runs;
+    let context = model.context_length();
+    if args.depth + DECODE_TOKENS > context {
+        bail!(
+            "--depth {} and {DECODE_TOKENS} decode steps exceed the model's context of {context} \
+             positions: give --depth {} or less",
+            args.depth,
+            context.saturating_sub(DECODE_TOKENS)
+        );
+    }
     let kv = model.new_cache().dtype().unwrap_or(model.dtype());
     report.kv_cache = kv.as_str().to_string();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -166,7 +180,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let question = ids(QUESTION_TOKENS);
     let answer = ids(ANSWER_TOKENS);
     let follow_up = ids(FOLLOW_UP_TOKENS);
-    let prompt = ids(PREFILL_TOKENS);
+    let prompt = ids(args.depth);
     let turn1 = with_image(&question);
     let mut turn2 = turn1.clone();
     turn2.extend(answer.iter().map(|&t| t as i64));
@@ -178,7 +192,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
         let mut cache = model.new_cache();
         let t = Instant::now();
-        let mut logits = model.forward(&model.embed_tokens(&prompt)?, &mut cache, Logits::Last)?;
+        let mut logits = model
+            .forward(&model.embed_tokens(&prompt)?, &mut cache, Logits::Last)
+            .with_context(|| format!("a {}-token prompt (--depth)", prompt.len()))?;
         prefill.push(t.elapsed());
         let t = Instant::now();
         for _ in 0..DECODE_TOKENS {
@@ -202,8 +218,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let ms = |d: &mut Vec<Duration>| median(d).as_secs_f64() * 1e3;
     report.image_encode_ms = ms(&mut encode);
-    report.prefill_tokens = PREFILL_TOKENS;
-    report.prefill_tok_s = PREFILL_TOKENS as f64 / median(&mut prefill).as_secs_f64();
+    report.prefill_tokens = args.depth;
+    report.prefill_tok_s = args.depth as f64 / median(&mut prefill).as_secs_f64();
     report.decode_tokens = DECODE_TOKENS;
     report.decode_tok_s = DECODE_TOKENS as f64 / median(&mut decode).as_secs_f64();
     let per_image = model.tokens_per_image();
@@ -526,7 +542,7 @@ fn print_table(r: &Report) {
     );
     println!(
         "  {:<28} {:>10.2} tok/s",
-        format!("decode ({} tokens)", r.decode_tokens),
+        format!("decode ({} after {})", r.decode_tokens, r.prefill_tokens),
         r.decode_tok_s
     );
     println!(

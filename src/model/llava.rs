@@ -274,6 +274,11 @@ impl Huatuo {
         }
     }
 
+    /// Positions the model attends over (its configuration's context length).
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
     /// The dtype activations run in.
     pub fn dtype(&self) -> DType {
         self.decoder.dtype()
