@@ -321,14 +321,14 @@ mod tests {
         // 2 × 28 layers × 4 kv heads × 128 × 4096 × 4 bytes
         assert_eq!(f32.kv_cache_bytes, 469_762_048);
         assert!(f32.total_bytes > 34_000_000_000 && f32.total_bytes < 36_000_000_000);
-        let q4 = estimate_from(params, QWEN2_7B, WeightFormat::Q4K, 4096, 512);
+        let q4 = estimate_from(params, QWEN2_7B, WeightFormat::Q4K, 4096, 256);
         assert!(q4.weights_bytes < 4_500_000_000);
         // The f16 KV cache of quantized models: half of f32's.
         assert_eq!(q4.kv_cache_bytes, 469_762_048 / 2);
     }
 
     /// The 34B in q4k at its full context fits a 24 GB machine: its f16 KV cache (1 GB) and
-    /// a 512-position prefill chunk's activations (0.6 GB) rather than an f32 cache (2 GB)
+    /// a 256-position prefill chunk's activations (0.3 GB) rather than an f32 cache (2 GB)
     /// and a whole 4,096-position prompt's scores and MLP (5.1 GB).
     #[test]
     fn thirty_four_b_q4k_fits_24_gb() {
@@ -342,7 +342,7 @@ mod tests {
         };
         // ~69 GB of bf16 shards.
         let params = 69_000_000_000 / 2;
-        let q4 = estimate_from(params, yi_34b, WeightFormat::Q4K, 4096, 512);
+        let q4 = estimate_from(params, yi_34b, WeightFormat::Q4K, 4096, 256);
         assert_eq!(q4.kv_cache_bytes, 2 * 60 * 8 * 128 * 4096 * 2);
         assert!(q4.total_bytes < 22_000_000_000, "{q4:?}");
         let whole = estimate_from(params, yi_34b, WeightFormat::Q4K, 4096, 4096);

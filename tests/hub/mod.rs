@@ -15,6 +15,7 @@ use assert_cmd::Command;
 use huatuo::hub::memory::{self, WeightFormat};
 use huatuo::hub::stand_in::{is_lfs, read_tree, sha256_hex, Fault, Request, StandIn, Target};
 use huatuo::hub::{self, HubError, HubOptions, ModelRef, NoProgress, Resolved, REPO_7B};
+use huatuo::model::decoder::PREFILL_CHUNK;
 use serde_json::Value;
 
 use crate::util::tiny_checkpoint;
@@ -552,7 +553,7 @@ fn repos_that_are_missing_or_not_checkpoints_are_named() {
 #[test]
 fn memory_preflight_refuses_with_a_suggestion() {
     let dir = tiny_checkpoint("qwen2");
-    let est = memory::estimate(dir, WeightFormat::F32, 4096, 512).expect("estimate");
+    let est = memory::estimate(dir, WeightFormat::F32, 4096, PREFILL_CHUNK).expect("estimate");
     let index: Value = serde_json::from_slice(
         &std::fs::read(dir.join("model.safetensors.index.json")).expect("index"),
     )
@@ -564,15 +565,31 @@ fn memory_preflight_refuses_with_a_suggestion() {
     assert_eq!(est.weights_bytes, total * 2, "f32 is twice the bf16 bytes");
     assert!(est.total_bytes > est.weights_bytes + est.kv_cache_bytes);
 
-    let err = memory::check(dir, WeightFormat::F32, 4096, 512, est, est.total_bytes - 1)
-        .expect_err("does not fit");
+    let err = memory::check(
+        dir,
+        WeightFormat::F32,
+        4096,
+        PREFILL_CHUNK,
+        est,
+        est.total_bytes - 1,
+    )
+    .expect_err("does not fit");
     let msg = err.to_string();
     assert!(msg.contains("f32") && msg.contains("available"), "{msg}");
     assert!(
         msg.contains("bf16") && msg.contains("q4k"),
         "smaller formats fit: {msg}"
     );
-    let err = memory::check(dir, WeightFormat::F32, 4096, 512, est, 1).expect_err("nothing fits");
+    let err = memory::check(dir, WeightFormat::F32, 4096, PREFILL_CHUNK, est, 1)
+        .expect_err("nothing fits");
     assert!(err.to_string().contains("no smaller"), "{err}");
-    assert!(memory::check(dir, WeightFormat::F32, 4096, 512, est, est.total_bytes).is_ok());
+    assert!(memory::check(
+        dir,
+        WeightFormat::F32,
+        4096,
+        PREFILL_CHUNK,
+        est,
+        est.total_bytes
+    )
+    .is_ok());
 }
