@@ -159,17 +159,17 @@ unsafe fn head(
     }
     ctx.fill(0.0);
     for g0 in (0..groups).step_by(8) {
-        let at = |g: usize| (g0 + g) * stride;
-        let args = (v, d, &*scores, t, g0, &mut *ctx);
+        let rows = (&scores[g0 * stride..], stride, t);
+        let out = &mut ctx[g0 * d..];
         match (groups - g0).min(8) {
-            1 => weighted_sum::<1>(args, at),
-            2 => weighted_sum::<2>(args, at),
-            3 => weighted_sum::<3>(args, at),
-            4 => weighted_sum::<4>(args, at),
-            5 => weighted_sum::<5>(args, at),
-            6 => weighted_sum::<6>(args, at),
-            7 => weighted_sum::<7>(args, at),
-            _ => weighted_sum::<8>(args, at),
+            1 => weighted_sum::<1>(v, d, rows, out),
+            2 => weighted_sum::<2>(v, d, rows, out),
+            3 => weighted_sum::<3>(v, d, rows, out),
+            4 => weighted_sum::<4>(v, d, rows, out),
+            5 => weighted_sum::<5>(v, d, rows, out),
+            6 => weighted_sum::<6>(v, d, rows, out),
+            7 => weighted_sum::<7>(v, d, rows, out),
+            _ => weighted_sum::<8>(v, d, rows, out),
         }
     }
 }
@@ -183,29 +183,32 @@ unsafe fn wide(p: *const f16) -> std::arch::x86_64::__m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
-/// `ctx[g0 + g] += Σ_pos probs[g0 + g][pos] · v[pos]` for `G` query rows (the probabilities
-/// of row `g` start at `scores[at(g)]`): eight columns at a time, over [`VALUE_BLOCK`]
+/// `ctx[g] += Σ_pos probs[g][pos] · v[pos]` for `G` query rows, row `g`'s `t`
+/// probabilities at `probs[g · stride..]`: eight columns at a time, over [`VALUE_BLOCK`]
 /// positions, with the `G` rows' partial sums in registers.
 ///
 /// # Safety
-/// As [`head`]; `g0 + G` query rows exist.
+/// As [`head`]; `probs` and `ctx` hold at least `G` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn weighted_sum<const G: usize>(
-    (v, d, scores, t, g0, ctx): (&[f16], usize, &[f32], usize, usize, &mut [f32]),
-    at: impl Fn(usize) -> usize,
+    v: &[f16],
+    d: usize,
+    (probs, stride, t): (&[f32], usize, usize),
+    ctx: &mut [f32],
 ) {
     use std::arch::x86_64::*;
     let base = ctx.as_mut_ptr();
     for p0 in (0..t).step_by(VALUE_BLOCK) {
         let np = (t - p0).min(VALUE_BLOCK);
         for c in (0..d).step_by(8) {
-            let out = |g: usize| base.add((g0 + g) * d + c);
+            let out = |g: usize| base.add(g * d + c);
             let mut acc: [__m256; G] = std::array::from_fn(|g| _mm256_loadu_ps(out(g)));
             for p in p0..p0 + np {
                 let vc = wide(v.as_ptr().add(p * d + c));
                 for (g, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*scores.get_unchecked(at(g) + p)), vc, *a);
+                    let prob = *probs.get_unchecked(g * stride + p);
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(prob), vc, *a);
                 }
             }
             for (g, a) in acc.iter().enumerate() {

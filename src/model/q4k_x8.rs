@@ -379,13 +379,11 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: 
     for (b, wb) in w.iter().enumerate() {
         // At decode (one activation row) the weight streams from memory once: prefetch it
         // (`wrapping_add`: past the last block the address is only named, never read).
-        let ahead = (wb as *const BlockQ4Kx8).wrapping_add(PREFETCH_BLOCKS) as *const u8;
-        for line in 0..if R == 1 {
-            size_of::<BlockQ4Kx8>() / 64
-        } else {
-            0
-        } {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+        if R == 1 {
+            let ahead = (wb as *const BlockQ4Kx8).wrapping_add(PREFETCH_BLOCKS) as *const u8;
+            for line in 0..size_of::<BlockQ4Kx8>() / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+            }
         }
         let col_scale_f32 = _mm256_cvtph_ps(_mm_shuffle_epi8(
             _mm_loadu_si128(wb.d.as_ptr() as *const __m128i),

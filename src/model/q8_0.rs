@@ -143,7 +143,7 @@ pub(crate) fn matmul(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &
     assert_eq!(lhs.len(), m * k, "lhs is not [{m}, {k}]");
     assert_eq!(dst.len(), m * n, "dst is not [{m}, {n}]");
     // Whole groups of eight rows on the interleaved kernel, the rest (a decode step's one
-    // row) four by four.
+    // row, a prefill's last few) on the few-row tiles.
     let whole = m / 8 * 8;
     if whole > 0 {
         matmul_x8(w, n, k, &lhs[..whole * k], whole / 8, &mut dst[..whole * n]);
