@@ -14,7 +14,7 @@ huatuo must not fetch), it checks, each in a fresh cache:
 
 Usage (no network needed; `pip install huggingface_hub`):
 
-    cargo build && python3 scripts/hub_interop.py [--huatuo target/debug/huatuo]
+    cargo build --features test-support && python3 scripts/hub_interop.py [--huatuo target/debug/huatuo]
 
 Prints one line per check and exits 0 when all pass.
 """

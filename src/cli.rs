@@ -1,12 +1,39 @@
 //! Command-line arguments (clap derive). Only what the user typed: no IO, no defaults that
-//! need the environment.
+//! need the environment. clap stays here: arguments become the plain values of
+//! [`crate::protocol`] (parsed by their names), which the rest of huatuo uses.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::{DevicePref, ModelDType};
-use crate::model::quant::Quant;
+use crate::protocol::{DType, DevicePref, Quant, SamplingOverrides};
+
+/// A value parser for the named values of the protocol (`Quant`, `DType`, `DevicePref`):
+/// clap lists the names in help and errors, then the name is parsed.
+fn named<T>() -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Names + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(T::NAMES).try_map(|name| name.parse::<T>())
+}
+
+/// The names a value parses from.
+trait Names {
+    const NAMES: &'static [&'static str];
+}
+
+impl Names for Quant {
+    const NAMES: &'static [&'static str] = Quant::NAMES;
+}
+impl Names for DType {
+    const NAMES: &'static [&'static str] = DType::NAMES;
+}
+impl Names for DevicePref {
+    const NAMES: &'static [&'static str] = DevicePref::NAMES;
+}
 
 /// Chat with the HuatuoGPT-Vision medical vision-language models about images, locally.
 #[derive(Debug, Parser)]
@@ -41,8 +68,10 @@ pub enum Command {
     /// Show where the model cache, the config and the data directories are.
     Info(InfoArgs),
     /// Measure load time, image encoding, prefill and decode speed and peak memory.
-    Bench(crate::cmd::bench::BenchArgs),
-    /// Developer tools (tiny checkpoints for tests and parity fixtures).
+    Bench(BenchArgs),
+    /// Developer tools (tiny checkpoints for tests and parity fixtures); only in builds
+    /// with the `test-support` feature.
+    #[cfg(feature = "test-support")]
     #[command(hide = true)]
     Dev {
         #[command(subcommand)]
@@ -144,17 +173,31 @@ pub struct SamplingArgs {
     pub seed: Option<u64>,
 }
 
+impl SamplingArgs {
+    /// The settings these flags choose (unset ones are left to config.toml and the model).
+    pub fn overrides(&self) -> SamplingOverrides {
+        SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RuntimeArgs {
     /// Weights and activations precision: auto is f32 on CPU, bf16 on GPU.
-    #[arg(long, value_enum, default_value_t = ModelDType::Auto)]
-    pub dtype: ModelDType,
+    #[arg(long, value_parser = named::<DType>(), default_value = "auto")]
+    pub dtype: DType,
     /// Where to run the model (cuda/metal need a build with that feature).
-    #[arg(long, value_enum, default_value_t = DevicePref::Auto)]
+    #[arg(long, value_parser = named::<DevicePref>(), default_value = "auto")]
     pub device: DevicePref,
     /// Weight quantization; unset picks the best that fits in memory on a CPU (converted
     /// once and cached on disk), dense weights on a GPU.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<Quant>())]
     pub quant: Option<Quant>,
 }
 
@@ -164,6 +207,17 @@ pub enum ColorChoice {
     Auto,
     Always,
     Never,
+}
+
+impl ColorChoice {
+    /// Forced on or off, or `None` to let the terminal decide.
+    pub fn forced(self) -> Option<bool> {
+        match self {
+            Self::Auto => None,
+            Self::Always => Some(true),
+            Self::Never => Some(false),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +234,7 @@ pub enum SessionsCommand {
     Rm { name: String },
 }
 
+#[cfg(feature = "test-support")]
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {
     /// Write a tiny random checkpoint in the real on-disk layout.
@@ -241,6 +296,61 @@ pub struct RmArgs {
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A real model geometry for `--shape`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Shape {
+    /// HuatuoGPT-Vision-7B: Qwen2-7B (28 layers, 3584 wide, 152,064 tokens) + CLIP-L/336.
+    #[value(name = "7b")]
+    #[serde(rename = "7b")]
+    B7,
+    /// HuatuoGPT-Vision-34B: Yi-1.5-34B (60 layers, 7168 wide, 64,000 tokens) + CLIP-L/336.
+    #[value(name = "34b")]
+    #[serde(rename = "34b")]
+    B34,
+}
+
+/// `huatuo bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// A checkpoint directory to load (quantized through the cache).
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "shape",
+        required_unless_present = "shape"
+    )]
+    pub model: Option<PathBuf>,
+    /// Build a model with random weights at this real geometry instead (nothing downloaded).
+    #[arg(long, value_enum)]
+    pub shape: Option<Shape>,
+    /// With --shape: only this many decoder layers (the 7B has 28, the 34B 60).
+    #[arg(long, value_name = "N", requires = "shape")]
+    pub layers: Option<usize>,
+    /// Weight quantization; by default the most accurate one that fits in available memory.
+    #[arg(long, value_parser = named::<Quant>())]
+    pub quant: Option<Quant>,
+    /// Keep q4k weights as GGUF blocks for candle's block kernels instead of interleaving
+    /// them for huatuo's AVX2 kernels (same memory, slower prefill; for comparison).
+    #[arg(long)]
+    pub compact: bool,
+    /// Threads for the matrix kernels (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Tokens of the prompt whose prefill is timed and after which the 64 decode steps run
+    /// (as llama-bench's depth): decode slows as the context grows.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub depth: usize,
+    /// Time each step N times and report medians.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub runs: usize,
+    /// Where quantized cache files go with --model (default: the one `chat` and `ask` use).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
 }

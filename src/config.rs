@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::protocol::SamplingOverrides;
+
 /// huatuo's own directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dirs {
@@ -84,6 +86,18 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The sampling settings this file sets (flags go over them).
+    pub fn sampling(&self) -> SamplingOverrides {
+        SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+        }
+    }
+
     /// Reads `path`; a missing file is the defaults, a malformed one an error naming it.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read_to_string(path) {
@@ -93,6 +107,17 @@ impl Settings {
             Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         }
     }
+}
+
+/// `HUATUO_TEST_TOKEN_DELAY_MS`: how long every generated token takes at least, so the test
+/// suite can interrupt an answer midway in the real binary. Only builds with the
+/// `test-support` feature read it.
+#[cfg(feature = "test-support")]
+pub fn test_token_delay() -> Option<std::time::Duration> {
+    std::env::var("HUATUO_TEST_TOKEN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis)
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! huatuo: run the HuatuoGPT-Vision medical vision-language models locally.
 //!
 //! The library holds everything the `huatuo` binary does, so that the integration tests can
-//! drive the same code: `model` (checkpoint loading and the network, no IO beyond files),
-//! `chat` (conversation and prompt text, pure), `tiny` (deterministic tiny checkpoints in the
-//! real on-disk layout, for tests and parity fixtures) and `cmd` (the subcommands).
+//! drive the same code. Dependencies point one way: `protocol` (the plain values and messages
+//! between front ends and engines) and `text` import nothing of huatuo; `model` (checkpoint
+//! loading and the network) imports only those; `chat` (the conversation core, the prompt
+//! template, sessions) builds every turn; `engine` runs `model` behind the protocol; `hub`
+//! finds and downloads checkpoints; the front ends (`tui`, `cmd`) sit on top, and `cli` turns
+//! arguments into protocol values. `tiny` (deterministic tiny checkpoints in the real on-disk
+//! layout) exists only with the `test-support` feature, as do the hub stand-in and fault
+//! injection.
 #![deny(unsafe_code)]
 
 pub mod chat;
@@ -13,6 +18,9 @@ pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod model;
+pub mod protocol;
 pub mod term;
+pub mod text;
+#[cfg(feature = "test-support")]
 pub mod tiny;
 pub mod tui;

@@ -11,7 +11,7 @@ use huatuo::term::TermFacts;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let facts = TermFacts::detect(cli.color);
+    let facts = TermFacts::detect(cli.color.forced());
     let result = match cli.command {
         None => cmd::chat::default_args().and_then(|args| cmd::chat::run(args, facts)),
         Some(Command::Chat(args)) => cmd::chat::run(args, facts),
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Some(Command::Rm(args)) => cmd::models::rm(args),
         Some(Command::Info(args)) => cmd::models::info(args),
         Some(Command::Bench(args)) => cmd::bench::run(args),
+        #[cfg(feature = "test-support")]
         Some(Command::Dev { command }) => cmd::dev::run(command),
     };
     match result {

@@ -4,8 +4,6 @@
 
 use std::io::IsTerminal;
 
-use crate::cli::ColorChoice;
-
 /// What the process is connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TermFacts {
@@ -20,17 +18,15 @@ pub struct TermFacts {
 }
 
 impl TermFacts {
-    pub fn detect(choice: ColorChoice) -> Self {
+    /// `color`: forced on or off (`--color always|never`), or `None` to use colour on a
+    /// terminal stderr unless `NO_COLOR` or `TERM=dumb` says otherwise.
+    pub fn detect(color: Option<bool>) -> Self {
         let stdout_tty = std::io::stdout().is_terminal();
         let stderr_tty = std::io::stderr().is_terminal();
         let stdin_tty = std::io::stdin().is_terminal();
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
-        let color = match choice {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => stderr_tty && !no_color && !dumb,
-        };
+        let color = color.unwrap_or(stderr_tty && !no_color && !dumb);
         Self {
             stdout_tty,
             stderr_tty,

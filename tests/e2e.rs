@@ -7,12 +7,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use huatuo::chat::template::{py_strip, Exchange};
-use huatuo::engine::{DevicePref, ModelDType, Pipeline};
-use huatuo::model::sampling::SamplingParams;
+use huatuo::engine::Pipeline;
+use huatuo::protocol::{DType as ModelDType, DevicePref, Exchange};
+use huatuo::text::py_strip;
 use serde_json::Value;
 
-use crate::util::{fixture, tiny_checkpoint};
+use crate::util::{fixture, greedy, tiny_checkpoint};
 
 /// A tmux server of our own (its own socket), killed when dropped.
 struct Tmux {
@@ -105,14 +105,6 @@ impl Drop for Tmux {
 /// Text without any whitespace, so answers wrapped across screen lines can be searched.
 fn squeezed(text: &str) -> String {
     text.chars().filter(|c| !c.is_whitespace()).collect()
-}
-
-fn greedy(max_new_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        max_new_tokens,
-        ..SamplingParams::default()
-    }
 }
 
 /// The two answers computed in-process with the same engine code: (first turn's text, its

@@ -3,55 +3,20 @@
 //! and three-turn conversations answered exactly as the reference's `chat()`
 //! (tests/fixtures/chat/*.json, from scripts/reference/chat.py).
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use huatuo::chat::template::Exchange;
-use huatuo::engine::protocol::{
-    Command, Completion, Event, FailureKind, GenerateRequest, ImageRef, LoadStage, ModelInfo,
-    ModelSpec, PromptStats, RequestId, Stop,
+use huatuo::chat::conversation::user_text;
+use huatuo::chat::session::Session;
+use huatuo::engine::{local_resolver, Engine, EngineHandle, Faults, Pipeline};
+use huatuo::protocol::{
+    Command, Completion, DType as ModelDType, DevicePref, Event, Exchange, FailureKind,
+    GenerateRequest, ImageRef, LoadStage, PromptStats, RequestId, SamplingOverrides,
+    SamplingParams, Stop,
 };
-use huatuo::engine::{
-    local_resolver, DevicePref, Engine, EngineHandle, Faults, ModelDType, Pipeline,
-};
-use huatuo::model::sampling::SamplingParams;
 use serde_json::Value;
 
-use crate::util::{fixture, tiny_checkpoint};
-
-/// Long enough for a debug build on a busy machine, short enough to fail a hung test.
-const TIMEOUT: Duration = Duration::from_secs(300);
-
-fn spec(source: &str) -> ModelSpec {
-    ModelSpec {
-        source: source.to_string(),
-        revision: None,
-        device: DevicePref::Cpu,
-        dtype: ModelDType::F32,
-        offline: true,
-        quant: None,
-    }
-}
-
-fn spec_of(family: &str) -> ModelSpec {
-    spec(&tiny_checkpoint(family).to_string_lossy())
-}
-
-fn greedy(max_new_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        max_new_tokens,
-        ..SamplingParams::default()
-    }
-}
-
-fn image(name: &str) -> ImageRef {
-    image_at(fixture(&format!("images/{name}")))
-}
-
-fn image_at(path: PathBuf) -> ImageRef {
-    ImageRef { path, sha256: None }
-}
+use crate::util::{
+    fixture, fixture_params, greedy, image, image_at, load, loaded, next, spec, spec_of,
+    tiny_checkpoint, TIMEOUT,
+};
 
 fn request(
     history: &[Exchange],
@@ -63,40 +28,17 @@ fn request(
     Box::new(GenerateRequest {
         history: history.to_vec(),
         history_images: history_images.to_vec(),
-        user: user.to_string(),
+        user: user_text(user, images.len()),
         images: images.to_vec(),
-        params,
+        sampling: SamplingOverrides::from(&params),
     })
 }
 
-#[track_caller]
-fn next(engine: &EngineHandle) -> Event {
-    engine
-        .events()
-        .recv_timeout(TIMEOUT)
-        .expect("an event from the engine")
-}
-
-/// Loads a model; returns the progress events and the info.
-#[track_caller]
-fn load(
-    engine: &EngineHandle,
-    id: RequestId,
-    spec: ModelSpec,
-) -> (Vec<(LoadStage, u64, u64)>, ModelInfo) {
-    engine.send(Command::Load { id, spec }).expect("send");
-    let mut progress = Vec::new();
-    loop {
-        match next(engine) {
-            Event::LoadProgress {
-                id: i,
-                stage,
-                done,
-                total,
-            } if i == id => progress.push((stage, done, total)),
-            Event::Loaded { id: i, info } if i == id => return (progress, info),
-            other => panic!("unexpected event while loading: {other:?}"),
-        }
+/// The history entry of a finished turn, as the conversation core records it.
+fn exchange(request: &GenerateRequest, c: &Completion) -> Exchange {
+    Exchange {
+        user: request.user.clone(),
+        answer: c.history_text.clone(),
     }
 }
 
@@ -142,7 +84,7 @@ fn collect(engine: &EngineHandle, id: RequestId, mut on_token: impl FnMut(&str))
     let mut tokens = Vec::new();
     loop {
         match next(engine) {
-            Event::Started { id: i, prompt } if i == id => {
+            Event::Started { id: i, prompt, .. } if i == id => {
                 assert!(started.is_none(), "Started twice");
                 assert!(tokens.is_empty(), "Started after a Token");
                 started = Some(prompt);
@@ -171,12 +113,6 @@ fn generate(engine: &EngineHandle, id: RequestId, request: Box<GenerateRequest>)
         .send(Command::Generate { id, request })
         .expect("send");
     collect(engine, id, |_| {})
-}
-
-fn loaded(family: &str) -> EngineHandle {
-    let engine = Engine::spawn(local_resolver());
-    load(&engine, 1, spec_of(family));
-    engine
 }
 
 /// Started, then non-empty Tokens that concatenate to the answer, then Finished with its
@@ -226,10 +162,6 @@ fn streams_started_tokens_finished_in_order() {
     );
     assert_eq!(c.text, ask["answer"].as_str().expect("answer"));
     assert_eq!(c.stop, Stop::Length);
-    assert_eq!(
-        c.user_with_placeholders,
-        "<image>\nWhat does the picture show?"
-    );
     assert_eq!(c.history_text.trim(), c.text);
     let prompt = run.started.expect("Started");
     assert_eq!(c.stats.prompt, prompt);
@@ -249,7 +181,7 @@ fn streams_started_tokens_finished_in_order() {
 #[test]
 fn cancel_mid_generation_keeps_a_prefix() {
     const N: usize = 200;
-    let engine = loaded("qwen2");
+    let engine = loaded("qwen2", Faults::default());
     let ask = || {
         request(
             &[],
@@ -300,7 +232,6 @@ fn cancel_mid_generation_keeps_a_prefix() {
         c.stats.generated_tokens
     );
     assert!(full.history_text.starts_with(&c.history_text));
-    assert_eq!(c.user_with_placeholders, full.user_with_placeholders);
 
     // Request 5 is queued behind 4 and cancelled before it starts: no Started, no tokens.
     engine
@@ -388,19 +319,16 @@ fn missing_history_image_is_bad_input() {
     let tmp = tempfile::tempdir().expect("tmp");
     let copy = tmp.path().join("scan.png");
     std::fs::copy(fixture("images/cell.png"), &copy).expect("copy");
-    let engine = loaded("yi");
-    let first = generate(
-        &engine,
-        2,
-        request(
-            &[],
-            &[],
-            "What is this?",
-            &[image_at(copy.clone())],
-            greedy(8),
-        ),
+    let engine = loaded("yi", Faults::default());
+    let ask = request(
+        &[],
+        &[],
+        "What is this?",
+        &[image_at(copy.clone())],
+        greedy(8),
     );
-    let history = [first.completion().exchange()];
+    let first = generate(&engine, 2, ask.clone());
+    let history = [exchange(&ask, first.completion())];
     std::fs::remove_file(&copy).expect("rm");
     let run = generate(
         &engine,
@@ -438,7 +366,7 @@ fn missing_history_image_is_bad_input() {
 /// Too many images in one turn and prompts past the context window are bad input.
 #[test]
 fn limits_are_bad_input() {
-    let engine = loaded("qwen2");
+    let engine = loaded("qwen2", Faults::default());
     let six = vec![image("cell.png"); 6];
     let run = generate(&engine, 2, request(&[], &[], "Compare", &six, greedy(4)));
     let (kind, error, _) = run.failure();
@@ -469,19 +397,16 @@ fn limits_are_bad_input() {
 /// included — exactly what the yi pipeline answers to the same conversation directly.
 #[test]
 fn swap_models_keeps_the_conversation() {
-    let engine = loaded("qwen2");
-    let turn1 = generate(
-        &engine,
-        2,
-        request(
-            &[],
-            &[],
-            "What does the picture show?",
-            &[image("cell.png")],
-            greedy(12),
-        ),
+    let engine = loaded("qwen2", Faults::default());
+    let ask = request(
+        &[],
+        &[],
+        "What does the picture show?",
+        &[image("cell.png")],
+        greedy(12),
     );
-    let history = vec![turn1.completion().exchange()];
+    let turn1 = generate(&engine, 2, ask.clone());
+    let history = vec![exchange(&ask, turn1.completion())];
     assert_eq!(history[0].user, "<image>\nWhat does the picture show?");
 
     let (progress, info) = load(&engine, 3, spec_of("yi"));
@@ -497,19 +422,16 @@ fn swap_models_keeps_the_conversation() {
     assert_eq!(info.family, "llama");
 
     let user = "Compare it with this one.";
-    let run = generate(
-        &engine,
-        4,
-        request(
-            &history,
-            &[image("cell.png")],
-            user,
-            &[image("hubble_deep_field.jpg")],
-            greedy(12),
-        ),
+    let ask = request(
+        &history,
+        &[image("cell.png")],
+        user,
+        &[image("hubble_deep_field.jpg")],
+        greedy(12),
     );
+    assert_eq!(ask.user, format!("<image>\n{user}"));
+    let run = generate(&engine, 4, ask);
     let c = run.completion();
-    assert_eq!(c.user_with_placeholders, format!("<image>\n{user}"));
 
     // The same turn computed directly with the yi pipeline.
     let yi =
@@ -544,7 +466,7 @@ fn swap_models_keeps_the_conversation() {
 /// checkpoint.
 #[test]
 fn failed_load_leaves_no_model() {
-    let engine = loaded("qwen2");
+    let engine = loaded("qwen2", Faults::default());
     engine
         .send(Command::Load {
             id: 2,
@@ -608,7 +530,7 @@ fn failed_load_leaves_no_model() {
 /// Unload frees the model; generation is then refused until the next Load.
 #[test]
 fn unload_then_generate_fails() {
-    let engine = loaded("yi");
+    let engine = loaded("yi", Faults::default());
     engine.send(Command::Unload).expect("send");
     assert_eq!(next(&engine), Event::Unloaded);
     let run = generate(&engine, 2, request(&[], &[], "Hi", &[], greedy(4)));
@@ -629,17 +551,16 @@ fn chat_parity(family: &str) {
     let path = fixture(&format!("chat/{family}.json"));
     let fx: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json");
-    let p = &fx["params"];
-    let params = SamplingParams {
-        temperature: p["temperature"].as_f64().expect("t") as f32,
-        max_new_tokens: p["max_new_tokens"].as_u64().expect("n") as usize,
-        repetition_penalty: p["repetition_penalty"].as_f64().expect("r") as f32,
-        min_new_tokens: p["min_new_tokens"].as_u64().expect("m") as usize,
-        ..SamplingParams::default()
-    };
-    let engine = loaded(family);
-    let mut history: Vec<Exchange> = Vec::new();
-    let mut history_images: Vec<ImageRef> = Vec::new();
+    let params = fixture_params(&fx);
+    let engine = loaded(family, Faults::default());
+    // min_new_tokens is no user setting: the fixture's must be the default.
+    assert_eq!(
+        params.min_new_tokens,
+        SamplingParams::default().min_new_tokens
+    );
+    // Through the conversation core, as every front end goes.
+    let mut session = Session::new("parity");
+    let overrides = SamplingOverrides::from(&params);
     for (i, turn) in fx["turns"].as_array().expect("turns").iter().enumerate() {
         let images: Vec<ImageRef> = turn["images"]
             .as_array()
@@ -647,24 +568,22 @@ fn chat_parity(family: &str) {
             .iter()
             .map(|n| image(n.as_str().expect("name")))
             .collect();
-        let run = generate(
-            &engine,
-            10 + i as u64,
-            request(
-                &history,
-                &history_images,
+        let (ask, mut kept) = session
+            .next_turn(
                 turn["user"].as_str().expect("user"),
-                &images,
-                params.clone(),
-            ),
-        );
-        let c = run.completion();
+                images,
+                &overrides,
+                family,
+            )
+            .expect("turn");
         let what = format!("{family} turn {}", i + 1);
         assert_eq!(
-            c.user_with_placeholders,
+            ask.user,
             turn["user_with_placeholders"].as_str().expect("u"),
             "{what}"
         );
+        let run = generate(&engine, 10 + i as u64, Box::new(ask));
+        let c = run.completion();
         let ids: Vec<i64> = turn["prompt_ids"]
             .as_array()
             .expect("ids")
@@ -692,8 +611,8 @@ fn chat_parity(family: &str) {
             "{what}"
         );
         assert_eq!(run.streamed(), c.text, "{what}");
-        history.push(c.exchange());
-        history_images.extend(images);
+        kept.finish(c);
+        session.turns.push(kept);
     }
 }
 

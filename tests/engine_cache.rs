@@ -5,99 +5,61 @@
 //! of the prompt that changed. A swap, `Unload` and `Reset` drop the caches; a cancelled
 //! answer leaves them usable.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use huatuo::chat::template::Exchange;
-use huatuo::engine::protocol::{
-    Command, Completion, Event, GenerateRequest, ImageRef, ModelSpec, RequestId, Stop,
+use std::cell::RefCell;
+
+use huatuo::chat::session::{Session, Turn};
+use huatuo::engine::{EngineHandle, Faults};
+use huatuo::protocol::{
+    Command, Completion, Event, ImageRef, RequestId, SamplingOverrides, SamplingParams, Stop,
 };
-use huatuo::engine::{local_resolver, DevicePref, Engine, EngineHandle, Faults, ModelDType};
-use huatuo::model::sampling::SamplingParams;
 use serde_json::Value;
 
-use crate::util::{fixture, tiny_checkpoint};
-
-/// Long enough for a debug build on a busy machine, short enough to fail a hung test.
-const TIMEOUT: Duration = Duration::from_secs(300);
+use crate::util::{fixture, fixture_params, image, image_at, load, loaded, next, spec_of};
 
 /// Positions of one image in the tiny checkpoints (CLIP ViT-L/14-336 geometry).
 const PER_IMAGE: usize = 576;
 
-fn spec_of(family: &str) -> ModelSpec {
-    ModelSpec {
-        source: tiny_checkpoint(family).to_string_lossy().into_owned(),
-        revision: None,
-        device: DevicePref::Cpu,
-        dtype: ModelDType::F32,
-        offline: true,
-        quant: None,
-    }
+/// A conversation as a front end keeps it, through the conversation core: the session, and
+/// the turn last asked.
+struct Conversation {
+    session: Session,
+    asked: RefCell<Option<Turn>>,
 }
 
-fn image_at(path: PathBuf) -> ImageRef {
-    ImageRef { path, sha256: None }
-}
-
-fn image(name: &str) -> ImageRef {
-    image_at(fixture(&format!("images/{name}")))
-}
-
-#[track_caller]
-fn next(engine: &EngineHandle) -> Event {
-    engine
-        .events()
-        .recv_timeout(TIMEOUT)
-        .expect("an event from the engine")
-}
-
-#[track_caller]
-fn load(engine: &EngineHandle, id: RequestId, family: &str) {
-    engine
-        .send(Command::Load {
-            id,
-            spec: spec_of(family),
-        })
-        .expect("send");
-    loop {
-        match next(engine) {
-            Event::LoadProgress { .. } => {}
-            Event::Loaded { id: i, .. } if i == id => return,
-            other => panic!("unexpected event while loading: {other:?}"),
+impl Default for Conversation {
+    fn default() -> Self {
+        Self {
+            session: Session::new("test"),
+            asked: RefCell::new(None),
         }
     }
-}
-
-fn loaded(family: &str, faults: Faults) -> EngineHandle {
-    let engine = Engine::spawn_with_faults(local_resolver(), faults);
-    load(&engine, 1, family);
-    engine
-}
-
-/// A conversation as a front end keeps it: the exchanges and every image so far.
-#[derive(Default, Clone)]
-struct Conversation {
-    history: Vec<Exchange>,
-    images: Vec<ImageRef>,
 }
 
 impl Conversation {
     fn request(&self, user: &str, images: &[ImageRef], params: &SamplingParams) -> Command {
+        let (request, turn) = self
+            .session
+            .next_turn(
+                user,
+                images.to_vec(),
+                &SamplingOverrides::from(params),
+                "tiny",
+            )
+            .expect("turn");
+        *self.asked.borrow_mut() = Some(turn);
         Command::Generate {
             id: 0,
-            request: Box::new(GenerateRequest {
-                history: self.history.clone(),
-                history_images: self.images.clone(),
-                user: user.into(),
-                images: images.to_vec(),
-                params: params.clone(),
-            }),
+            request: Box::new(request),
         }
     }
 
-    fn push(&mut self, c: &Completion, images: &[ImageRef]) {
-        self.history.push(c.exchange());
-        self.images.extend_from_slice(images);
+    /// Keeps the answer to the turn last asked.
+    fn push(&mut self, c: &Completion) {
+        let mut turn = self.asked.take().expect("a turn was asked");
+        turn.finish(c);
+        self.session.turns.push(turn);
     }
 }
 
@@ -122,17 +84,6 @@ fn answer(
             Event::Finished { id: i, completion } if i == id => return completion,
             other => panic!("unexpected event for request {id}: {other:?}"),
         }
-    }
-}
-
-fn fixture_params(fx: &Value) -> SamplingParams {
-    let p = &fx["params"];
-    SamplingParams {
-        temperature: p["temperature"].as_f64().expect("t") as f32,
-        max_new_tokens: p["max_new_tokens"].as_u64().expect("n") as usize,
-        repetition_penalty: p["repetition_penalty"].as_f64().expect("r") as f32,
-        min_new_tokens: p["min_new_tokens"].as_u64().expect("m") as usize,
-        ..SamplingParams::default()
     }
 }
 
@@ -185,8 +136,8 @@ fn cached_and_recomputed(
                 "{what}"
             );
         }
-        a.push(&c, images);
-        b.push(&f, images);
+        a.push(&c);
+        b.push(&f);
         out.push((c, f));
     }
     out
@@ -332,7 +283,7 @@ fn swap_unload_and_reset_drop_the_caches() {
         conv.request("What is it?", &[image("cell.png")], &params),
         || {},
     );
-    conv.push(&first, &[image("cell.png")]);
+    conv.push(&first);
     let follow_up = || conv.request("Anything abnormal?", &[], &params);
     let warm = answer(&engine, 3, follow_up(), || {});
     assert_eq!(
@@ -358,16 +309,16 @@ fn swap_unload_and_reset_drop_the_caches() {
     assert_eq!(after_reset.text, warm.text);
 
     // Another model, then this one again: each load starts with empty caches.
-    load(&engine, 5, "yi");
+    load(&engine, 5, spec_of("yi"));
     cold(&answer(&engine, 6, follow_up(), || {}), "a swap");
-    load(&engine, 7, "qwen2");
+    load(&engine, 7, spec_of("qwen2"));
     let after_swap = answer(&engine, 8, follow_up(), || {});
     cold(&after_swap, "a swap back");
     assert_eq!(after_swap.text, warm.text);
 
     engine.send(Command::Unload).expect("send");
     assert!(matches!(next(&engine), Event::Unloaded));
-    load(&engine, 9, "qwen2");
+    load(&engine, 9, spec_of("qwen2"));
     let after_unload = answer(&engine, 10, follow_up(), || {});
     cold(&after_unload, "Unload");
     assert_eq!(after_unload.text, warm.text);
@@ -398,7 +349,7 @@ fn cancelled_then_new_turn_is_exact(family: &str) {
         conv.request("Describe the image.", &[image("cell.png")], &params),
         || {},
     );
-    conv.push(&first, &[image("cell.png")]);
+    conv.push(&first);
     let turn2 = || conv.request("Is there anything abnormal?", &[], &params);
 
     let mut tokens = 0;

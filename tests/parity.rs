@@ -3,9 +3,10 @@
 //! greedy answers identical token for token.
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use huatuo::engine::{DevicePref, ModelDType, Pipeline};
-use huatuo::model::sampling::SamplingParams;
+use huatuo::engine::Pipeline;
 use huatuo::model::Logits;
+use huatuo::protocol::SamplingParams;
+use huatuo::protocol::{DType as ModelDType, DevicePref};
 use serde_json::Value;
 
 use crate::util::{fixture, tiny_checkpoint};

@@ -8,10 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use huatuo::chat::template::{
-    is_py_whitespace, prompt_text, py_strip, sanitize_user_text, segments, with_image_placeholders,
-    Exchange,
+    prompt_ids, prompt_text, sanitize_user_text, segments, with_image_placeholders,
 };
-use huatuo::model::tokenizer::{AnswerStream, Tokenizer, IMAGE_TOKEN_INDEX};
+use huatuo::model::tokenizer::{AnswerStream, Tokenizer};
+use huatuo::protocol::Exchange;
+use huatuo::text::{is_py_whitespace, py_strip, IMAGE_TOKEN_INDEX};
 use serde::Deserialize;
 
 const TOKENIZERS: [&str; 2] = ["qwen2", "yi-tiny"];
@@ -144,9 +145,13 @@ fn prompt_ids_match_python() {
                 "{name}/{}: prompt text",
                 case.name
             );
-            let ids = tok
-                .prompt_ids(&segments(&history, &user))
-                .unwrap_or_else(|e| panic!("{name}/{}: {e}", case.name));
+            let ids = prompt_ids(
+                &segments(&history, &user),
+                |chunk| tok.encode_chunk(chunk),
+                tok.bos_id(),
+                tok.model_max_length(),
+            )
+            .unwrap_or_else(|e| panic!("{name}/{}: {e}", case.name));
             assert_eq!(ids, case.ids, "{name}/{}: prompt ids", case.name);
             // One -200 per placeholder. Usually one per image, but sanitation can create a
             // placeholder: "<ima<s>ge>" becomes "<image>" (case banned_markers_in_history).

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor, D};
-use huatuo::engine::{DevicePref, ModelDType, Pipeline};
+use huatuo::engine::Pipeline;
 use huatuo::model::config::Family;
-use huatuo::model::quant::{LoadOptions, LoadReport, Quant};
-use huatuo::model::sampling::SamplingParams;
+use huatuo::model::quant::{LoadOptions, LoadReport};
 use huatuo::model::{Checkpoint, Huatuo, Logits};
+use huatuo::protocol::Quant;
+use huatuo::protocol::SamplingParams;
+use huatuo::protocol::{DType as ModelDType, DevicePref};
 use huatuo::tiny::{write_checkpoint, TinySpec};
 
 use crate::util::{copy_dir, fixture, process_dir};

@@ -6,6 +6,7 @@ mod e2e;
 mod engine;
 mod engine_cache;
 mod hub;
+mod layout;
 mod parity;
 mod preprocess;
 mod prompts;

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 use huatuo::chat::session::Store;
-use huatuo::engine::protocol::{
+use huatuo::protocol::{
     Command, Completion, Event, FailureKind, GenerationStats, LoadStage, ModelInfo, ModelSpec,
     PromptStats, RequestId, Stop,
 };
-use huatuo::engine::{DevicePref, ModelDType};
-use huatuo::model::sampling::SamplingParams;
+use huatuo::protocol::{DType as ModelDType, DevicePref};
+use huatuo::protocol::{SamplingOverrides, SamplingParams};
 use huatuo::tui::theme::Theme;
 use huatuo::tui::{dispatch, event_loop, image, ui, App, AppConfig, Exit, Host, Msg};
 use ratatui::backend::TestBackend;
@@ -85,6 +85,7 @@ fn info(source: &str, family: &str) -> ModelInfo {
         quantization: "none".into(),
         context_length: 4096,
         tokens_per_image: 576,
+        defaults: SamplingParams::default(),
     }
 }
 
@@ -110,8 +111,7 @@ impl Chat {
         let store = Store::new(dir.path().join("sessions"));
         let config = AppConfig {
             spec: spec("7b"),
-            params: SamplingParams::default(),
-            pinned: Vec::new(),
+            sampling: SamplingOverrides::default(),
             theme: Theme::default(),
             sessions: store.clone(),
             images: Vec::new(),
@@ -180,7 +180,7 @@ impl Chat {
     }
 
     /// The latest `Generate` command.
-    fn last_generate(&self) -> (RequestId, huatuo::engine::protocol::GenerateRequest) {
+    fn last_generate(&self) -> (RequestId, huatuo::protocol::GenerateRequest) {
         self.host
             .commands
             .iter()
@@ -215,7 +215,11 @@ impl Chat {
             total: prompt.text_tokens + prompt.image_tokens,
             ..prompt
         };
-        self.engine(Event::Started { id, prompt });
+        self.engine(Event::Started {
+            id,
+            prompt,
+            params: SamplingParams::default().with(&request.sampling),
+        });
         for t in tokens {
             self.engine(Event::Token {
                 id,
@@ -226,7 +230,7 @@ impl Chat {
             let text: String = tokens.concat();
             self.engine(Event::Finished {
                 id,
-                completion: completion(&request.user, request.images.len(), &text, prompt),
+                completion: completion(&text, prompt),
             });
         }
     }
@@ -238,7 +242,7 @@ impl Chat {
     }
 }
 
-fn completion(user: &str, images: usize, text: &str, prompt: PromptStats) -> Completion {
+fn completion(text: &str, prompt: PromptStats) -> Completion {
     Completion {
         text: text.trim().to_string(),
         history_text: text.to_string(),
@@ -252,7 +256,7 @@ fn completion(user: &str, images: usize, text: &str, prompt: PromptStats) -> Com
             decode_tokens_per_s: 15.5,
             ..GenerationStats::default()
         },
-        user_with_placeholders: format!("{}{user}", "<image>\n".repeat(images)),
+        params: SamplingParams::default(),
     }
 }
 
@@ -365,7 +369,7 @@ fn send_streams_and_finishes() {
     assert_eq!(chat.app.session.turns[0].answer, "A cell.");
     chat.engine(Event::Finished {
         id,
-        completion: completion("What is shown?", 0, " A cell. ", PromptStats::default()),
+        completion: completion(" A cell. ", PromptStats::default()),
     });
     let turn = &chat.app.session.turns[0];
     assert_eq!(
@@ -398,7 +402,7 @@ fn cancel_keeps_the_partial_answer_and_ignores_late_tokens() {
         text: " late".into(),
     });
     assert_eq!(chat.app.session.turns[0].answer, "It is a long");
-    let mut done = completion("Describe it", 0, "It is a long", PromptStats::default());
+    let mut done = completion("It is a long", PromptStats::default());
     done.stop = Stop::Cancelled;
     chat.engine(Event::Finished {
         id,
@@ -424,7 +428,7 @@ fn stopping_before_the_first_word_gives_the_question_back() {
     assert_eq!(chat.app.pending.len(), 1);
     // Resent at once, before the stopped request reports its end.
     chat.send(key(KeyCode::Enter));
-    let mut late = completion("Which stain?", 1, "", PromptStats::default());
+    let mut late = completion("", PromptStats::default());
     late.stop = Stop::Cancelled;
     chat.engine(Event::Finished {
         id,
@@ -596,10 +600,10 @@ fn invalid_commands_keep_the_line_and_explain() {
     assert_eq!(chat.app.editor.text(), "/bogus");
     chat.send(ctrl('u'));
     chat.enter("/set temperature 0");
-    assert_eq!(chat.app.params.temperature, 0.0);
+    assert_eq!(chat.app.params().temperature, 0.0);
     chat.enter("Hi");
     let (_, request) = chat.last_generate();
-    assert_eq!(request.params.temperature, 0.0);
+    assert_eq!(request.sampling.temperature, Some(0.0));
 }
 
 #[test]
@@ -709,7 +713,7 @@ impl Host for SlowEngineHost {
                     info: info(&spec.source, "qwen2"),
                 }));
             }
-            Command::Generate { id, request } => {
+            Command::Generate { id, .. } => {
                 std::thread::spawn(move || {
                     for i in 0..tokens {
                         std::thread::sleep(every);
@@ -718,7 +722,7 @@ impl Host for SlowEngineHost {
                             return;
                         }
                     }
-                    let done = completion(&request.user, 0, "done", PromptStats::default());
+                    let done = completion("done", PromptStats::default());
                     let _ = msgs.send(Msg::Engine(Event::Finished {
                         id,
                         completion: done,
@@ -750,8 +754,7 @@ fn typing_stays_responsive_while_a_slow_engine_streams() {
     let store = Store::new(dir.path().to_path_buf());
     let config = AppConfig {
         spec: spec("7b"),
-        params: SamplingParams::default(),
-        pinned: Vec::new(),
+        sampling: SamplingOverrides::default(),
         theme: Theme::default(),
         sessions: store.clone(),
         images: Vec::new(),

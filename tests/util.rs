@@ -1,10 +1,18 @@
-//! Helpers shared by the test suites: fixture paths and tiny checkpoints built once per test
-//! process by the same generator the parity fixtures were computed from.
+//! Helpers shared by the test suites: fixture paths, tiny checkpoints built once per test
+//! process by the same generator the parity fixtures were computed from, and driving the
+//! engine on them.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
+use huatuo::engine::{local_resolver, Engine, EngineHandle, Faults};
+use huatuo::protocol::{
+    Command, DType, DevicePref, Event, ImageRef, LoadStage, ModelInfo, ModelSpec, RequestId,
+    SamplingParams,
+};
 use huatuo::tiny::{write_checkpoint, TinySpec};
+use serde_json::Value;
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -30,6 +38,95 @@ pub fn tiny_checkpoint(family: &str) -> &'static Path {
             .expect("writing tiny checkpoint");
         dir
     })
+}
+
+/// Long enough for a debug build on a busy machine, short enough to fail a hung test.
+pub const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Loading a local checkpoint on the CPU in f32, offline.
+pub fn spec(source: &str) -> ModelSpec {
+    ModelSpec {
+        source: source.to_string(),
+        revision: None,
+        device: DevicePref::Cpu,
+        dtype: DType::F32,
+        offline: true,
+        quant: None,
+    }
+}
+
+/// [`spec`] of the tiny checkpoint of `family`.
+pub fn spec_of(family: &str) -> ModelSpec {
+    spec(&tiny_checkpoint(family).to_string_lossy())
+}
+
+/// Greedy decoding of at most `max_new_tokens`, the reference's other settings.
+pub fn greedy(max_new_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_new_tokens,
+        ..SamplingParams::default()
+    }
+}
+
+/// The sampling settings of a reference fixture (`tests/fixtures/chat/*.json` `params`).
+pub fn fixture_params(fx: &Value) -> SamplingParams {
+    let p = &fx["params"];
+    SamplingParams {
+        temperature: p["temperature"].as_f64().expect("t") as f32,
+        max_new_tokens: p["max_new_tokens"].as_u64().expect("n") as usize,
+        repetition_penalty: p["repetition_penalty"].as_f64().expect("r") as f32,
+        min_new_tokens: p["min_new_tokens"].as_u64().expect("m") as usize,
+        ..SamplingParams::default()
+    }
+}
+
+/// A fixture image (`tests/fixtures/images/<name>`).
+pub fn image(name: &str) -> ImageRef {
+    image_at(fixture(&format!("images/{name}")))
+}
+
+pub fn image_at(path: PathBuf) -> ImageRef {
+    ImageRef { path, sha256: None }
+}
+
+/// The engine's next event, failing the test after [`TIMEOUT`].
+#[track_caller]
+pub fn next(engine: &EngineHandle) -> Event {
+    engine
+        .events()
+        .recv_timeout(TIMEOUT)
+        .expect("an event from the engine")
+}
+
+/// Loads a model; returns the progress events and the info.
+#[track_caller]
+pub fn load(
+    engine: &EngineHandle,
+    id: RequestId,
+    spec: ModelSpec,
+) -> (Vec<(LoadStage, u64, u64)>, ModelInfo) {
+    engine.send(Command::Load { id, spec }).expect("send");
+    let mut progress = Vec::new();
+    loop {
+        match next(engine) {
+            Event::LoadProgress {
+                id: i,
+                stage,
+                done,
+                total,
+            } if i == id => progress.push((stage, done, total)),
+            Event::Loaded { id: i, info } if i == id => return (progress, info),
+            other => panic!("unexpected event while loading: {other:?}"),
+        }
+    }
+}
+
+/// An engine (with `faults`) with the tiny checkpoint of `family` loaded as request 1.
+pub fn loaded(family: &str, faults: Faults) -> EngineHandle {
+    let engine = Engine::spawn_with_faults(local_resolver(), faults);
+    load(&engine, 1, spec_of(family));
+    engine
 }
 
 /// An empty directory `<prefix>-<pid>` under cargo's target tmp dir for this test process.

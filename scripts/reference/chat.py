@@ -1,6 +1,6 @@
 """Multi-turn chat fixtures: what the reference's `chat()` answers, turn by turn.
 
-Usage (from the project root, after `cargo build`):
+Usage (from the project root, after `cargo build --features test-support`):
     python3 scripts/reference/chat.py [--huatuo target/debug/huatuo] [--family qwen2 ...]
 
 cli.py's `HuatuoChatbot.chat(text, images)` (huatuo-reference.md §3.1, §3.3, §3.4) keeps

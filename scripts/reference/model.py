@@ -1,6 +1,6 @@
 """Model parity fixtures: logits and greedy answers of the Python reference on tiny checkpoints.
 
-Usage (from the project root, after `cargo build`):
+Usage (from the project root, after `cargo build --features test-support`):
     python3 scripts/reference/model.py [--huatuo target/debug/huatuo]
 
 For each family (qwen2 = 7B-like, yi = 34B-like) it has huatuo write the tiny checkpoint

@@ -1,5 +1,7 @@
-//! Conversation text and saved conversations, independent of any model: the
-//! HuatuoGPT-Vision prompt template and session files.
+//! Conversations, independent of any model: the rules of a turn that every front end goes
+//! through (`conversation`), the HuatuoGPT-Vision prompt template (`template`) and saved
+//! sessions (`session`).
 
+pub mod conversation;
 pub mod session;
 pub mod template;

@@ -13,19 +13,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::template::{py_strip, Exchange};
+use crate::protocol::{Exchange, ImageRef};
+use crate::text::py_strip;
 
 /// Current file format.
 pub const SESSION_VERSION: u32 = 1;
-
-/// An image attached to a turn.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub path: PathBuf,
-    /// Hex SHA-256 of the file when it was attached, so a changed file can be noticed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-}
 
 /// One question and its answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,7 +27,7 @@ pub struct Turn {
     /// Sanitised text with one `<image>\n` per image: what the prompt's history uses.
     pub user: String,
     #[serde(default)]
-    pub images: Vec<Attachment>,
+    pub images: Vec<ImageRef>,
     /// The answer as the reference's chat() keeps it in history (unstripped).
     pub answer: String,
     /// The answer was cut short (Ctrl-C, a crash, an error); `answer` is the partial text.
@@ -77,7 +69,7 @@ impl Session {
     }
 
     /// The exchanges and images the next prompt is built from, in order.
-    pub fn history(&self) -> (Vec<Exchange>, Vec<Attachment>) {
+    pub fn history(&self) -> (Vec<Exchange>, Vec<ImageRef>) {
         let exchanges = self
             .turns
             .iter()
@@ -314,7 +306,7 @@ mod tests {
             user: format!("{}{text}", "<image>\n".repeat(images.len())),
             images: images
                 .iter()
-                .map(|p| Attachment {
+                .map(|p| ImageRef {
                     path: PathBuf::from(p),
                     sha256: None,
                 })

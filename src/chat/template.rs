@@ -2,41 +2,17 @@
 //!
 //! The reference CLI (`cli.py`) builds no single prompt string: it tokenizes a list of
 //! *segments* one by one and concatenates the ids (reference §3.2). This module produces
-//! exactly those segments; [`crate::model::tokenizer::Tokenizer::prompt_ids`] turns them into
-//! ids. Everything here is pure: no tokenizer, no IO.
+//! exactly those segments, and [`prompt_ids`] turns them into ids with any tokenizer's
+//! chunk encoding. Everything here is pure: no tokenizer, no IO.
 //!
 //! `strip()` in the reference is Python's `str.strip()`, whose notion of whitespace is
-//! slightly wider than Rust's [`char::is_whitespace`]; [`py_strip`] reproduces it.
+//! slightly wider than Rust's [`char::is_whitespace`]; [`crate::text::py_strip`] reproduces it.
 
-use serde::{Deserialize, Serialize};
-
-/// The image placeholder of the reference (`llava/constants.py` `DEFAULT_IMAGE_TOKEN`).
-pub const IMAGE_PLACEHOLDER: &str = "<image>";
+use crate::protocol::Exchange;
+use crate::text::{py_strip, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX};
 
 /// What `cli.py` `input_moderation` removes from user text, in its order (reference §3.1).
 const BANNED: [&str; 3] = ["<image>", "<s>", "</s>"];
-
-/// Python's `str.isspace()` for one character: Rust's `char::is_whitespace` (Unicode
-/// `White_Space`) plus the information separators U+001C..U+001F, which Python also
-/// counts (bidirectional class B/S).
-pub fn is_py_whitespace(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
-
-/// Python's `s.strip()` (no argument): trims [`is_py_whitespace`] characters at both ends.
-pub fn py_strip(s: &str) -> &str {
-    s.trim_matches(is_py_whitespace)
-}
-
-/// Python's `s.lstrip()` (no argument).
-pub fn py_lstrip(s: &str) -> &str {
-    s.trim_start_matches(is_py_whitespace)
-}
-
-/// Python's `s.rstrip()` (no argument).
-pub fn py_rstrip(s: &str) -> &str {
-    s.trim_end_matches(is_py_whitespace)
-}
 
 /// User-text sanitation of `cli.py` `input_moderation` (reference §3.1): removes every
 /// `<image>`, then every `<s>`, then every `</s>`, like successive `str.replace` calls (so
@@ -61,17 +37,6 @@ pub fn with_image_placeholders(text: &str, n_images: usize) -> String {
     }
     out.push_str(text);
     out
-}
-
-/// One completed round of a conversation, as the reference keeps it in `self.history`
-/// (reference §3.1, §3.3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Exchange {
-    /// The sanitized user text with this round's `<image>\n` placeholders in front, not
-    /// stripped (it is stripped when the prompt is built).
-    pub user: String,
-    /// The model's answer as streamed, **not** stripped.
-    pub answer: String,
 }
 
 /// One separately tokenized piece of the prompt (reference §3.2).
@@ -126,34 +91,76 @@ pub fn prompt_text(history: &[Exchange], user: &str) -> String {
         .collect::<String>()
 }
 
+/// The prompt ids of `cli.py` `preprocess_huatuo` (reference §3.2): a user segment is
+/// split on `<image>`, each chunk tokenized alone by `encode_chunk` (the tokenizer with
+/// `add_special_tokens=False`) and the chunks joined with [`IMAGE_TOKEN_INDEX`]
+/// (`tokenizer_image_token`, including its BOS-offset rule, dead for both real tokenizers); an
+/// assistant segment is tokenized whole and truncated to `max_length` (`truncation=True`).
+pub fn prompt_ids<E>(
+    segments: &[Segment],
+    mut encode_chunk: impl FnMut(&str) -> Result<Vec<u32>, E>,
+    bos: Option<u32>,
+    max_length: Option<usize>,
+) -> Result<Vec<i64>, E> {
+    let mut ids = Vec::new();
+    for segment in segments {
+        match segment {
+            Segment::User(text) => {
+                let chunks = text
+                    .split(IMAGE_PLACEHOLDER)
+                    .map(&mut encode_chunk)
+                    .collect::<Result<Vec<_>, _>>()?;
+                ids.extend(join_chunks(&chunks, bos));
+            }
+            Segment::Assistant(text) => {
+                let mut chunk = encode_chunk(text)?;
+                if let Some(max) = max_length {
+                    chunk.truncate(max);
+                }
+                ids.extend(chunk.into_iter().map(i64::from));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// `tokenizer_image_token`'s join as in `cli.py` (copied from LLaVA): when the first chunk
+/// starts with BOS, BOS is kept once and the first id of every element (chunks and the
+/// `[IMAGE_TOKEN_INDEX] * 2` separators) is dropped, leaving one sentinel per image.
+fn join_chunks(chunks: &[Vec<u32>], bos: Option<u32>) -> Vec<i64> {
+    let first = chunks.first().and_then(|c| c.first()).copied();
+    let offset = usize::from(bos.is_some() && first == bos);
+    let mut ids = Vec::new();
+    if offset == 1 {
+        ids.extend(first.map(i64::from));
+    }
+    for (i, chunk) in chunks.iter().enumerate() {
+        if i > 0 {
+            ids.extend(std::iter::repeat_n(IMAGE_TOKEN_INDEX, offset + 1).skip(offset));
+        }
+        ids.extend(chunk.iter().skip(offset).map(|&t| i64::from(t)));
+    }
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn python_whitespace_set() {
-        // Python 3.11: [c for c in range(0x110000) if chr(c).isspace()]
-        let python: Vec<u32> = [
-            0x9, 0xa, 0xb, 0xc, 0xd, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000,
-            0x2001, 0x2002, 0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028,
-            0x2029, 0x202f, 0x205f, 0x3000,
-        ]
-        .to_vec();
-        let ours: Vec<u32> = (0..=0x10ffffu32)
-            .filter_map(char::from_u32)
-            .filter(|&c| is_py_whitespace(c))
-            .map(|c| c as u32)
-            .collect();
-        assert_eq!(ours, python);
+    fn join_chunks_without_bos() {
+        let chunks = vec![vec![5, 6], vec![7], vec![]];
+        assert_eq!(join_chunks(&chunks, None), vec![5, 6, -200, 7, -200]);
+        assert_eq!(join_chunks(&chunks, Some(9)), vec![5, 6, -200, 7, -200]);
+        assert_eq!(join_chunks(&[vec![]], Some(1)), Vec::<i64>::new());
     }
 
+    /// The dead BOS branch, as in cli.py: one sentinel per image, first id of each chunk
+    /// dropped.
     #[test]
-    fn strip_like_python() {
-        assert_eq!(py_strip(" \x1c a b\u{3000}\n"), "a b");
-        assert_eq!(py_strip("\u{200b}a"), "\u{200b}a"); // zero-width space is not whitespace
-        assert_eq!(py_lstrip("  a  "), "a  ");
-        assert_eq!(py_rstrip("  a  "), "  a");
-        assert_eq!(py_strip(" \t\n"), "");
+    fn join_chunks_with_leading_bos() {
+        let chunks = vec![vec![1, 5], vec![1, 6], vec![7]];
+        assert_eq!(join_chunks(&chunks, Some(1)), vec![1, 5, -200, 6, -200]);
     }
 
     #[test]

@@ -13,15 +13,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 
-use super::{engine_for, model_spec, sampling_params, Interrupted};
-use crate::chat::session::{self, Attachment, Session, Store};
-use crate::chat::template;
+use super::{engine_for, model_spec, Interrupted};
+use crate::chat::conversation::TurnError;
+use crate::chat::session::{self, Session, Store};
 use crate::cli::AskArgs;
-use crate::config::Dirs;
-use crate::engine::protocol::{
-    Command, Completion, Event, GenerateRequest, ImageRef, ModelInfo, PromptStats, Stop,
+use crate::config::{Dirs, Settings};
+use crate::protocol::{
+    Command, Completion, Event, ImageRef, ModelInfo, PromptStats, MAX_IMAGES_PER_TURN,
 };
-use crate::engine::MAX_IMAGES_PER_TURN;
 use crate::term::{printable, TermFacts};
 
 const LOAD_ID: u64 = 1;
@@ -33,67 +32,45 @@ const SESSION_SAVE_EVERY: Duration = Duration::from_secs(2);
 pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
     let prompt = read_prompt(&args.prompt, facts)?;
     if args.images.len() > MAX_IMAGES_PER_TURN {
-        bail!(
-            "{} images given: at most {MAX_IMAGES_PER_TURN} per question (the model sees 576 positions per image)",
-            args.images.len()
-        );
+        // Before any file is read; the conversation core checks the same rule.
+        return Err(TurnError::TooManyImages(args.images.len()).into());
     }
     let images = args.images.iter().map(attach).collect::<Result<Vec<_>>>()?;
     let dirs = Dirs::from_env()?;
+    let settings = Settings::load(&dirs.config_file())?;
+    let sampling = super::sampling(&args.sampling, &settings)?;
+    let spec = model_spec(&args.model, &args.runtime, &settings)?;
     let store = Store::new(dirs.sessions());
     let mut session = match &args.session {
         Some(name) => Some(store.load(name)?.unwrap_or_else(|| Session::new(name))),
         None => None,
     };
+    // The turn as it will be saved; written first with an empty answer marked interrupted,
+    // then rewritten as the answer grows, so a crash keeps every earlier turn and most of this.
+    let (request, mut turn) = session.as_ref().unwrap_or(&Session::new("")).next_turn(
+        &prompt,
+        images,
+        &sampling,
+        &spec.source,
+    )?;
+    turn.interrupted = true;
 
     let interrupts = install_interrupt_handler();
     let engine = engine_for(facts.stderr_tty);
-    let spec = model_spec(&args.model, &args.runtime)?;
     engine.send(Command::Load {
         id: LOAD_ID,
         spec: spec.clone(),
     })?;
     let info = wait_loaded(&engine, &interrupts, facts)?;
-    let params = sampling_params(&args.sampling, &info.path)?;
 
     if facts.stdout_tty && !args.no_images && !args.json {
-        show_images(&images);
+        show_images(&turn.images);
     }
-
-    let (history, history_images) = match &session {
-        Some(s) => s.history(),
-        None => (Vec::new(), Vec::new()),
-    };
-    let to_ref = |a: &Attachment| ImageRef {
-        path: a.path.clone(),
-        sha256: a.sha256.clone(),
-    };
     engine.send(Command::Generate {
         id: ASK_ID,
-        request: Box::new(GenerateRequest {
-            history,
-            history_images: history_images.iter().map(to_ref).collect(),
-            user: prompt.clone(),
-            images: images.iter().map(to_ref).collect(),
-            params: params.clone(),
-        }),
+        request: Box::new(request),
     })?;
 
-    // The turn as it will be saved; written first with an empty answer marked interrupted,
-    // then rewritten as the answer grows, so a crash keeps every earlier turn and most of this.
-    let mut turn = session::Turn {
-        text: prompt.clone(),
-        user: template::with_image_placeholders(
-            &template::sanitize_user_text(&prompt),
-            images.len(),
-        ),
-        images: images.clone(),
-        answer: String::new(),
-        interrupted: true,
-        model: Some(spec.source.clone()),
-        settings: serde_json::to_value(&params).ok(),
-        time: session::now(),
-    };
     let save = |session: &mut Option<Session>, turn: &session::Turn| -> Result<()> {
         if let Some(s) = session.as_mut() {
             let mut copy = s.clone();
@@ -123,8 +100,9 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
             }
         };
         match event {
-            Event::Started { id, prompt } if id == ASK_ID => {
+            Event::Started { id, prompt, params } if id == ASK_ID => {
                 prompt_stats = prompt;
+                turn.started(&params);
                 save(&mut session, &turn)?;
             }
             Event::Token { id, text } if id == ASK_ID => {
@@ -150,7 +128,7 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
                 id, error, partial, ..
             } if id == ASK_ID => {
                 if !partial.is_empty() {
-                    turn.answer = partial;
+                    turn.cut_short(&partial);
                     save(&mut session, &turn)?;
                 }
                 bail!("{error}");
@@ -160,8 +138,8 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
     };
     let _ = engine.send(Command::Shutdown);
 
-    turn.answer = completion.history_text.clone();
-    turn.interrupted = completion.stop == Stop::Cancelled;
+    turn.finish(&completion);
+    let images = turn.images.clone();
     if let Some(s) = session.as_mut() {
         s.turns.push(turn);
         store.save(s)?;
@@ -170,7 +148,7 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
         return Ok(());
     }
     if args.json {
-        let value = json_report(&completion, &info, &params, &images, &prompt_stats, &args);
+        let value = json_report(&completion, &info, &images, &prompt_stats, &args);
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else if !completion.text.is_empty() {
         out.write_all(b"\n")?;
@@ -213,7 +191,7 @@ fn read_prompt(words: &[String], facts: TermFacts) -> Result<String> {
 }
 
 /// An attachment with the file's SHA-256; a missing or unreadable file is an error naming it.
-fn attach(path: &PathBuf) -> Result<Attachment> {
+fn attach(path: &PathBuf) -> Result<ImageRef> {
     use sha2::Digest;
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -223,7 +201,7 @@ fn attach(path: &PathBuf) -> Result<Attachment> {
         }
     })?;
     let digest = sha2::Sha256::digest(&bytes);
-    Ok(Attachment {
+    Ok(ImageRef {
         path: std::path::absolute(path).unwrap_or_else(|_| path.clone()),
         sha256: Some(digest.iter().map(|b| format!("{b:02x}")).collect()),
     })
@@ -290,7 +268,7 @@ fn wait_loaded(
 
 /// Shows each image inline (kitty / iTerm2 / sixel / half blocks) with its name; only called
 /// when stdout is a terminal. A picture that cannot be drawn is named instead.
-fn show_images(images: &[Attachment]) {
+fn show_images(images: &[ImageRef]) {
     for (i, img) in images.iter().enumerate() {
         let name = img
             .path
@@ -331,8 +309,7 @@ fn says_kitty() -> bool {
 fn json_report(
     c: &Completion,
     info: &ModelInfo,
-    params: &crate::model::sampling::SamplingParams,
-    images: &[Attachment],
+    images: &[ImageRef],
     prompt: &PromptStats,
     args: &AskArgs,
 ) -> serde_json::Value {
@@ -349,7 +326,7 @@ fn json_report(
         "dtype": info.dtype,
         "quantization": info.quantization,
         "device": info.device,
-        "sampling": params,
+        "sampling": c.params,
         "images": images.iter().map(|a| json!({"path": a.path, "sha256": a.sha256})).collect::<Vec<_>>(),
         "session": args.session,
         "tokens": {

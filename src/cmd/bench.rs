@@ -11,7 +11,6 @@
 //! only its new positions are prefilled. The same second turn recomputed from scratch (what
 //! the reference does every turn) is reported beside it.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -20,68 +19,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::cli::{BenchArgs, Shape};
 use crate::engine::cache::{self, Caches, ImageKey, ImageSource, PromptImage};
 use crate::model::config::{ClipVisionConfig, LlavaConfig};
-use crate::model::quant::{choose_quant, LoadOptions, Quant, WeightLayout};
-use crate::model::tokenizer::IMAGE_TOKEN_INDEX;
+use crate::model::quant::{choose_quant, LoadOptions, WeightLayout};
 use crate::model::{Checkpoint, Huatuo, KvCache, Logits};
+use crate::protocol::Quant;
+use crate::text::IMAGE_TOKEN_INDEX;
 
-/// A real model geometry for `--shape`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-pub enum Shape {
-    /// HuatuoGPT-Vision-7B: Qwen2-7B (28 layers, 3584 wide, 152,064 tokens) + CLIP-L/336.
-    #[value(name = "7b")]
-    #[serde(rename = "7b")]
-    B7,
-    /// HuatuoGPT-Vision-34B: Yi-1.5-34B (60 layers, 7168 wide, 64,000 tokens) + CLIP-L/336.
-    #[value(name = "34b")]
-    #[serde(rename = "34b")]
-    B34,
-}
-
-/// `huatuo bench` arguments.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    /// A checkpoint directory to load (quantized through the cache).
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "shape",
-        required_unless_present = "shape"
-    )]
-    pub model: Option<PathBuf>,
-    /// Build a model with random weights at this real geometry instead (nothing downloaded).
-    #[arg(long, value_enum)]
-    pub shape: Option<Shape>,
-    /// With --shape: only this many decoder layers (the 7B has 28, the 34B 60).
-    #[arg(long, value_name = "N", requires = "shape")]
-    pub layers: Option<usize>,
-    /// Weight quantization; by default the most accurate one that fits in available memory.
-    #[arg(long, value_enum)]
-    pub quant: Option<Quant>,
-    /// Keep q4k weights as GGUF blocks for candle's block kernels instead of interleaving
-    /// them for huatuo's AVX2 kernels (same memory, slower prefill; for comparison).
-    #[arg(long)]
-    pub compact: bool,
-    /// Threads for the matrix kernels (default: one per core).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Tokens of the prompt whose prefill is timed and after which the 64 decode steps run
-    /// (as llama-bench's depth): decode slows as the context grows.
-    #[arg(long, value_name = "N", default_value_t = PREFILL_TOKENS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub depth: usize,
-    /// Time each step N times and report medians.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub runs: usize,
-    /// Where quantized cache files go with --model (default: the one `chat` and `ask` use).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-const PREFILL_TOKENS: usize = 512;
 const DECODE_TOKENS: usize = 64;
 /// Text tokens around the image in the one-image question (system + question + template),
 /// and the answer and follow-up question of the second turn.

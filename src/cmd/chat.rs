@@ -1,6 +1,6 @@
 //! `huatuo chat` (and `huatuo` alone): checks that there is a terminal, resolves the theme,
-//! the model and the sampling settings (defaults < config.toml < flags), then hands over to
-//! the full-screen chat in [`crate::tui`]. Without a terminal it points to `huatuo ask`.
+//! the model and the user's sampling settings (config.toml under flags; the engine puts them
+//! over the model's defaults), then hands over to the full-screen chat in [`crate::tui`]. Without a terminal it points to `huatuo ask`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, FromArgMatches};
@@ -8,7 +8,6 @@ use clap::{Args, FromArgMatches};
 use crate::chat::session::Store;
 use crate::cli::ChatArgs;
 use crate::config::{Dirs, Settings};
-use crate::model::sampling::SamplingParams;
 use crate::term::TermFacts;
 use crate::tui::{self, theme, AppConfig, Exit};
 
@@ -41,11 +40,9 @@ pub fn run(args: ChatArgs, facts: TermFacts) -> Result<()> {
         }
         images.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
     }
-    let (params, pinned) = sampling(&args, &settings)?;
     let config = AppConfig {
-        spec: super::model_spec(&args.model, &args.runtime)?,
-        params,
-        pinned,
+        spec: super::model_spec(&args.model, &args.runtime, &settings)?,
+        sampling: super::sampling(&args.sampling, &settings)?,
         theme,
         sessions: Store::new(dirs.sessions()),
         images,
@@ -58,43 +55,4 @@ pub fn run(args: ChatArgs, facts: TermFacts) -> Result<()> {
         Exit::Quit => Ok(()),
         Exit::Interrupted => Err(super::Interrupted.into()),
     }
-}
-
-/// Sampling settings: the reference defaults, config.toml, then flags; and the keys either
-/// set, which a checkpoint's generation_config.json must not override.
-fn sampling(args: &ChatArgs, s: &Settings) -> Result<(SamplingParams, Vec<&'static str>)> {
-    let f = &args.sampling;
-    let mut p = SamplingParams::default();
-    let mut pinned = Vec::new();
-    let mut pin = |key: &'static str, set: bool| {
-        if set {
-            pinned.push(key);
-        }
-    };
-    pin("temperature", f.temperature.or(s.temperature).is_some());
-    pin("top_k", f.top_k.or(s.top_k).is_some());
-    pin("top_p", f.top_p.or(s.top_p).is_some());
-    pin(
-        "repetition_penalty",
-        f.repetition_penalty.or(s.repetition_penalty).is_some(),
-    );
-    pin(
-        "max_new_tokens",
-        f.max_new_tokens.or(s.max_new_tokens).is_some(),
-    );
-    pin("seed", f.seed.or(s.seed).is_some());
-    p.temperature = f.temperature.or(s.temperature).unwrap_or(p.temperature);
-    p.top_k = f.top_k.or(s.top_k).unwrap_or(p.top_k);
-    p.top_p = f.top_p.or(s.top_p).unwrap_or(p.top_p);
-    p.repetition_penalty = f
-        .repetition_penalty
-        .or(s.repetition_penalty)
-        .unwrap_or(p.repetition_penalty);
-    p.max_new_tokens = f
-        .max_new_tokens
-        .or(s.max_new_tokens)
-        .unwrap_or(p.max_new_tokens);
-    p.seed = f.seed.or(s.seed).unwrap_or(p.seed);
-    p.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((p, pinned))
 }

@@ -4,23 +4,23 @@
 pub mod ask;
 pub mod bench;
 pub mod chat;
+#[cfg(feature = "test-support")]
 pub mod dev;
 pub mod models;
+pub mod progress;
 pub mod sessions;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cli::{ModelArgs, RuntimeArgs, SamplingArgs};
 use crate::config::{Dirs, Settings};
-use crate::engine::protocol::ModelSpec;
-use crate::engine::protocol::{DType, DevicePref, LoadStage};
-use crate::engine::{Engine, EngineHandle, Faults, ResolvedModel, Resolver};
+use crate::engine::{Engine, EngineHandle, ResolvedModel, Resolver};
 use crate::hub::{self, memory::WeightFormat};
 use crate::model::decoder::PREFILL_CHUNK;
-use crate::model::quant::{choose_quant, Quant};
-use crate::model::sampling::SamplingParams;
+use crate::model::quant::choose_quant;
+use crate::protocol::{DevicePref, LoadStage, ModelSpec, Quant, SamplingOverrides};
 
 /// The model used when neither `--model` nor config.toml names one.
 pub const DEFAULT_MODEL: &str = "7b";
@@ -37,14 +37,17 @@ pub fn settings() -> Result<Settings> {
 
 /// What to load: `--model`, else config.toml's `model`, else the 7B; `--quant`, else
 /// config.toml's `quant` (an unknown name there is an error naming the file), else chosen by
-/// the resolver. config.toml is read once.
-pub fn model_spec(args: &ModelArgs, runtime: &RuntimeArgs) -> Result<ModelSpec> {
-    let configured = settings()?;
-    let quant = match (runtime.quant, configured.quant.as_deref()) {
+/// the resolver.
+pub fn model_spec(
+    args: &ModelArgs,
+    runtime: &RuntimeArgs,
+    settings: &Settings,
+) -> Result<ModelSpec> {
+    let quant = match (runtime.quant, settings.quant.as_deref()) {
         (Some(q), _) => Some(q),
-        (None, Some(name)) => Some(Quant::from_name(name).ok_or_else(|| {
+        (None, Some(name)) => Some(name.parse::<Quant>().map_err(|e| {
             anyhow::anyhow!(
-                "invalid quant {name:?} in {}: use none, q8_0, q6k, q5k or q4k",
+                "{}: {e}",
                 Dirs::from_env()
                     .map(|d| d.config_file().display().to_string())
                     .unwrap_or_else(|_| "config.toml".into())
@@ -56,7 +59,7 @@ pub fn model_spec(args: &ModelArgs, runtime: &RuntimeArgs) -> Result<ModelSpec> 
         source: args
             .model
             .clone()
-            .or(configured.model)
+            .or_else(|| settings.model.clone())
             .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
         revision: args.revision.clone(),
         device: runtime.device,
@@ -69,19 +72,8 @@ pub fn model_spec(args: &ModelArgs, runtime: &RuntimeArgs) -> Result<ModelSpec> 
 /// Starts the model worker with the resolver that finds or downloads models. With
 /// `draw_download_bar` (a one-shot command with stderr on a terminal) downloads draw a bar on
 /// stderr; otherwise (the full-screen chat, scripts) they are reported as engine events.
-///
-/// `HUATUO_TEST_TOKEN_DELAY_MS` (undocumented, for the test suite) slows every token down so
-/// that tests can interrupt an answer midway.
 pub fn engine_for(draw_download_bar: bool) -> EngineHandle {
-    let delay = std::env::var("HUATUO_TEST_TOKEN_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(std::time::Duration::from_millis);
-    let faults = Faults {
-        token_delay: delay,
-        ..Faults::default()
-    };
-    Engine::spawn_with_faults(hub_resolver(draw_download_bar), faults)
+    Engine::spawn(hub_resolver(draw_download_bar))
 }
 
 /// Resolves `7b`, `34b`, repo ids (downloading what is missing into the shared Hugging Face
@@ -98,7 +90,7 @@ pub fn hub_resolver(draw_bar: bool) -> Resolver {
             opts.offline |= spec.offline;
             let model = hub::parse_model_ref(&spec.source);
             let resolved = if draw_bar {
-                hub::resolve(&model, &opts, &mut hub::BarProgress::new(true))
+                hub::resolve(&model, &opts, &mut progress::BarProgress::new(true))
             } else {
                 let mut events = hub::FnProgress::new(|_file: &str, done: u64, total: u64| {
                     progress(LoadStage::Download, done, total)
@@ -113,14 +105,7 @@ pub fn hub_resolver(draw_bar: bool) -> Resolver {
                 choose_quant(bf16, available, on_cpu)
             });
             if on_cpu {
-                let format = match (quant, spec.dtype) {
-                    (Quant::None, DType::Auto | DType::F32) => WeightFormat::F32,
-                    (Quant::None, DType::Bf16) => WeightFormat::Bf16,
-                    (Quant::None, DType::F16) => WeightFormat::F16,
-                    (Quant::Q4k, _) => WeightFormat::Q4K,
-                    // q5k/q6k are smaller than q8_0: estimating them as q8_0 errs on the safe side.
-                    (Quant::Q8_0 | Quant::Q6k | Quant::Q5k, _) => WeightFormat::Q8_0,
-                };
+                let format = WeightFormat::of(quant, spec.dtype);
                 hub::memory::preflight(&resolved.dir, format, 4096, PREFILL_CHUNK)
                     .map_err(|e| e.to_string())?;
             }
@@ -173,38 +158,11 @@ fn runs_on_cpu(device: DevicePref) -> bool {
     }
 }
 
-/// Merges, lowest first: the reference CLI's defaults, the checkpoint's
-/// generation_config.json (top_k, top_p — as transformers merges them, huatuo-reference.md
-/// §4.1), config.toml, then flags.
-pub fn sampling_params(args: &SamplingArgs, model_dir: &Path) -> Result<SamplingParams> {
-    let mut p = SamplingParams::default();
-    let gen_path = model_dir.join("generation_config.json");
-    if let Ok(text) = std::fs::read_to_string(&gen_path) {
-        let gen: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("invalid {}", gen_path.display()))?;
-        if let Some(k) = gen.get("top_k").and_then(serde_json::Value::as_u64) {
-            p.top_k = k as usize;
-        }
-        if let Some(tp) = gen.get("top_p").and_then(serde_json::Value::as_f64) {
-            p.top_p = tp as f32;
-        }
-    }
-    let s = settings()?;
-    p.temperature = pick(args.temperature, s.temperature, p.temperature);
-    p.top_k = pick(args.top_k, s.top_k, p.top_k);
-    p.top_p = pick(args.top_p, s.top_p, p.top_p);
-    p.repetition_penalty = pick(
-        args.repetition_penalty,
-        s.repetition_penalty,
-        p.repetition_penalty,
-    );
-    p.max_new_tokens = pick(args.max_new_tokens, s.max_new_tokens, p.max_new_tokens);
-    p.seed = pick(args.seed, s.seed, p.seed);
-    p.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(p)
-}
-
-/// A flag, else the config file's value, else what was there.
-fn pick<T>(flag: Option<T>, config: Option<T>, current: T) -> T {
-    flag.or(config).unwrap_or(current)
+/// The user's sampling settings: flags over config.toml, checked before anything is loaded or
+/// downloaded. The engine applies them over the model's defaults (the reference CLI's and the
+/// checkpoint's generation_config.json).
+pub fn sampling(args: &SamplingArgs, settings: &Settings) -> Result<SamplingOverrides> {
+    let overrides = args.overrides().or(&settings.sampling());
+    overrides.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(overrides)
 }

@@ -2,16 +2,15 @@
 //! to stdout (the snapshot path, a table, or `--json`), messages and the progress bar to stderr.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::progress::BarProgress;
 use crate::cli::{InfoArgs, ListArgs, PullArgs, RmArgs};
-use crate::hub::{
-    self, format_bytes, memory, BarProgress, CachedModel, HubOptions, ModelRef, Progress,
-};
+use crate::hub::{self, format_bytes, memory, CachedModel, HubOptions, ModelRef, Progress};
 use crate::term::TermFacts;
 
 /// Counts what was downloaded while passing progress on.
@@ -236,40 +235,5 @@ pub fn info(args: InfoArgs) -> Result<()> {
     for (k, v) in rows {
         writeln!(out, "{k:<13} {v}")?;
     }
-    Ok(())
-}
-
-/// `huatuo dev hub-server --root DIR`: serves every `DIR/org/name/` checkpoint as the `main`
-/// commit of `org/name` on a local hub stand-in, prints its URL, and runs until killed.
-pub fn hub_server(root: &Path, port: u16) -> Result<()> {
-    let server = hub::stand_in::StandIn::start_on(port).context("starting the hub stand-in")?;
-    let mut count = 0;
-    for org in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
-        let org = org?;
-        if !org.file_type()?.is_dir() {
-            continue;
-        }
-        for name in std::fs::read_dir(org.path())? {
-            let name = name?;
-            if !name.file_type()?.is_dir() {
-                continue;
-            }
-            let repo = format!(
-                "{}/{}",
-                org.file_name().to_string_lossy(),
-                name.file_name().to_string_lossy()
-            );
-            let dir: PathBuf = name.path();
-            let sha = server.add_dir(&repo, "main", &dir)?;
-            eprintln!("serving {repo} at {sha}");
-            count += 1;
-        }
-    }
-    if count == 0 {
-        bail!("no org/name folders under {}", root.display());
-    }
-    println!("{}", server.url());
-    std::io::stdout().flush()?;
-    server.serve_forever();
     Ok(())
 }

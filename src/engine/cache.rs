@@ -15,8 +15,8 @@ use std::path::Path;
 use candle_core::Tensor;
 use sha2::{Digest, Sha256};
 
-use crate::model::tokenizer::IMAGE_TOKEN_INDEX;
 use crate::model::{Huatuo, KvCache, Logits, ModelError};
+use crate::text::IMAGE_TOKEN_INDEX;
 
 /// How many bytes of image features are kept: 7B features (576 × 3584 f32) are about 8 MB,
 /// 34B ones (576 × 7168) about 16 MB, so this holds every image a 4096-position context can

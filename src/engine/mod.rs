@@ -1,35 +1,31 @@
 //! The model engine: one worker thread owns the device and the loaded model and answers
-//! plain messages ([`protocol`]); front ends (`ask`, the TUI) hold an [`EngineHandle`]. The
+//! plain messages ([`crate::protocol`]); front ends (`ask`, the TUI) hold an [`EngineHandle`]. The
 //! worker builds each prompt exactly as the reference does, prefills and streams the answer
 //! (`pipeline` is the synchronous core it runs). Across turns it keeps the encoded images and
 //! the KV cache of the conversation ([`cache`]) and runs only what changed, with the answer a
 //! full recomputation gives. Nothing here prints.
 //!
-//! Models are found through an injected [`Resolver`] so the hub can plug in later
-//! ([`local_resolver`] takes checkpoint directories only). Cancellation reaches a busy worker
+//! Models are found through an injected [`Resolver`], so the engine knows nothing of the hub
+//! or the cache layout (the binary injects the hub's; [`local_resolver`] takes checkpoint
+//! directories only). Cancellation reaches a busy worker
 //! within one token through state shared with the handle, not only through the queue.
 
 pub mod cache;
+mod faults;
 mod pipeline;
-pub mod protocol;
 mod worker;
 
 use std::path::PathBuf;
 
-use crate::model::quant::Quant;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-pub use pipeline::{
-    Answer, DType as ModelDType, DevicePref, EngineError, Pipeline, Stop, Timings,
-    MAX_IMAGES_PER_TURN,
-};
-#[doc(hidden)]
-pub use worker::Faults;
+pub use faults::Faults;
+pub use pipeline::{Answer, EngineError, Pipeline, Timings};
 
-use protocol::{Command, Event, FailureKind, LoadStage, ModelSpec, RequestId};
+use crate::protocol::{Command, Event, FailureKind, LoadStage, ModelSpec, Quant, RequestId};
 use worker::{Signals, Worker};
 
 /// Finds (and, with the hub, downloads) the checkpoint directory of a [`ModelSpec`],
@@ -55,8 +51,8 @@ pub struct ResolvedModel {
     pub quant_cache_dir: Option<PathBuf>,
 }
 
-/// A resolver for local checkpoint directories only, until the hub resolver exists: the
-/// source must name an existing directory.
+/// A resolver for local checkpoint directories only (tests, tools): the source must name an
+/// existing directory.
 pub fn local_resolver() -> Resolver {
     Box::new(|spec, _progress| {
         let dir = PathBuf::from(&spec.source);
@@ -87,11 +83,11 @@ pub struct Engine;
 impl Engine {
     /// Spawns the worker thread with no model loaded; send [`Command::Load`] first.
     pub fn spawn(resolver: Resolver) -> EngineHandle {
-        Self::spawn_with_faults(resolver, Faults::default())
+        Self::spawn_with_faults(resolver, Faults::from_env())
     }
 
-    /// [`Engine::spawn`] with injected faults, for tests only.
-    #[doc(hidden)]
+    /// [`Engine::spawn`] with injected faults (only builds with the `test-support` feature
+    /// can make any).
     pub fn spawn_with_faults(resolver: Resolver, faults: Faults) -> EngineHandle {
         let (command_tx, command_rx) = mpsc::channel();
         let (event_tx, event_rx) = mpsc::channel();

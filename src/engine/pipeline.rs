@@ -10,41 +10,16 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 
 use super::cache::{self, Caches, FeatureCache, ImageKey, ImageSource, PromptImage};
-use crate::chat::template::{self, Exchange};
+use crate::chat::{conversation, template};
 use crate::model::preprocess::{self, ProcessorConfig};
-use crate::model::quant::{LoadOptions, Quant};
-use crate::model::sampling::{Sampler, SamplingParams};
-use crate::model::tokenizer::{AnswerStream, Tokenizer, IMAGE_TOKEN_INDEX};
+use crate::model::quant::LoadOptions;
+use crate::model::sampling::Sampler;
+use crate::model::tokenizer::{AnswerStream, Tokenizer};
 use crate::model::{Checkpoint, Huatuo, ModelError};
-
-/// The most images one turn may attach (cli.py:315 asserts `len(images) < 6`).
-pub const MAX_IMAGES_PER_TURN: usize = 5;
-
-/// Numeric precision of weights and activations.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    /// f32 on a CPU, bf16 on a GPU.
-    Auto,
-    F32,
-    Bf16,
-    F16,
-}
-
-/// Where the model runs.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum DevicePref {
-    /// A GPU when huatuo was built with one and it is present, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-    Metal,
-}
+use crate::protocol::{
+    DType, DevicePref, Exchange, Quant, SamplingParams, Stop, MAX_IMAGES_PER_TURN,
+};
+use crate::text::IMAGE_TOKEN_INDEX;
 
 /// What went wrong, naming the file, flag or limit involved.
 #[derive(Debug, thiserror::Error)]
@@ -78,18 +53,6 @@ pub enum EngineError {
         "no model loaded: load a model first (the last load failed or the model was unloaded)"
     )]
     NotLoaded,
-}
-
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stop {
-    /// The model produced its end-of-sequence token.
-    Eos,
-    /// `max_new_tokens` was reached.
-    Length,
-    /// The caller asked to stop (Ctrl-C, a closed pipe).
-    Cancelled,
 }
 
 /// Wall-clock costs of one answer.
@@ -130,6 +93,8 @@ pub struct Pipeline {
     pub model: Huatuo,
     pub tokenizer: Tokenizer,
     pub processor: ProcessorConfig,
+    /// The checkpoint's sampling defaults (reported in `ModelInfo`).
+    pub defaults: SamplingParams,
     device: Device,
     quant: Quant,
 }
@@ -155,6 +120,7 @@ impl Pipeline {
         let tokenizer = Tokenizer::from_dir(dir).map_err(ModelError::from)?;
         let processor = ProcessorConfig::from_file(&checkpoint.preprocessor_config)
             .map_err(ModelError::from)?;
+        let defaults = crate::model::checkpoint::sampling_defaults(dir)?;
         let model = if quant == Quant::None {
             Huatuo::load(&checkpoint, &device, dtype)?
         } else {
@@ -172,6 +138,7 @@ impl Pipeline {
             model,
             tokenizer,
             processor,
+            defaults,
             device,
             quant,
         })
@@ -208,14 +175,28 @@ impl Pipeline {
         if new_images > MAX_IMAGES_PER_TURN {
             return Err(EngineError::TooManyImages { count: new_images });
         }
-        let user =
-            template::with_image_placeholders(&template::sanitize_user_text(user), new_images);
-        let segments = template::segments(history, &user);
-        let ids = self
-            .tokenizer
-            .prompt_ids(&segments)
-            .map_err(ModelError::from)?;
+        let user = conversation::user_text(user, new_images);
+        let ids = self.conversation_ids(history, &user)?;
         Ok((ids, user))
+    }
+
+    /// Prompt ids of a conversation whose current turn is already in the history's form
+    /// (`user` sanitised, with its placeholders: what a `GenerateRequest` carries).
+    pub fn conversation_ids(
+        &self,
+        history: &[Exchange],
+        user: &str,
+    ) -> Result<Vec<i64>, EngineError> {
+        let segments = template::segments(history, user);
+        let tok = &self.tokenizer;
+        let ids = template::prompt_ids(
+            &segments,
+            |chunk| tok.encode_chunk(chunk),
+            tok.bos_id(),
+            tok.model_max_length(),
+        )
+        .map_err(ModelError::from)?;
+        Ok(ids)
     }
 
     /// Checks that a prompt fits in the context window, counting image positions.
@@ -390,7 +371,7 @@ impl Pipeline {
             return Err(e);
         }
         timings.decode = decode_start.elapsed();
-        let text = template::py_strip(&stream.text().map_err(ModelError::from)?).to_string();
+        let text = crate::text::py_strip(&stream.text().map_err(ModelError::from)?).to_string();
         let raw = stream.history_text().map_err(ModelError::from)?;
         Ok(Answer {
             text,

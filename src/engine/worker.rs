@@ -21,27 +21,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::cache::Caches;
-use super::pipeline::{Answer, EngineError, Pipeline, Stop};
-use super::protocol::{
-    Command, Completion, Event, FailureKind, GenerateRequest, GenerationStats, LoadStage,
-    ModelInfo, ModelSpec, PromptStats, RequestId,
-};
+use super::faults::Faults;
+use super::pipeline::{Answer, EngineError, Pipeline};
 use super::Resolver;
-use crate::model::tokenizer::IMAGE_TOKEN_INDEX;
 use crate::model::ModelError;
-
-/// Faults to inject, so tests can exercise failure paths that real models almost never take.
-/// Not part of the API.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Faults {
-    /// Every generation fails (as a model computation error would) after streaming this many
-    /// tokens.
-    pub fail_after_tokens: Option<usize>,
-    /// Every generated token takes at least this long, so tests can interrupt an answer
-    /// midway (tiny test models otherwise finish in milliseconds).
-    pub token_delay: Option<std::time::Duration>,
-}
+use crate::protocol::{
+    Command, Completion, Event, FailureKind, GenerateRequest, GenerationStats, LoadStage,
+    ModelInfo, ModelSpec, PromptStats, RequestId, Stop, MAX_IMAGES_PER_TURN,
+};
+use crate::text::IMAGE_TOKEN_INDEX;
 
 /// What the handle tells a busy worker without waiting for the queue.
 #[derive(Debug, Default)]
@@ -228,6 +216,7 @@ impl Worker {
             quantization: pipeline.quant().name().to_string(),
             context_length: config.context_length(),
             tokens_per_image: pipeline.model.tokens_per_image(),
+            defaults: pipeline.defaults.clone(),
         };
         self.emit(Event::Loaded {
             id,
@@ -264,8 +253,15 @@ impl Worker {
         };
         let pipeline = &loaded.pipeline;
         let caches = &mut loaded.caches;
-        let (ids, user) =
-            pipeline.prompt_ids(&request.history, &request.user, request.images.len())?;
+        if request.images.len() > MAX_IMAGES_PER_TURN {
+            return Err(EngineError::TooManyImages {
+                count: request.images.len(),
+            }
+            .into());
+        }
+        let params = loaded.info.defaults.with(&request.sampling);
+        params.validate().map_err(EngineError::Sampling)?;
+        let ids = pipeline.conversation_ids(&request.history, &request.user)?;
         let prompt = prompt_stats(&ids, &loaded.info);
         let image_count = request.history_images.len() + request.images.len();
         if prompt.images != image_count {
@@ -276,7 +272,6 @@ impl Worker {
             .into());
         }
         pipeline.check_context(&ids)?;
-        request.params.validate().map_err(EngineError::Sampling)?;
         let mut completion = Completion {
             text: String::new(),
             history_text: String::new(),
@@ -285,7 +280,7 @@ impl Worker {
                 prompt,
                 ..GenerationStats::default()
             },
-            user_with_placeholders: user,
+            params: params.clone(),
         };
         if self.signals.stop_requested(id) {
             return Ok(completion);
@@ -298,18 +293,17 @@ impl Worker {
         let images = pipeline.prepare_images(&paths, &mut caches.features)?;
         let preprocess = start.elapsed();
         let (events, signals, faults) = (&self.events, &self.signals, self.faults);
-        let _ = events.send(Event::Started { id, prompt });
+        let _ = events.send(Event::Started {
+            id,
+            prompt,
+            params: params.clone(),
+        });
 
         let mut streamed = String::new();
         let mut calls = 0usize;
         let on_text = |piece: &str| {
-            if faults.fail_after_tokens.is_some_and(|n| calls >= n) {
-                return Err(injected_fault(calls));
-            }
+            faults.before_token(calls)?;
             calls += 1;
-            if let Some(delay) = faults.token_delay {
-                std::thread::sleep(delay);
-            }
             if !piece.is_empty() {
                 let token = Event::Token {
                     id,
@@ -325,7 +319,7 @@ impl Worker {
             }
             Ok(ControlFlow::Continue(()))
         };
-        let result = pipeline.generate_cached(&ids, images, caches, &request.params, on_text);
+        let result = pipeline.generate_cached(&ids, images, caches, &params, on_text);
         let answer = result.map_err(|error| Failure {
             error: Box::new(error),
             partial: streamed.clone(),
@@ -354,12 +348,6 @@ fn failed(id: RequestId, kind: FailureKind, error: String, partial: &str) -> Eve
 }
 
 /// The error a [`Faults::fail_after_tokens`] fault raises: a model computation error.
-fn injected_fault(tokens: usize) -> EngineError {
-    EngineError::Model(ModelError::Candle(candle_core::Error::Msg(format!(
-        "injected fault after {tokens} tokens"
-    ))))
-}
-
 /// Which kind of failure an error is, so front ends can react: bad input can be fixed by the
 /// user's next request; a model problem needs another `Load`.
 fn failure_kind(error: &EngineError) -> FailureKind {
@@ -450,6 +438,7 @@ mod tests {
             quantization: "none".into(),
             context_length: 4096,
             tokens_per_image: 576,
+            defaults: crate::protocol::SamplingParams::default(),
         }
     }
 
@@ -545,7 +534,11 @@ mod tests {
             assert_eq!(failure_kind(e), FailureKind::BadInput, "{e}");
         }
         assert_eq!(failure_kind(&EngineError::NotLoaded), FailureKind::Model);
-        assert_eq!(failure_kind(&injected_fault(3)), FailureKind::Internal);
+        let computation = ModelError::Candle(candle_core::Error::Msg("nan".into()));
+        assert_eq!(
+            failure_kind(&EngineError::Model(computation)),
+            FailureKind::Internal
+        );
     }
 
     #[test]
@@ -573,8 +566,8 @@ mod tests {
         let spec = |source: &str| ModelSpec {
             source: source.into(),
             revision: None,
-            device: super::super::pipeline::DevicePref::Cpu,
-            dtype: super::super::pipeline::DType::F32,
+            device: crate::protocol::DevicePref::Cpu,
+            dtype: crate::protocol::DType::F32,
             offline: true,
             quant: None,
         };

@@ -9,8 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// Where the vision tower's configs live when `mm_vision_tower` does not say otherwise.
-pub const DEFAULT_VISION_DIR: &str = "vit/clip_vit_large_patch14_336";
+use crate::model::checkpoint;
 
 /// The shard index.
 pub const INDEX: &str = "model.safetensors.index.json";
@@ -51,21 +50,10 @@ pub fn small_files(repo_files: &BTreeSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// The vision tower's folder from config.json's `mm_vision_tower` when it is a relative path
-/// into the checkpoint (`./vit/clip_vit_large_patch14_336`), else [`DEFAULT_VISION_DIR`] (as
-/// `model::checkpoint` decides).
+/// The vision tower's folder of the checkpoint whose config.json is `config` (the rule of
+/// [`checkpoint::vision_subdir`], so the hub fetches what the model reads).
 pub fn vision_dir(config: &Value) -> String {
-    match config.get("mm_vision_tower").and_then(Value::as_str) {
-        Some(p) if p.starts_with("./") || p.starts_with("vit/") => {
-            let p = p.trim_start_matches("./").trim_end_matches('/');
-            if is_safe_path(p) {
-                p.to_string()
-            } else {
-                DEFAULT_VISION_DIR.to_string()
-            }
-        }
-        _ => DEFAULT_VISION_DIR.to_string(),
-    }
+    checkpoint::vision_subdir(config.get("mm_vision_tower").and_then(Value::as_str))
 }
 
 /// The shard file names of an index's `weight_map`, sorted and unique.
@@ -174,15 +162,15 @@ mod tests {
         );
         assert_eq!(
             vision_dir(&json!({"mm_vision_tower": "./vit/clip_vit_large_patch14_336"})),
-            DEFAULT_VISION_DIR
+            checkpoint::DEFAULT_VISION_DIR
         );
         assert_eq!(
             vision_dir(&json!({"mm_vision_tower": "./vit/../../x"})),
-            DEFAULT_VISION_DIR
+            checkpoint::DEFAULT_VISION_DIR
         );
         assert_eq!(
             vision_dir(&json!({"mm_vision_tower": "openai/clip-vit-large-patch14-336"})),
-            DEFAULT_VISION_DIR
+            checkpoint::DEFAULT_VISION_DIR
         );
         let index = json!({"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-1.safetensors"}});
         assert_eq!(

@@ -16,57 +16,84 @@ use serde_json::Value;
 
 use super::format_bytes;
 use super::manifest::{read_json, INDEX};
+use crate::protocol::{DType, Quant};
 
 /// Room for the runtime, the vision tower's activations, the tokenizer and the image buffers.
 const RUNTIME_BYTES: u64 = 512 << 20;
 
-/// How the weights are held in memory.
+/// How the weights are held in memory: quantized, or dense in a dtype (`DType::Auto` is f32,
+/// since the estimate is for a CPU). Bytes per weight come from [`Quant::bits_per_weight`],
+/// the one memory model that also picks the default quantization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightFormat {
-    F32,
-    F16,
-    Bf16,
-    /// GGML Q8_0: 34 bytes per 32 weights.
-    Q8_0,
-    /// GGML Q4_K: 144 bytes per 256 weights.
-    Q4K,
+pub struct WeightFormat {
+    pub quant: Quant,
+    /// The dtype of dense weights (ignored when quantized: those compute in f32).
+    pub dtype: DType,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 5] = [Self::F32, Self::Bf16, Self::F16, Self::Q8_0, Self::Q4K];
+    /// Dense f32 weights, what a CPU computes in.
+    pub const F32: Self = Self::dense(DType::F32);
 
-    pub fn bytes_per_param(self) -> f64 {
-        match self {
-            Self::F32 => 4.0,
-            Self::F16 | Self::Bf16 => 2.0,
-            Self::Q8_0 => 34.0 / 32.0,
-            Self::Q4K => 144.0 / 256.0,
+    /// The formats a suggestion may name, from the most to the least accurate.
+    const CHOICES: [Self; 7] = [
+        Self::F32,
+        Self::dense(DType::Bf16),
+        Self::dense(DType::F16),
+        Self::quantized(Quant::Q8_0),
+        Self::quantized(Quant::Q6k),
+        Self::quantized(Quant::Q5k),
+        Self::quantized(Quant::Q4k),
+    ];
+
+    pub const fn dense(dtype: DType) -> Self {
+        Self {
+            quant: Quant::None,
+            dtype,
         }
     }
 
-    /// Bytes per activation / KV element (quantized models compute in f32 on a CPU).
+    pub const fn quantized(quant: Quant) -> Self {
+        Self {
+            quant,
+            dtype: DType::F32,
+        }
+    }
+
+    /// The format a load with `quant` and `dtype` holds its weights in.
+    pub fn of(quant: Quant, dtype: DType) -> Self {
+        if quant == Quant::None {
+            Self::dense(dtype)
+        } else {
+            Self::quantized(quant)
+        }
+    }
+
+    pub fn bytes_per_param(self) -> f64 {
+        self.quant.bits_per_weight(self.dtype) / 8.0
+    }
+
+    /// Bytes per activation (quantized models compute in f32 on a CPU).
     pub fn activation_bytes(self) -> u64 {
-        match self {
-            Self::F16 | Self::Bf16 => 2,
-            Self::F32 | Self::Q8_0 | Self::Q4K => 4,
+        match (self.quant, self.dtype) {
+            (Quant::None, DType::F16 | DType::Bf16) => 2,
+            _ => 4,
         }
     }
 
     /// Bytes per KV-cache element: quantized models keep their cache in f16.
     pub fn kv_bytes(self) -> u64 {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::Bf16 | Self::Q8_0 | Self::Q4K => 2,
+        match (self.quant, self.dtype) {
+            (Quant::None, DType::F32 | DType::Auto) => 4,
+            _ => 2,
         }
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::Bf16 => "bf16",
-            Self::Q8_0 => "q8_0",
-            Self::Q4K => "q4k",
+        match (self.quant, self.dtype) {
+            (Quant::None, DType::Auto) => "f32",
+            (Quant::None, dtype) => dtype.name(),
+            (quant, _) => quant.name(),
         }
     }
 }
@@ -267,7 +294,7 @@ pub fn check(
     if est.total_bytes <= available {
         return Ok(());
     }
-    let fitting: Vec<String> = WeightFormat::ALL
+    let fitting: Vec<String> = WeightFormat::CHOICES
         .iter()
         .filter(|f| f.bytes_per_param() < format.bytes_per_param())
         .filter_map(|f| {
@@ -321,9 +348,16 @@ mod tests {
         // 2 × 28 layers × 4 kv heads × 128 × 4096 × 4 bytes
         assert_eq!(f32.kv_cache_bytes, 469_762_048);
         assert!(f32.total_bytes > 34_000_000_000 && f32.total_bytes < 36_000_000_000);
-        let q4 = estimate_from(params, QWEN2_7B, WeightFormat::Q4K, 4096, 256);
-        assert!(q4.weights_bytes < 4_500_000_000);
-        // The f16 KV cache of quantized models: half of f32's.
+        let q4 = estimate_from(
+            params,
+            QWEN2_7B,
+            WeightFormat::quantized(Quant::Q4k),
+            4096,
+            256,
+        );
+        // 4.65 bits per weight: q4_K matrices and the q6_K LM head.
+        assert_eq!(q4.weights_bytes, 4_615_125_000); // 7.94e9 × 4.65 / 8
+                                                     // The f16 KV cache of quantized models: half of f32's.
         assert_eq!(q4.kv_cache_bytes, 469_762_048 / 2);
     }
 
@@ -342,10 +376,22 @@ mod tests {
         };
         // ~69 GB of bf16 shards.
         let params = 69_000_000_000 / 2;
-        let q4 = estimate_from(params, yi_34b, WeightFormat::Q4K, 4096, 256);
+        let q4 = estimate_from(
+            params,
+            yi_34b,
+            WeightFormat::quantized(Quant::Q4k),
+            4096,
+            256,
+        );
         assert_eq!(q4.kv_cache_bytes, 2 * 60 * 8 * 128 * 4096 * 2);
         assert!(q4.total_bytes < 22_000_000_000, "{q4:?}");
-        let whole = estimate_from(params, yi_34b, WeightFormat::Q4K, 4096, 4096);
+        let whole = estimate_from(
+            params,
+            yi_34b,
+            WeightFormat::quantized(Quant::Q4k),
+            4096,
+            4096,
+        );
         assert!(whole.total_bytes > 24_000_000_000, "{whole:?}");
     }
 

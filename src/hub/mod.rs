@@ -18,14 +18,14 @@ mod error;
 pub mod manifest;
 pub mod memory;
 mod progress;
-#[doc(hidden)]
+#[cfg(feature = "test-support")]
 pub mod stand_in;
 
 use std::path::{Path, PathBuf};
 
 pub use cache::{is_commit_hash, list_cached, remove_cached, CachedModel, RepoCache};
 pub use error::HubError;
-pub use progress::{BarProgress, FnProgress, NoProgress, Progress};
+pub use progress::{FnProgress, NoProgress, Progress};
 
 /// The 7B model's repository.
 pub const REPO_7B: &str = "FreedomIntelligence/HuatuoGPT-Vision-7B";

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::config::{read_json, ClipVisionConfig, LlavaConfig};
 use super::ModelError;
+use crate::protocol::SamplingParams;
 
 /// Where the vision tower's config lives when `mm_vision_tower` does not say (§1.3).
 pub const DEFAULT_VISION_DIR: &str = "vit/clip_vit_large_patch14_336";
@@ -41,7 +42,7 @@ impl Checkpoint {
             });
         }
         let config = LlavaConfig::from_file(&dir.join("config.json"))?;
-        let vision_dir = dir.join(vision_subdir(&config));
+        let vision_dir = dir.join(vision_subdir(config.mm_vision_tower.as_deref()));
         let vision = ClipVisionConfig::from_file(&vision_dir.join("config.json"))?;
         let preprocessor_config = vision_dir.join("preprocessor_config.json");
         require(&preprocessor_config)?;
@@ -57,16 +58,45 @@ impl Checkpoint {
     }
 }
 
-/// `mm_vision_tower` relative to the checkpoint ("./vit/clip_vit_large_patch14_336"); a hub id
-/// such as "openai/clip-vit-large-patch14-336" or an absolute path falls back to the default
-/// folder, since the tower's weights are in the shards anyway.
-fn vision_subdir(config: &LlavaConfig) -> PathBuf {
-    match config.mm_vision_tower.as_deref() {
+/// The vision tower's folder inside the checkpoint, from config.json's `mm_vision_tower` when it
+/// is a relative path into the checkpoint ("./vit/clip_vit_large_patch14_336"); a hub id such
+/// as "openai/clip-vit-large-patch14-336", an absolute path or one that leaves the folder
+/// falls back to [`DEFAULT_VISION_DIR`], since the tower's weights are in the shards anyway.
+/// The one rule for the layout: the hub fetches the files of this folder, the model reads them.
+pub fn vision_subdir(mm_vision_tower: Option<&str>) -> String {
+    match mm_vision_tower {
         Some(p) if p.starts_with("./") || p.starts_with("vit/") => {
-            PathBuf::from(p.trim_start_matches("./"))
+            let p = p.trim_start_matches("./").trim_end_matches('/');
+            let inside = p
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains(['\\', ':']));
+            if inside {
+                p.to_string()
+            } else {
+                DEFAULT_VISION_DIR.to_string()
+            }
         }
-        _ => PathBuf::from(DEFAULT_VISION_DIR),
+        _ => DEFAULT_VISION_DIR.to_string(),
     }
+}
+
+/// The sampling defaults of the checkpoint in `dir`: the reference CLI's, with `top_k` and
+/// `top_p` from its generation_config.json when present, as transformers merges them
+/// (huatuo-reference.md §4.1). A missing file means the reference's values.
+pub fn sampling_defaults(dir: &Path) -> Result<SamplingParams, ModelError> {
+    let mut p = SamplingParams::default();
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(p);
+    }
+    let gen: serde_json::Value = read_json(&path)?;
+    if let Some(k) = gen.get("top_k").and_then(serde_json::Value::as_u64) {
+        p.top_k = k as usize;
+    }
+    if let Some(tp) = gen.get("top_p").and_then(serde_json::Value::as_f64) {
+        p.top_p = tp as f32;
+    }
+    Ok(p)
 }
 
 fn require(path: &Path) -> Result<(), ModelError> {
@@ -102,4 +132,45 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         require(shard)?;
     }
     Ok(shards)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_defaults_take_generation_config_over_the_reference() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let reference = SamplingParams::default();
+        assert_eq!(sampling_defaults(dir.path()).expect("none"), reference);
+        std::fs::write(
+            dir.path().join("generation_config.json"),
+            r#"{"top_k": 20, "top_p": 0.8, "temperature": 0.7}"#,
+        )
+        .expect("write");
+        let p = sampling_defaults(dir.path()).expect("read");
+        assert_eq!((p.top_k, p.top_p), (20, 0.8));
+        // Only top_k/top_p: cli.py passes its own temperature to generate().
+        assert_eq!(p.temperature, reference.temperature);
+        std::fs::write(dir.path().join("generation_config.json"), "{").expect("write");
+        let err = sampling_defaults(dir.path()).expect_err("broken");
+        assert!(err.to_string().contains("generation_config.json"), "{err}");
+    }
+
+    #[test]
+    fn vision_folder_stays_inside_the_checkpoint() {
+        assert_eq!(
+            vision_subdir(Some("./vit/clip_vit_large_patch14_336/")),
+            "vit/clip_vit_large_patch14_336"
+        );
+        assert_eq!(vision_subdir(Some("vit/other")), "vit/other");
+        for outside in ["./vit/../../etc", "./", "openai/clip-vit-large-patch14-336"] {
+            assert_eq!(
+                vision_subdir(Some(outside)),
+                DEFAULT_VISION_DIR,
+                "{outside}"
+            );
+        }
+        assert_eq!(vision_subdir(None), DEFAULT_VISION_DIR);
+    }
 }

@@ -32,9 +32,10 @@ use super::checkpoint::Checkpoint;
 use super::gguf_write;
 use super::linear::QWeight;
 use super::mapped::MappedFile;
-use super::quant::{ConvertProgress, Quant, WeightLayout};
+use super::quant::{ConvertProgress, WeightLayout};
 use super::weights::TensorMap;
 use super::ModelError;
+use crate::protocol::Quant;
 
 /// Bumped whenever the file layout or the tensor-type policy changes, which invalidates
 /// every cache file.

@@ -18,8 +18,9 @@ use serde::Deserialize;
 
 use super::checkpoint::Checkpoint;
 use super::gguf::{ALIGNMENT, FORMAT_VERSION};
-use super::quant::{tensor_type, ConvertProgress, Quant};
+use super::quant::{tensor_type, ConvertProgress};
 use super::ModelError;
+use crate::protocol::Quant;
 
 /// f32 values converted per chunk (16 MB), per worker.
 const CHUNK_ELEMS: usize = 4 << 20;

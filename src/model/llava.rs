@@ -14,10 +14,11 @@ use super::config::{ClipVisionConfig, LlavaConfig};
 use super::decoder::{Decoder, Logits};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
-use super::quant::{ConvertProgress, LoadOptions, LoadReport, Quant, WeightLayout};
-use super::tokenizer::IMAGE_TOKEN_INDEX;
+use super::quant::{ConvertProgress, LoadOptions, LoadReport, WeightLayout};
 use super::weights::{QuantizedWeights, Synthetic, SyntheticDense, Weights};
 use super::{gguf, linear, ModelError};
+use crate::protocol::Quant;
+use crate::text::IMAGE_TOKEN_INDEX;
 
 /// `mm_projector`: `linear`, or `mlp{N}x_gelu` = Linear, then (GELU(erf), Linear) × (N-1)
 /// (llava/model/multimodal_projector/builder.py).

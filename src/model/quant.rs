@@ -11,63 +11,11 @@ use std::time::Duration;
 use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 
-/// How the weights of a model are stored in memory.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub enum Quant {
-    /// Dense weights in the load dtype (f32 on a CPU): exact, and 2× the bf16 size.
-    #[value(name = "none")]
-    #[serde(rename = "none")]
-    None,
-    /// GGML Q8_0: 8.5 bits per weight, close to lossless.
-    #[value(name = "q8_0")]
-    #[serde(rename = "q8_0")]
-    Q8_0,
-    /// GGML Q6_K: 6.56 bits per weight.
-    #[value(name = "q6k")]
-    #[serde(rename = "q6k")]
-    Q6k,
-    /// GGML Q5_K: 5.5 bits per weight.
-    #[value(name = "q5k")]
-    #[serde(rename = "q5k")]
-    Q5k,
-    /// GGML Q4_K: 4.5 bits per weight, the fastest on a CPU.
-    #[value(name = "q4k")]
-    #[serde(rename = "q4k")]
-    Q4k,
-}
+use crate::protocol::{DType as Precision, Quant};
 
+/// What a quantization means for the network: its GGML types and memory. (The choice itself,
+/// its names and parsing, is plain data in [`crate::protocol`].)
 impl Quant {
-    /// Every choice, from the most to the least accurate.
-    pub const ALL: [Quant; 5] = [Self::None, Self::Q8_0, Self::Q6k, Self::Q5k, Self::Q4k];
-
-    /// The name used on the command line, in config.toml, in JSON and in cache file names.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Q8_0 => "q8_0",
-            Self::Q6k => "q6k",
-            Self::Q5k => "q5k",
-            Self::Q4k => "q4k",
-        }
-    }
-
-    /// Parses [`Quant::name`] (config.toml holds the name as a string).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|q| q.name() == name)
-    }
-
     /// The GGML type of the matrices under this choice; `None` for dense weights.
     pub fn ggml(self) -> Option<GgmlDType> {
         match self {
@@ -79,12 +27,16 @@ impl Quant {
         }
     }
 
-    /// Average bits per weight of the whole model held in memory, for memory estimates:
-    /// the matrices' type (the LM head of q4k/q5k is q6k, see [`tensor_type`]), and f32 for
-    /// `None` since a CPU computes in f32.
-    pub fn bits_per_weight(self) -> f64 {
+    /// Average bits per weight of the whole model held in memory, for every memory estimate
+    /// (the default choice here, the preflight in `hub::memory`): the matrices' type, the LM
+    /// head of q4k/q5k being q6k (see [`tensor_type`]: about 7% of the 7B's weights), and for
+    /// `None` the dense dtype (`Auto` is f32, what a CPU computes in).
+    pub fn bits_per_weight(self, dense: Precision) -> f64 {
         match self {
-            Self::None => 32.0,
+            Self::None => match dense {
+                Precision::F16 | Precision::Bf16 => 16.0,
+                _ => 32.0,
+            },
             Self::Q8_0 => 8.5,
             Self::Q6k => 6.5625,
             Self::Q5k => 5.6,
@@ -92,16 +44,11 @@ impl Quant {
         }
     }
 
-    /// Estimated bytes of the weights in memory for a checkpoint of `bf16_bytes` on disk.
+    /// Estimated bytes of the weights in memory on a CPU for a checkpoint of `bf16_bytes` on
+    /// disk.
     pub fn weight_bytes(self, bf16_bytes: u64) -> u64 {
         let params = bf16_bytes as f64 / 2.0;
-        (params * self.bits_per_weight() / 8.0).ceil() as u64
-    }
-}
-
-impl std::fmt::Display for Quant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        (params * self.bits_per_weight(Precision::F32) / 8.0).ceil() as u64
     }
 }
 
@@ -228,18 +175,6 @@ mod tests {
     use super::*;
 
     const GB: u64 = 1_000_000_000;
-
-    #[test]
-    fn names_round_trip() {
-        for q in Quant::ALL {
-            assert_eq!(Quant::from_name(q.name()), Some(q));
-            let json = serde_json::to_string(&q).expect("json");
-            assert_eq!(json, format!("\"{}\"", q.name()));
-            let value = <Quant as clap::ValueEnum>::to_possible_value(&q).expect("value");
-            assert_eq!(value.get_name(), q.name());
-        }
-        assert_eq!(Quant::from_name("q4_k"), None);
-    }
 
     #[test]
     fn choose_quant_ladder() {

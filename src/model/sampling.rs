@@ -4,69 +4,9 @@
 //! greedy (first maximum, like `argmax`). The RNG is ChaCha20 from a seed, so a given seed gives
 //! the same answer on every platform and version.
 
+use crate::protocol::SamplingParams;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use serde::{Deserialize, Serialize};
-
-/// Decoding settings. Defaults are the reference CLI's (cli.py:21-27 + transformers defaults).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SamplingParams {
-    /// 0 means greedy decoding.
-    pub temperature: f32,
-    /// 0 disables top-k.
-    pub top_k: usize,
-    /// 1.0 disables nucleus sampling.
-    pub top_p: f32,
-    /// 1.0 disables the penalty; it applies to tokens generated so far, never the prompt.
-    pub repetition_penalty: f32,
-    pub max_new_tokens: usize,
-    pub min_new_tokens: usize,
-    pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self {
-            temperature: 0.2,
-            top_k: 50,
-            top_p: 1.0,
-            repetition_penalty: 1.2,
-            max_new_tokens: 512,
-            min_new_tokens: 1,
-            seed: 42,
-        }
-    }
-}
-
-impl SamplingParams {
-    /// Whether decoding is deterministic argmax.
-    pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
-    }
-
-    /// Checks ranges, naming the offending setting.
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!(
-                "temperature must be >= 0, got {}",
-                self.temperature
-            ));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top-p must be in (0, 1], got {}", self.top_p));
-        }
-        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
-            return Err(format!(
-                "repetition-penalty must be > 0, got {}",
-                self.repetition_penalty
-            ));
-        }
-        if self.max_new_tokens == 0 {
-            return Err("max-new-tokens must be at least 1".into());
-        }
-        Ok(())
-    }
-}
 
 /// Stateful sampler for one answer.
 pub struct Sampler {

@@ -14,7 +14,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::linear::{Embedding, Linear, QWeight};
-use super::quant::{tensor_type, Quant, WeightLayout};
+use super::quant::{tensor_type, WeightLayout};
+use crate::protocol::Quant;
 
 /// A source of named quantized tensors.
 pub(crate) trait TensorSource: Send + Sync {

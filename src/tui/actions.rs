@@ -4,13 +4,11 @@
 
 use std::path::PathBuf;
 
-use crate::chat::session::{now, Attachment, Turn};
-use crate::chat::template::{py_strip, sanitize_user_text, with_image_placeholders};
-use crate::engine::protocol::{Command, GenerateRequest, ImageRef};
-use crate::engine::MAX_IMAGES_PER_TURN;
+use crate::protocol::{Command, ImageRef, MAX_IMAGES_PER_TURN};
+use crate::text::py_strip;
 
 use super::app::{file_name, App, Generation, ImageState};
-use super::commands::{self, Setting, Slash, SET_KEYS};
+use super::commands::{self, Setting, Slash};
 use super::msg::{Effect, Exit};
 use super::paste;
 
@@ -92,7 +90,7 @@ impl App {
                 Some(ImageState::Ready(meta)) => Some(meta.sha256.clone()),
                 _ => None,
             };
-            self.pending.push(Attachment {
+            self.pending.push(ImageRef {
                 path: path.clone(),
                 sha256,
             });
@@ -102,31 +100,20 @@ impl App {
     }
 
     /// Starts answering `text` about `images`, after the session's turns.
-    pub(crate) fn send(&mut self, text: String, images: Vec<Attachment>) -> Vec<Effect> {
+    pub(crate) fn send(&mut self, text: String, images: Vec<ImageRef>) -> Vec<Effect> {
+        let model = self.model_source();
+        let (request, turn) = match self
+            .session
+            .next_turn(&text, images, &self.sampling, &model)
+        {
+            Ok(next) => next,
+            Err(e) => {
+                self.error(e.to_string());
+                return Vec::new();
+            }
+        };
         let id = self.next_id();
-        let (history, history_images) = self.session.history();
-        let image_ref = |a: &Attachment| ImageRef {
-            path: a.path.clone(),
-            sha256: a.sha256.clone(),
-        };
-        let request = GenerateRequest {
-            history,
-            history_images: history_images.iter().map(image_ref).collect(),
-            user: text.clone(),
-            images: images.iter().map(image_ref).collect(),
-            params: self.params.clone(),
-        };
-        let user = with_image_placeholders(&sanitize_user_text(&text), images.len());
-        self.session.turns.push(Turn {
-            text,
-            user,
-            images,
-            answer: String::new(),
-            interrupted: false,
-            model: Some(self.model_source()),
-            settings: serde_json::to_value(&self.params).ok(),
-            time: now(),
-        });
+        self.session.turns.push(turn);
         self.generation = Some(Generation {
             id,
             turn: self.session.turns.len() - 1,
@@ -178,7 +165,7 @@ impl App {
             }
             Slash::Regen => self.regen(),
             Slash::Set(None) => {
-                let p = &self.params;
+                let p = &self.params();
                 self.notice(format!(
                     "temperature {} · top_k {} · top_p {} · repetition_penalty {} · max_new_tokens {} · seed {}",
                     p.temperature, p.top_k, p.top_p, p.repetition_penalty, p.max_new_tokens, p.seed
@@ -250,41 +237,36 @@ impl App {
 
     /// `/set KEY VALUE`, checked by the sampling rules; an invalid value changes nothing.
     fn set(&mut self, setting: Setting) {
-        let mut p = self.params.clone();
+        let mut s = self.sampling.clone();
         let (key, value) = match setting {
             Setting::Temperature(v) => {
-                p.temperature = v;
+                s.temperature = Some(v);
                 ("temperature", v.to_string())
             }
             Setting::TopK(v) => {
-                p.top_k = v;
+                s.top_k = Some(v);
                 ("top_k", v.to_string())
             }
             Setting::TopP(v) => {
-                p.top_p = v;
+                s.top_p = Some(v);
                 ("top_p", v.to_string())
             }
             Setting::RepetitionPenalty(v) => {
-                p.repetition_penalty = v;
+                s.repetition_penalty = Some(v);
                 ("repetition_penalty", v.to_string())
             }
             Setting::MaxNewTokens(v) => {
-                p.max_new_tokens = v;
+                s.max_new_tokens = Some(v);
                 ("max_new_tokens", v.to_string())
             }
             Setting::Seed(v) => {
-                p.seed = v;
+                s.seed = Some(v);
                 ("seed", v.to_string())
             }
         };
-        match p.validate() {
+        match s.validate() {
             Ok(()) => {
-                self.params = p;
-                if let Some(k) = SET_KEYS.iter().find(|k| **k == key) {
-                    if !self.pinned.contains(k) {
-                        self.pinned.push(k);
-                    }
-                }
+                self.sampling = s;
                 self.notice(format!("{key} = {value}"));
             }
             Err(e) => self.error(format!("/set: {e}")),
@@ -298,7 +280,7 @@ impl App {
             session.name = "(unsaved)".into();
         }
         let mut md = session.to_markdown();
-        let p = &self.params;
+        let p = &self.params();
         md.push_str("## Generation settings\n\n");
         let model = match &self.model {
             Some(info) => format!(

@@ -8,11 +8,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::chat::session::{Attachment, Session, Store};
-use crate::engine::protocol::{
-    GenerationStats, LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId,
+use crate::chat::session::{Session, Store};
+use crate::protocol::{
+    GenerationStats, ImageRef, LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId,
+    SamplingOverrides, SamplingParams,
 };
-use crate::model::sampling::SamplingParams;
 
 use super::editor::Editor;
 use super::image::ImageMeta;
@@ -26,11 +26,9 @@ pub struct AppConfig {
     /// The model to load first (its `source`), with device, dtype and hub options that
     /// `/model` keeps.
     pub spec: ModelSpec,
-    /// Sampling settings: the reference defaults, config.toml, then flags.
-    pub params: SamplingParams,
-    /// `/set` keys given by config.toml or flags: a checkpoint's generation_config.json does
-    /// not change them.
-    pub pinned: Vec<&'static str>,
+    /// The user's sampling settings (config.toml under flags); `/set` changes them. The
+    /// engine applies them over the loaded model's defaults.
+    pub sampling: SamplingOverrides,
     pub theme: Theme,
     /// Where `/save` and `/load` keep sessions (only listed here, for Tab completion).
     pub sessions: Store,
@@ -102,14 +100,13 @@ pub struct App {
     pub session: Session,
     pub notices: Vec<Notice>,
     /// Images attached to the next message.
-    pub pending: Vec<Attachment>,
+    pub pending: Vec<ImageRef>,
     pub images: HashMap<PathBuf, ImageState>,
     pub editor: Editor,
     pub spec: ModelSpec,
     pub model: Option<ModelInfo>,
     pub loading: Option<Loading>,
-    pub params: SamplingParams,
-    pub pinned: Vec<&'static str>,
+    pub sampling: SamplingOverrides,
     pub generation: Option<Generation>,
     /// A stopped generation whose `Finished` is still to come: (id, turn).
     pub cancelled: Option<(RequestId, usize)>,
@@ -140,7 +137,7 @@ impl App {
         let pending = config
             .images
             .iter()
-            .map(|p| Attachment {
+            .map(|p| ImageRef {
                 path: p.clone(),
                 sha256: None,
             })
@@ -155,8 +152,7 @@ impl App {
             spec: config.spec,
             model: None,
             loading: None,
-            params: config.params,
-            pinned: config.pinned,
+            sampling: config.sampling,
             generation: None,
             cancelled: None,
             prompt: None,
@@ -247,7 +243,7 @@ impl App {
             source,
             progress: None,
         });
-        Effect::Engine(crate::engine::protocol::Command::Load { id, spec })
+        Effect::Engine(crate::protocol::Command::Load { id, spec })
     }
 
     /// Asks for an image's metadata and thumbnail unless it is known or on its way.
@@ -316,16 +312,18 @@ impl App {
                 }
                 Vec::new()
             }
-            Msg::ModelDefaults { top_k, top_p } => {
-                if let Some(k) = top_k.filter(|_| !self.pinned.contains(&"top_k")) {
-                    self.params.top_k = k;
-                }
-                if let Some(p) = top_p.filter(|_| !self.pinned.contains(&"top_p")) {
-                    self.params.top_p = p;
-                }
-                Vec::new()
-            }
         }
+    }
+
+    /// The sampling settings the next answer gets: the loaded model's defaults (the
+    /// reference's before one is loaded) with the user's settings over them.
+    pub fn params(&self) -> SamplingParams {
+        let defaults = self
+            .model
+            .as_ref()
+            .map(|m| m.defaults.clone())
+            .unwrap_or_default();
+        defaults.with(&self.sampling)
     }
 
     /// Stops the answer being generated, keeping its partial text (marked interrupted).

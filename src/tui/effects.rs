@@ -1,12 +1,11 @@
-//! Carrying out the App's [`Effect`]s. File work (sessions, export, the checkpoint's sampling
-//! defaults) is done here for the real chat and the tests alike; work that needs the model, the
+//! Carrying out the App's [`Effect`]s. File work (sessions, export) is done here for the real chat and the tests alike; work that needs the model, the
 //! image thread or the terminal goes through a [`Host`], which the runner implements for real
 //! and tests implement with a fake engine.
 
 use std::path::{Path, PathBuf};
 
 use crate::chat::session::{now, Store};
-use crate::engine::protocol::{Command, RequestId};
+use crate::protocol::{Command, RequestId};
 
 use super::msg::{Effect, Msg};
 
@@ -29,7 +28,7 @@ pub trait Host {
         false
     }
     /// Engine events that arrived outside the message channel, without waiting.
-    fn poll_engine(&mut self) -> Vec<crate::engine::protocol::Event> {
+    fn poll_engine(&mut self) -> Vec<crate::protocol::Event> {
         Vec::new()
     }
 }
@@ -63,10 +62,6 @@ pub fn execute(effect: Effect, host: &mut dyn Host, store: &Store) -> Option<Msg
             let result = host.edit(&text);
             host.redraw();
             Some(Msg::Edited(result))
-        }
-        Effect::ModelDefaults(dir) => {
-            let (top_k, top_p) = generation_defaults(&dir);
-            Some(Msg::ModelDefaults { top_k, top_p })
         }
         Effect::Redraw => {
             host.redraw();
@@ -141,25 +136,6 @@ fn export(path: &Path, markdown: &str) -> Result<PathBuf, String> {
     Ok(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
 }
 
-/// `top_k` and `top_p` of the checkpoint's generation_config.json, as transformers merges
-/// them under the reference CLI's settings (huatuo-reference.md §4.1).
-fn generation_defaults(dir: &Path) -> (Option<usize>, Option<f32>) {
-    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
-        return (None, None);
-    };
-    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return (None, None);
-    };
-    (
-        json.get("top_k")
-            .and_then(serde_json::Value::as_u64)
-            .map(|k| k as usize),
-        json.get("top_p")
-            .and_then(serde_json::Value::as_f64)
-            .map(|p| p as f32),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,17 +159,5 @@ mod tests {
         let err = save(&store, Some(a.clone()), &mut s, false).expect_err("exists");
         assert!(err.contains("exists"), "{err}");
         save(&store, Some(a), &mut s, true).expect("overwrite own");
-    }
-
-    #[test]
-    fn generation_defaults_are_read_when_present() {
-        let dir = tempfile::tempdir().expect("tmp");
-        assert_eq!(generation_defaults(dir.path()), (None, None));
-        std::fs::write(
-            dir.path().join("generation_config.json"),
-            r#"{"top_k": 20, "top_p": 0.8}"#,
-        )
-        .expect("write");
-        assert_eq!(generation_defaults(dir.path()), (Some(20), Some(0.8)));
     }
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::chat::session::Session;
-use crate::engine::protocol::{Completion, Event, FailureKind, RequestId, Stop};
+use crate::protocol::{Completion, Event, FailureKind, RequestId};
 
 use super::app::{file_name, short_model_name, App, ImageState};
 use super::image::ImageMeta;
@@ -59,16 +59,17 @@ impl App {
                         info.dtype,
                         info.device
                     ));
-                    let path = info.path.clone();
                     self.model = Some(info);
-                    return vec![Effect::ModelDefaults(path)];
                 }
             }
             Event::Unloaded => self.model = None,
-            Event::Started { id, prompt } => {
+            Event::Started { id, prompt, params } => {
                 if let Some(g) = self.generation.as_mut().filter(|g| g.id == id) {
                     g.started = true;
                     self.prompt = Some(prompt);
+                    if let Some(turn) = self.session.turns.get_mut(g.turn) {
+                        turn.started(&params);
+                    }
                 }
             }
             Event::Token { id, text } => {
@@ -91,7 +92,7 @@ impl App {
     }
 
     /// An answer ended (or a stopped one confirmed its end): keep the unstripped answer for
-    /// the history, the engine's user text, and the costs for the status line.
+    /// the history, the settings it was made with, and the costs for the status line.
     fn on_finished(&mut self, id: RequestId, completion: Completion) {
         let turn_index = match (self.generation, self.cancelled) {
             (Some(g), _) if g.id == id => {
@@ -107,9 +108,7 @@ impl App {
         self.prompt = Some(completion.stats.prompt);
         self.stats = Some(completion.stats.clone());
         if let Some(turn) = self.session.turns.get_mut(turn_index) {
-            turn.answer = completion.history_text.clone();
-            turn.user = completion.user_with_placeholders.clone();
-            turn.interrupted = completion.stop == Stop::Cancelled;
+            turn.finish(&completion);
         }
     }
 
@@ -132,8 +131,7 @@ impl App {
         self.generation = None;
         if !partial.is_empty() {
             if let Some(turn) = self.session.turns.get_mut(g.turn) {
-                turn.answer = partial;
-                turn.interrupted = true;
+                turn.cut_short(&partial);
             }
             self.error(error);
             return;

@@ -43,8 +43,8 @@ use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::Picker;
 
 use crate::chat::session::Store;
-use crate::engine::protocol::{Command, Event, FailureKind, RequestId};
 use crate::engine::EngineHandle;
+use crate::protocol::{Command, Event, FailureKind, RequestId};
 
 pub use app::{App, AppConfig};
 pub use effects::Host;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crossterm::event::{KeyEvent, MouseEvent};
 
 use crate::chat::session::Session;
-use crate::engine::protocol::{Command, Event, RequestId};
+use crate::protocol::{Command, Event, RequestId};
 
 use super::image::ImageMeta;
 
@@ -42,11 +42,6 @@ pub enum Msg {
     Copied(Result<usize, String>),
     /// The external editor (Ctrl+G) closed: the edited prompt.
     Edited(Result<String, String>),
-    /// The loaded checkpoint's `generation_config.json` sampling defaults.
-    ModelDefaults {
-        top_k: Option<usize>,
-        top_p: Option<f32>,
-    },
 }
 
 /// Work the state machine asks for; the runner (or a test's fake) does it and may answer
@@ -74,8 +69,6 @@ pub enum Effect {
     Copy(String),
     /// Edit the prompt in `$VISUAL`/`$EDITOR` → [`Msg::Edited`].
     Edit(String),
-    /// Read the checkpoint's sampling defaults → [`Msg::ModelDefaults`].
-    ModelDefaults(PathBuf),
     /// Clear and redraw the whole screen (Ctrl+L).
     Redraw,
 }

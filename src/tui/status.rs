@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Widget;
 use unicode_width::UnicodeWidthStr;
 
-use crate::engine::protocol::LoadStage;
+use crate::protocol::LoadStage;
 
 use super::app::{short_model_name, App};
 use super::transcript::SPINNER;

@@ -15,7 +15,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Widget;
 
 use crate::chat::session::Turn;
-use crate::chat::template::py_strip;
+use crate::text::py_strip;
 
 use super::app::{file_name, short_model_name, App, ImageState, Notice};
 use super::markdown::{self, MdLine};

@@ -7,10 +7,10 @@
 //! transformers does for what the crate does not know: the EOS and BOS tokens, whether
 //! `decode` cleans up tokenization spaces, and `model_max_length`.
 //!
-//! * [`Tokenizer::prompt_ids`] reproduces `cli.py` `preprocess_huatuo` +
-//!   `tokenizer_image_token`: each segment, and each `<image>`-separated chunk of a user
-//!   segment, is tokenized on its own with `add_special_tokens=False`; chunks are joined with
-//!   [`IMAGE_TOKEN_INDEX`].
+//! * [`Tokenizer::encode_chunk`] is one `tokenizer(text, add_special_tokens=False)` call: the
+//!   prompt template (`chat::template::prompt_ids`) tokenizes each segment, and each
+//!   `<image>`-separated chunk of a user segment, through it (`cli.py` `preprocess_huatuo` +
+//!   `tokenizer_image_token`).
 //! * [`Tokenizer::decode`] reproduces `tokenizer.decode(ids, skip_special_tokens=True)`.
 //! * [`AnswerStream`] prints an answer while it is generated, so that what was printed is
 //!   exactly the stripped answer of `cli.py` `inference()`; [`Tokenizer::streamed_text`]
@@ -27,12 +27,6 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 use tokenizers::AddedToken;
-
-use crate::chat::template::{Segment, IMAGE_PLACEHOLDER};
-
-/// The sentinel id that stands for one image's features in a prompt
-/// (`llava/constants.py` `IMAGE_TOKEN_INDEX`, reference §3.2).
-pub const IMAGE_TOKEN_INDEX: i64 = -200;
 
 /// transformers' `LARGE_INTEGER` (`int(1e20)`): a `model_max_length` above it means "no limit".
 const LARGE_INTEGER: f64 = 1e20;
@@ -469,34 +463,6 @@ impl Tokenizer {
             })
     }
 
-    /// The prompt ids of `cli.py` `preprocess_huatuo` (reference §3.2): a user segment is
-    /// split on `<image>`, each chunk tokenized alone and the chunks joined with
-    /// [`IMAGE_TOKEN_INDEX`] (`tokenizer_image_token`, including its BOS-offset rule, dead
-    /// for both real tokenizers); an assistant segment is tokenized whole and truncated to
-    /// `model_max_length` (`truncation=True`).
-    pub fn prompt_ids(&self, segments: &[Segment]) -> Result<Vec<i64>, TokenizerError> {
-        let mut ids = Vec::new();
-        for segment in segments {
-            match segment {
-                Segment::User(text) => {
-                    let chunks = text
-                        .split(IMAGE_PLACEHOLDER)
-                        .map(|chunk| self.encode_chunk(chunk))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    ids.extend(join_chunks(&chunks, self.bos_id));
-                }
-                Segment::Assistant(text) => {
-                    let mut chunk = self.encode_chunk(text)?;
-                    if let Some(max) = self.max_length {
-                        chunk.truncate(max);
-                    }
-                    ids.extend(chunk.into_iter().map(i64::from));
-                }
-            }
-        }
-        Ok(ids)
-    }
-
     /// The backend decode with special tokens skipped, without clean-up.
     fn decode_raw(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         self.inner
@@ -517,25 +483,6 @@ impl Tokenizer {
             text
         })
     }
-}
-
-/// `tokenizer_image_token`'s join as in `cli.py` (copied from LLaVA): when the first chunk
-/// starts with BOS, BOS is kept once and the first id of every element (chunks and the
-/// `[IMAGE_TOKEN_INDEX] * 2` separators) is dropped, leaving one sentinel per image.
-fn join_chunks(chunks: &[Vec<u32>], bos: Option<u32>) -> Vec<i64> {
-    let first = chunks.first().and_then(|c| c.first()).copied();
-    let offset = usize::from(bos.is_some() && first == bos);
-    let mut ids = Vec::new();
-    if offset == 1 {
-        ids.extend(first.map(i64::from));
-    }
-    for (i, chunk) in chunks.iter().enumerate() {
-        if i > 0 {
-            ids.extend(std::iter::repeat_n(IMAGE_TOKEN_INDEX, offset + 1).skip(offset));
-        }
-        ids.extend(chunk.iter().skip(offset).map(|&t| i64::from(t)));
-    }
-    ids
 }
 
 /// transformers' `PreTrainedTokenizerBase.clean_up_tokenization` (4.40-4.46): these
@@ -565,22 +512,6 @@ pub fn clean_up_tokenization(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn join_chunks_without_bos() {
-        let chunks = vec![vec![5, 6], vec![7], vec![]];
-        assert_eq!(join_chunks(&chunks, None), vec![5, 6, -200, 7, -200]);
-        assert_eq!(join_chunks(&chunks, Some(9)), vec![5, 6, -200, 7, -200]);
-        assert_eq!(join_chunks(&[vec![]], Some(1)), Vec::<i64>::new());
-    }
-
-    /// The dead BOS branch, as in cli.py: one sentinel per image, first id of each chunk
-    /// dropped.
-    #[test]
-    fn join_chunks_with_leading_bos() {
-        let chunks = vec![vec![1, 5], vec![1, 6], vec![7]];
-        assert_eq!(join_chunks(&chunks, Some(1)), vec![1, 5, -200, 6, -200]);
-    }
 
     #[test]
     fn clean_up_like_transformers() {

@@ -3,7 +3,7 @@
 //! `chat()` keeps in its history (huatuo-reference.md §3.3).
 
 use super::{clean_up_tokenization, Tokenizer, TokenizerError};
-use crate::chat::template::py_strip;
+use crate::text::py_strip;
 
 impl Tokenizer {
     /// What `cli.py` `chat()` stores as the answer in its history (reference §3.3): the
