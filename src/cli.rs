@@ -127,6 +127,15 @@ pub struct ChatArgs {
     #[arg(long, value_name = "NAME")]
     pub theme: Option<String>,
 
+    /// Reopen the saved conversation NAME (or start one under that name); every conversation
+    /// is saved after each turn.
+    #[arg(long, value_name = "NAME", conflicts_with = "resume")]
+    pub session: Option<String>,
+
+    /// Reopen the most recent saved conversation.
+    #[arg(short = 'c', long = "continue", id = "resume")]
+    pub resume: bool,
+
     #[command(flatten)]
     pub sampling: SamplingArgs,
 
@@ -228,8 +237,13 @@ pub enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print a session as Markdown.
-    Show { name: String },
+    /// Print a session as Markdown (with each answer's record), or `--json`: the session
+    /// file itself, every turn with its record.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a session.
     Rm { name: String },
 }

@@ -117,6 +117,8 @@ pub enum Stop {
     Eos,
     /// `max_new_tokens` was reached.
     Length,
+    /// The context window is full: the answer could not go on.
+    Context,
     /// The caller asked to stop (Ctrl-C, a closed pipe).
     Cancelled,
 }
@@ -364,6 +366,150 @@ pub struct ModelInfo {
     /// The sampling defaults of this model: the reference CLI's, with `top_k`/`top_p` from
     /// the checkpoint's generation_config.json as transformers merges them (reference §4.1).
     pub defaults: SamplingParams,
+    /// Every file of the checkpoint that inference read, with its SHA-256 (empty when the
+    /// engine cannot tell, e.g. a remote one).
+    #[serde(default)]
+    pub files: Vec<FileHash>,
+    /// The quantized weights' cache file, when the weights came from one.
+    #[serde(default)]
+    pub quant_file: Option<FileHash>,
+    /// The program that runs the model.
+    #[serde(default)]
+    pub engine: EngineBuild,
+}
+
+/// One file and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHash {
+    /// Relative to the checkpoint directory, `/`-separated (or the file's own path for a
+    /// cache file).
+    pub name: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// What engine answered: this huatuo (version and, built from a checkout, its git commit)
+/// or a remote serving engine behind an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineBuild {
+    /// `huatuo` for the in-process engine.
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    /// The OpenAI-compatible endpoint of a remote engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// Exactly what produced one answer, kept with the turn (sessions, `--json`, exports): the
+/// program, the model and its files, the precision, every sampling setting with the seed
+/// used, every image of the prompt by hash with the turn it came from, token counts and
+/// timings. The record of a turn is the truth of that turn: a model or setting changed
+/// mid-conversation shows in the turns after the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub engine: EngineBuild,
+    pub model: ModelRecord,
+    pub dtype: String,
+    pub quantization: String,
+    pub device: String,
+    pub sampling: SamplingParams,
+    /// Every image in the prompt, in order.
+    pub images: Vec<ImageRecord>,
+    pub stop: Stop,
+    pub tokens: TokenRecord,
+    pub timings: TimingRecord,
+}
+
+/// The model of a [`Record`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// What the user asked for (`7b`, a repo id or a path).
+    pub source: String,
+    /// The hub repo and commit, when it came from the hub.
+    pub repo: Option<String>,
+    pub revision: Option<String>,
+    /// The directory the weights were read from.
+    pub path: PathBuf,
+    pub family: String,
+    pub files: Vec<FileHash>,
+    pub quant_file: Option<FileHash>,
+}
+
+/// One image of a prompt in a [`Record`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The file as the user named it.
+    pub path: PathBuf,
+    pub sha256: Option<String>,
+    /// The turn (1-based) that attached it.
+    pub turn: usize,
+}
+
+/// Token counts of a [`Record`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub prompt_text: usize,
+    pub prompt_images: usize,
+    pub prompt_total: usize,
+    pub generated: usize,
+    pub context_length: usize,
+    /// Prompt positions taken from the previous turn's KV cache.
+    pub reused_positions: usize,
+    /// Images run through the vision tower for this answer.
+    pub images_encoded: usize,
+}
+
+/// Costs of a [`Record`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimingRecord {
+    pub image_encode_ms: f64,
+    pub time_to_first_token_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+impl Record {
+    /// The record of `completion`, answered by the model `info` about `images` (each with the
+    /// 1-based turn that attached it).
+    pub fn new(info: &ModelInfo, completion: &Completion, images: Vec<ImageRecord>) -> Self {
+        let s = &completion.stats;
+        Self {
+            engine: info.engine.clone(),
+            model: ModelRecord {
+                source: info.source.clone(),
+                repo: info.repo.clone(),
+                revision: info.revision.clone(),
+                path: info.path.clone(),
+                family: info.family.clone(),
+                files: info.files.clone(),
+                quant_file: info.quant_file.clone(),
+            },
+            dtype: info.dtype.clone(),
+            quantization: info.quantization.clone(),
+            device: info.device.clone(),
+            sampling: completion.params.clone(),
+            images,
+            stop: completion.stop,
+            tokens: TokenRecord {
+                prompt_text: s.prompt.text_tokens,
+                prompt_images: s.prompt.image_tokens,
+                prompt_total: s.prompt.total,
+                generated: s.generated_tokens,
+                context_length: s.prompt.context_length,
+                reused_positions: s.reused_positions,
+                images_encoded: s.images_encoded,
+            },
+            timings: TimingRecord {
+                image_encode_ms: s.image_encode_ms,
+                time_to_first_token_ms: s.time_to_first_token_ms,
+                prefill_tokens_per_s: s.prefill_tokens_per_s,
+                decode_tokens_per_s: s.decode_tokens_per_s,
+            },
+        }
+    }
 }
 
 /// How the prompt of a request is made up.

@@ -58,6 +58,31 @@ fn stdin_is_pipe_or_file() -> bool {
     !std::io::stdin().is_terminal()
 }
 
+/// Text that did not come from huatuo (file names, user text, model text, tag values, server
+/// messages), made safe for one line of a terminal: every control character, and DEL, is shown
+/// escaped (`\x1b`, `\n`) instead of being emitted, so no such string can move the cursor,
+/// set the title, write the clipboard or ring the bell.
+pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() || c == '\u{7f}';
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if bad(c) {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Drops control characters other than newline and tab, so that model output can never move
 /// the cursor, change colours or ring bells in a terminal, and pipes carry plain text.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
@@ -71,6 +96,15 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn untrusted_text_is_escaped_not_emitted() {
+        assert_eq!(sanitize("scan.png"), "scan.png");
+        assert_eq!(
+            sanitize("a\x1b]52;c;aGk=\x07b\x1b[2J\nc\u{9b}"),
+            "a\\x1b]52;c;aGk=\\x07b\\x1b[2J\\nc\\x9b"
+        );
+    }
+
     use super::*;
 
     #[test]

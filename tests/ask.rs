@@ -355,6 +355,94 @@ fn a_session_survives_kill_9_mid_answer() {
     }
 }
 
+/// Issue 14, acceptance 1: a session answers about the images it was asked about, whatever
+/// happens to the files afterwards. Turn 1's scan is overwritten with another image before
+/// turn 2 and deleted before turn 3: every turn still answers exactly as the reference's
+/// three-turn `chat()` did with the original images (the stored copies are used). A stored
+/// copy that was tampered with, while the original is gone, is refused with one line naming
+/// the image.
+#[test]
+fn a_session_keeps_its_images_when_the_files_change() {
+    for family in ["qwen2", "yi"] {
+        let home = tempfile::tempdir().expect("tmp");
+        let files = tempfile::tempdir().expect("tmp");
+        let reference = chat_reference(family);
+        let max_new = reference["params"]["max_new_tokens"].as_u64().expect("max") as u32;
+        let copy_of = |name: &str| {
+            let path = files.path().join(format!("scan-{name}"));
+            std::fs::copy(fixture(&format!("images/{name}")), &path).expect("copy");
+            path
+        };
+        let scan = copy_of("cell.png");
+        let turns = reference["turns"].as_array().expect("turns");
+        let ask = |turn: &Value, images: &[&Path]| {
+            let mut cmd = huatuo(home.path());
+            cmd.args(greedy_args(tiny_checkpoint(family), max_new));
+            for image in images {
+                cmd.arg("--image").arg(image);
+            }
+            cmd.args([
+                "--session",
+                "kept",
+                "--",
+                turn["user"].as_str().expect("user"),
+            ])
+            .output()
+            .expect("run")
+        };
+        let expect = |out: &std::process::Output, turn: &Value, what: &str| {
+            assert!(
+                out.status.success(),
+                "{family} {what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let answer = turn["answer"].as_str().expect("answer");
+            let expected = if answer.is_empty() {
+                String::new()
+            } else {
+                format!("{answer}\n")
+            };
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                expected,
+                "{family} {what}"
+            );
+        };
+        expect(&ask(&turns[0], &[&scan]), &turns[0], "turn 1");
+        // Another scan at the same path: turn 2 is still about the first one.
+        std::fs::copy(fixture("images/hubble_deep_field.jpg"), &scan).expect("overwrite");
+        expect(&ask(&turns[1], &[]), &turns[1], "turn 2 after overwrite");
+        // Gone: turn 3 still sees it.
+        std::fs::remove_file(&scan).expect("rm");
+        let second = copy_of("hubble_deep_field.jpg");
+        expect(
+            &ask(&turns[2], &[&second]),
+            &turns[2],
+            "turn 3 after delete",
+        );
+
+        // The stored copy of the first scan damaged, the original gone: refused.
+        let store = home.path().join("data/sessions/images");
+        let damaged = std::fs::read_dir(&store)
+            .expect("store")
+            .map(|e| e.expect("entry").path())
+            .flat_map(|d| std::fs::read_dir(d).expect("entry dir"))
+            .map(|e| e.expect("file").path())
+            .find(|p| p.file_name().is_some_and(|n| n == "scan-cell.png"))
+            .expect("the stored copy keeps the file name");
+        std::fs::write(&damaged, b"not the scan").expect("tamper");
+        let out = ask(&turns[1], &[]);
+        assert_eq!(out.status.code(), Some(2), "{family}: tampered store");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("scan-cell.png") && err.contains("gone"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
 #[test]
 fn a_three_turn_session_answers_like_the_reference_chat() {
     for family in ["qwen2", "yi"] {

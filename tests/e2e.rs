@@ -249,3 +249,90 @@ fn ask_on_a_terminal_shows_the_images_first() {
         "no escape sequence echoed:\n{screen}"
     );
 }
+
+/// Issue 14, acceptance 2: the chat saves every conversation by itself. A question, then
+/// `/quit` without `/save`: `huatuo sessions` lists the conversation with its turn and
+/// question, and `huatuo chat --continue` shows it again. `/save x` there renames it, and the
+/// next turn is written to x, which then holds both turns.
+#[test]
+fn chat_saves_by_itself_and_continues() {
+    let home = tempfile::tempdir().expect("tmp");
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let chat = |extra: &str| {
+        format!(
+            "'{}' chat --model '{}' --temperature 0 --max-new-tokens 8 --dtype f32 {extra}",
+            bin.display(),
+            tiny_checkpoint("qwen2").display()
+        )
+    };
+    let env = [
+        (
+            "HUATUO_DATA_DIR",
+            home.path().join("data").display().to_string(),
+        ),
+        (
+            "HUATUO_CONFIG_DIR",
+            home.path().join("config").display().to_string(),
+        ),
+        (
+            "HF_HUB_CACHE",
+            home.path().join("hub").display().to_string(),
+        ),
+        ("TERM", "xterm-256color".to_string()),
+    ];
+    let quit = |tmux: &Tmux| {
+        tmux.send("/quit");
+        let start = Instant::now();
+        while tmux.alive() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!tmux.alive(), "/quit ends the program");
+    };
+
+    let tmux = Tmux::start(&chat(""), &env);
+    tmux.wait_for("the model to load", |s| s.contains("Model ready"));
+    tmux.send("Which organ is this?");
+    tmux.wait_for("the answer", |s| s.contains("tok/s"));
+    quit(&tmux);
+    drop(tmux);
+
+    let sessions = Command::new(&bin)
+        .arg("sessions")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("sessions");
+    assert!(sessions.status.success());
+    let listing = String::from_utf8_lossy(&sessions.stdout);
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with("chat-"))
+        .unwrap_or_else(|| panic!("the conversation is listed:\n{listing}"));
+    assert!(row.contains("Which organ is this?"), "{row}");
+    let dated = row.split_whitespace().next().expect("name").to_string();
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[3], "1", "one turn: {row}");
+
+    let tmux = Tmux::start(&chat("--continue"), &env);
+    tmux.wait_for("the earlier turn", |s| {
+        s.contains("Which organ is this?") && s.contains(&format!("Continuing session {dated}"))
+    });
+    tmux.wait_for("the model to load", |s| s.contains("Model ready"));
+    tmux.send("/save x");
+    tmux.wait_for("the save", |s| s.contains("Saved session x"));
+    tmux.send("And its size?");
+    tmux.wait_for("the second answer", |s| s.contains("tok/s"));
+    quit(&tmux);
+
+    let sessions = home.path().join("data/sessions");
+    let x: Value =
+        serde_json::from_str(&std::fs::read_to_string(sessions.join("x.json")).expect("x saved"))
+            .expect("json");
+    let turns = x["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 2, "{x:#}");
+    assert_eq!(turns[0]["text"], "Which organ is this?");
+    assert_eq!(turns[1]["text"], "And its size?");
+    assert!(
+        !sessions.join(format!("{dated}.json")).exists(),
+        "/save x renamed the dated session"
+    );
+}

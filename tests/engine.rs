@@ -4,6 +4,7 @@
 //! (tests/fixtures/chat/*.json, from scripts/reference/chat.py).
 
 use huatuo::chat::conversation::user_text;
+use huatuo::chat::images::ImageStore;
 use huatuo::chat::session::Session;
 use huatuo::engine::{local_resolver, Engine, EngineHandle, Faults, Pipeline};
 use huatuo::protocol::{
@@ -561,6 +562,8 @@ fn chat_parity(family: &str) {
     // Through the conversation core, as every front end goes.
     let mut session = Session::new("parity");
     let overrides = SamplingOverrides::from(&params);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = ImageStore::new(tmp.path().join("images"));
     for (i, turn) in fx["turns"].as_array().expect("turns").iter().enumerate() {
         let images: Vec<ImageRef> = turn["images"]
             .as_array()
@@ -574,6 +577,7 @@ fn chat_parity(family: &str) {
                 images,
                 &overrides,
                 family,
+                &store,
             )
             .expect("turn");
         let what = format!("{family} turn {}", i + 1);
@@ -611,7 +615,7 @@ fn chat_parity(family: &str) {
             "{what}"
         );
         assert_eq!(run.streamed(), c.text, "{what}");
-        kept.finish(c);
+        kept.finish(c, None, &session.turns);
         session.turns.push(kept);
     }
 }

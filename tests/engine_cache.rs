@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use std::cell::RefCell;
 
+use huatuo::chat::images::ImageStore;
 use huatuo::chat::session::{Session, Turn};
 use huatuo::engine::{EngineHandle, Faults};
 use huatuo::protocol::{
@@ -26,13 +27,18 @@ const PER_IMAGE: usize = 576;
 struct Conversation {
     session: Session,
     asked: RefCell<Option<Turn>>,
+    images: ImageStore,
+    _dir: tempfile::TempDir,
 }
 
 impl Default for Conversation {
     fn default() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
         Self {
             session: Session::new("test"),
             asked: RefCell::new(None),
+            images: ImageStore::new(dir.path().join("images")),
+            _dir: dir,
         }
     }
 }
@@ -46,6 +52,7 @@ impl Conversation {
                 images.to_vec(),
                 &SamplingOverrides::from(params),
                 "tiny",
+                &self.images,
             )
             .expect("turn");
         *self.asked.borrow_mut() = Some(turn);
@@ -58,7 +65,7 @@ impl Conversation {
     /// Keeps the answer to the turn last asked.
     fn push(&mut self, c: &Completion) {
         let mut turn = self.asked.take().expect("a turn was asked");
-        turn.finish(c);
+        turn.finish(c, None, &self.session.turns);
         self.session.turns.push(turn);
     }
 }

@@ -86,6 +86,9 @@ fn info(source: &str, family: &str) -> ModelInfo {
         context_length: 4096,
         tokens_per_image: 576,
         defaults: SamplingParams::default(),
+        files: Vec::new(),
+        quant_file: None,
+        engine: Default::default(),
     }
 }
 
@@ -112,6 +115,7 @@ impl Chat {
         let config = AppConfig {
             spec: spec("7b"),
             sampling: SamplingOverrides::default(),
+            session: None,
             theme: Theme::default(),
             sessions: store.clone(),
             images: Vec::new(),
@@ -449,8 +453,22 @@ fn ctrl_c_stops_then_quits_and_ctrl_d_quits_on_an_empty_prompt() {
     chat.send(ctrl('c'));
     assert_eq!(chat.host.cancelled.len(), 1);
     assert_eq!(chat.app.exit(), None);
+    // The first Ctrl+C only stopped the answer: quitting takes two more.
+    assert!(chat.app.quit_armed.is_none());
+    chat.send(ctrl('c'));
+    assert_eq!(chat.app.exit(), None);
     chat.send(ctrl('c'));
     assert_eq!(chat.app.exit(), Some(Exit::Interrupted));
+
+    // Armed quitting lasts two seconds: after that a Ctrl+C arms it again.
+    let mut chat = Chat::new();
+    chat.send(ctrl('c'));
+    chat.app.quit_armed = Some(Instant::now() - Duration::from_secs(3));
+    chat.send(Msg::Tick);
+    assert!(chat.app.quit_armed.is_none(), "disarmed after 2 s");
+    chat.send(ctrl('c'));
+    assert_eq!(chat.app.exit(), None);
+    assert!(chat.app.quit_armed.is_some());
 
     let mut chat = Chat::new();
     chat.type_text("x");
@@ -485,6 +503,36 @@ fn regen_asks_the_last_question_again() {
     chat.enter("/regen");
     assert_eq!(chat.host.cancelled.len(), 1);
     assert_eq!(chat.app.session.turns.len(), 2);
+}
+
+/// Issue 14: `/regen` draws a new seed each time (so it does not repeat the same sampled
+/// answer), shown in the status line and sent with the request; `/set seed N` pins it.
+#[test]
+fn regen_draws_a_new_seed_unless_one_is_pinned() {
+    let mut chat = Chat::new();
+    chat.enter("First?");
+    chat.answer(&["One."], true);
+    assert_eq!(
+        chat.last_generate().1.sampling.seed,
+        None,
+        "a first answer: the default"
+    );
+    let mut seeds = Vec::new();
+    for _ in 0..3 {
+        chat.enter("/regen");
+        let seed = chat.last_generate().1.sampling.seed.expect("a drawn seed");
+        assert_eq!(chat.app.shown_seed, Some(seed));
+        let status = chat.render(100, 24).backend().to_string();
+        assert!(status.contains(&format!("seed {seed}")), "{status}");
+        chat.answer(&["Again."], true);
+        seeds.push(seed);
+    }
+    seeds.dedup();
+    assert!(seeds.len() > 1, "new seeds: {seeds:?}");
+    chat.enter("/set seed 7");
+    chat.enter("/regen");
+    assert_eq!(chat.last_generate().1.sampling.seed, Some(7));
+    assert_eq!(chat.app.shown_seed, None);
 }
 
 #[test]
@@ -755,6 +803,7 @@ fn typing_stays_responsive_while_a_slow_engine_streams() {
     let config = AppConfig {
         spec: spec("7b"),
         sampling: SamplingOverrides::default(),
+        session: None,
         theme: Theme::default(),
         sessions: store.clone(),
         images: Vec::new(),
@@ -864,4 +913,44 @@ fn without_a_terminal_chat_points_to_ask_and_exits_2() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(out.stdout.is_empty(), "no escape codes on stdout");
     }
+}
+
+/// Issue 14: every conversation is saved after each turn under a dated name, which `/save
+/// NAME` renames; later turns go to the same file; `/clear` starts a new one and leaves the
+/// old one saved.
+#[test]
+fn every_turn_is_saved_and_save_renames_the_dated_file() {
+    let mut chat = Chat::new();
+    chat.enter("What is it?");
+    chat.answer(&["A cell."], true);
+    let list = chat.store.list().expect("list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(list[0].name.starts_with("chat-"), "{list:?}");
+    assert_eq!(list[0].turns, 1);
+    assert_eq!(list[0].first_question.as_deref(), Some("What is it?"));
+    assert!(chat.app.auto_named);
+
+    chat.enter("/save case-9");
+    let names: Vec<String> = chat
+        .store
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["case-9"], "renamed, not copied");
+    chat.enter("More?");
+    chat.answer(&["Yes."], true);
+    assert_eq!(chat.store.get("case-9").expect("saved").turns.len(), 2);
+
+    chat.enter("/clear");
+    assert_eq!(
+        chat.app.session.name, "",
+        "the old save does not rename the new one"
+    );
+    chat.enter("Another case");
+    chat.answer(&["Fine."], true);
+    let list = chat.store.list().expect("list");
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(chat.store.get("case-9").expect("kept").turns.len(), 2);
 }

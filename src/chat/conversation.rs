@@ -11,20 +11,23 @@
 //! which the turn records.
 
 use crate::protocol::{
-    Completion, GenerateRequest, ImageRef, SamplingOverrides, SamplingParams, Stop,
-    MAX_IMAGES_PER_TURN,
+    Completion, GenerateRequest, ImageRecord, ImageRef, ModelInfo, Record, SamplingOverrides,
+    SamplingParams, Stop, MAX_IMAGES_PER_TURN,
 };
 
+use super::images::{ImageError, ImageStore};
 use super::session::{now, Session, Turn};
 use super::template::{sanitize_user_text, with_image_placeholders};
 
 /// A turn that cannot be asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum TurnError {
     #[error(
         "{0} images given: at most {MAX_IMAGES_PER_TURN} per question (the model sees 576 positions per image)"
     )]
     TooManyImages(usize),
+    #[error(transparent)]
+    Image(#[from] ImageError),
 }
 
 /// The text a turn contributes to the history: `typed` sanitised, with one `<image>\n` per new
@@ -37,31 +40,60 @@ impl Session {
     /// The next turn of this conversation: the request that asks it and the turn to keep (its
     /// answer empty until [`Turn::finish`]). `model` is what the user asked for (`7b`, a repo
     /// id or a path), recorded with the turn.
+    ///
+    /// Every image goes through `store`: this turn's are read once, checked against the hash
+    /// they were shown with (when the front end knows it) and kept; earlier turns' are read
+    /// from their stored copies. The request names those copies, so the engine answers about
+    /// exactly the images of the conversation whatever happened to the original files; the
+    /// turn keeps the original paths (for people) with the hashes.
     pub fn next_turn(
         &self,
         text: &str,
         images: Vec<ImageRef>,
         sampling: &SamplingOverrides,
         model: &str,
+        store: &ImageStore,
     ) -> Result<(GenerateRequest, Turn), TurnError> {
         if images.len() > MAX_IMAGES_PER_TURN {
             return Err(TurnError::TooManyImages(images.len()));
         }
-        let (history, history_images) = self.history();
+        let (history, earlier) = self.history();
+        let history_images = earlier
+            .iter()
+            .map(|image| {
+                Ok(ImageRef {
+                    path: store.resolve(image)?,
+                    sha256: image.sha256.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ImageError>>()?;
+        let mut kept = Vec::with_capacity(images.len());
+        let mut sent = Vec::with_capacity(images.len());
+        for image in &images {
+            let (image, stored) = store.keep(image)?;
+            sent.push(ImageRef {
+                path: stored,
+                sha256: image.sha256.clone(),
+            });
+            kept.push(image);
+        }
         let user = user_text(text, images.len());
         let request = GenerateRequest {
             history,
             history_images,
             user: user.clone(),
-            images: images.clone(),
+            images: sent,
             sampling: sampling.clone(),
         };
+        let images = kept;
         let turn = Turn {
             text: text.to_string(),
             user,
             images,
             answer: String::new(),
             interrupted: false,
+            stop: None,
+            record: None,
             model: Some(model.to_string()),
             settings: None,
             time: now(),
@@ -77,11 +109,26 @@ impl Turn {
     }
 
     /// Records the finished (or stopped) answer as the history keeps it (unstripped, reference
-    /// §3.3), with the settings that produced it.
-    pub fn finish(&mut self, completion: &Completion) {
+    /// §3.3), with the settings that produced it and, when the model is known, the whole
+    /// record (`earlier`: the turns before this one, whose images are in the prompt too).
+    pub fn finish(&mut self, completion: &Completion, info: Option<&ModelInfo>, earlier: &[Turn]) {
         self.answer = completion.history_text.clone();
         self.interrupted = completion.stop == Stop::Cancelled;
+        self.stop = Some(completion.stop);
         self.started(&completion.params);
+        self.record = info.map(|info| {
+            let images = (earlier.iter().chain([&*self]))
+                .enumerate()
+                .flat_map(|(i, turn)| {
+                    turn.images.iter().map(move |image| ImageRecord {
+                        path: image.path.clone(),
+                        sha256: image.sha256.clone(),
+                        turn: i + 1,
+                    })
+                })
+                .collect();
+            Record::new(info, completion, images)
+        });
     }
 
     /// Records the part of an answer produced before it was cut short (an error, a crash).
@@ -95,13 +142,13 @@ impl Turn {
 mod tests {
     use super::*;
     use crate::protocol::{Exchange, GenerationStats};
-    use std::path::PathBuf;
+    use std::path::Path;
 
-    fn image(name: &str) -> ImageRef {
-        ImageRef {
-            path: PathBuf::from(name),
-            sha256: Some(format!("{name}-hash")),
-        }
+    /// A real file with `bytes`, as the front end attaches it (hash not yet known).
+    fn image(dir: &Path, name: &str, bytes: &[u8]) -> ImageRef {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write image");
+        ImageRef { path, sha256: None }
     }
 
     fn completion(answer: &str, stop: Stop) -> Completion {
@@ -118,28 +165,42 @@ mod tests {
     }
 
     /// Reference §3.4: the first turn with one image, then a follow-up without one; the second
-    /// request carries the first exchange (answer unstripped) and the first turn's image.
+    /// request carries the first exchange (answer unstripped) and the first turn's image,
+    /// read from the store even after the file was replaced.
     #[test]
     fn turns_build_the_reference_history() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = ImageStore::new(tmp.path().join("store"));
         let mut session = Session::new("s");
         let overrides = SamplingOverrides {
             temperature: Some(0.0),
             ..Default::default()
         };
+        let a = image(tmp.path(), "a.png", b"abc");
         let (req, mut turn) = session
             .next_turn(
                 "What<image> does the picture show?",
-                vec![image("a.png")],
+                vec![a.clone()],
                 &overrides,
                 "7b",
+                &store,
             )
             .expect("turn 1");
+        let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let stored = store.dir().join(sha).join("a.png");
         assert_eq!(req.user, "<image>\nWhat does the picture show?");
         assert!(req.history.is_empty() && req.history_images.is_empty());
-        assert_eq!(req.images, vec![image("a.png")]);
+        let sent = ImageRef {
+            path: stored.clone(),
+            sha256: Some(sha.into()),
+        };
+        assert_eq!(req.images, vec![sent.clone()]);
         assert_eq!(req.sampling, overrides);
         assert_eq!(turn.text, "What<image> does the picture show?");
-        turn.finish(&completion(" A hand.\n", Stop::Eos));
+        // The turn keeps the user's path, with the hash.
+        assert_eq!(turn.images[0].path, a.path);
+        assert_eq!(turn.images[0].sha256.as_deref(), Some(sha));
+        turn.finish(&completion(" A hand.\n", Stop::Eos), None, &[]);
         assert!(!turn.interrupted);
         assert_eq!(
             turn.settings.as_ref().and_then(|s| s["seed"].as_u64()),
@@ -147,8 +208,9 @@ mod tests {
         );
         session.turns.push(turn);
 
+        std::fs::write(&a.path, b"another scan at the same path").expect("overwrite");
         let (req, _) = session
-            .next_turn("Is there a fracture?", Vec::new(), &overrides, "7b")
+            .next_turn("Is there a fracture?", Vec::new(), &overrides, "7b", &store)
             .expect("turn 2");
         assert_eq!(
             req.history,
@@ -157,27 +219,36 @@ mod tests {
                 answer: " A hand.\n".into(),
             }]
         );
-        assert_eq!(req.history_images, vec![image("a.png")]);
+        assert_eq!(req.history_images, vec![sent]);
         assert_eq!(req.user, "Is there a fracture?");
     }
 
     #[test]
-    fn too_many_images_are_refused_before_anything_is_sent() {
-        let images = (0..6).map(|i| image(&format!("{i}.png"))).collect();
+    fn too_many_images_are_refused_before_anything_is_read() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = ImageStore::new(tmp.path().join("store"));
+        let images = (0..6)
+            .map(|i| ImageRef {
+                path: tmp.path().join(format!("{i}.png")),
+                sha256: None,
+            })
+            .collect();
         let err = Session::new("s")
-            .next_turn("q", images, &SamplingOverrides::default(), "7b")
+            .next_turn("q", images, &SamplingOverrides::default(), "7b", &store)
             .expect_err("six images");
-        assert_eq!(err, TurnError::TooManyImages(6));
+        assert!(matches!(err, TurnError::TooManyImages(6)), "{err}");
     }
 
     #[test]
     fn a_cut_answer_is_kept_marked() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = ImageStore::new(tmp.path().join("store"));
         let (_, mut turn) = Session::new("s")
-            .next_turn("q", Vec::new(), &SamplingOverrides::default(), "7b")
+            .next_turn("q", Vec::new(), &SamplingOverrides::default(), "7b", &store)
             .expect("turn");
         turn.cut_short("partial");
         assert_eq!((turn.answer.as_str(), turn.interrupted), ("partial", true));
-        turn.finish(&completion("all of it", Stop::Cancelled));
+        turn.finish(&completion("all of it", Stop::Cancelled), None, &[]);
         assert!(turn.interrupted);
     }
 }

@@ -3,5 +3,6 @@
 //! sessions (`session`).
 
 pub mod conversation;
+pub mod images;
 pub mod session;
 pub mod template;

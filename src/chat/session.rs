@@ -7,13 +7,15 @@
 //! (unstripped), and every image in order; plus what people need to read it later (the text as
 //! typed, image hashes, the model, whether an answer was interrupted).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Exchange, ImageRef};
+use super::images::ImageStore;
+use crate::protocol::{Exchange, ImageRef, Record, Stop};
 use crate::text::py_strip;
 
 /// Current file format.
@@ -33,6 +35,13 @@ pub struct Turn {
     /// The answer was cut short (Ctrl-C, a crash, an error); `answer` is the partial text.
     #[serde(default)]
     pub interrupted: bool,
+    /// Why the answer ended (`context`: the window was full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    /// Exactly what produced the answer (absent in sessions of earlier versions, and for
+    /// an answer cut short by an error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Record>,
     /// The model that answered (`7b`, a repo id or a path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -108,11 +117,59 @@ impl Session {
             md.push_str(&format!("**{model}:** {}\n", py_strip(&turn.answer)));
             if turn.interrupted {
                 md.push_str("\n*(answer interrupted)*\n");
+            } else if turn.stop == Some(Stop::Context) {
+                md.push_str("\n*(context full: the answer was cut at the context window)*\n");
+            }
+            if let Some(r) = &turn.record {
+                md.push_str(&record_footer(r));
             }
             md.push('\n');
         }
         md
     }
+}
+
+/// One compact line under an answer: what produced it (model and revision or folder,
+/// quantization, dtype, device, sampling with the seed, images by hash, tokens, time).
+pub fn record_footer(r: &Record) -> String {
+    let model = match (&r.model.repo, &r.model.revision) {
+        (Some(repo), Some(rev)) => format!("{repo}@{}", &rev[..rev.len().min(12)]),
+        (Some(repo), None) => repo.clone(),
+        _ => r.model.path.display().to_string(),
+    };
+    let s = &r.sampling;
+    let images: Vec<String> = r
+        .images
+        .iter()
+        .map(|i| {
+            let sha = i.sha256.as_deref().unwrap_or("?");
+            format!("img{} {}", i.turn, &sha[..sha.len().min(12)])
+        })
+        .collect();
+    let mut line = format!(
+        "\n<sub>{} {} · {model} · {} {} {} · T {} top-k {} top-p {} rep {} max {} seed {}",
+        r.engine.name,
+        r.engine.version,
+        r.quantization,
+        r.dtype,
+        r.device,
+        s.temperature,
+        s.top_k,
+        s.top_p,
+        s.repetition_penalty,
+        s.max_new_tokens,
+        s.seed
+    );
+    if !images.is_empty() {
+        line.push_str(&format!(" · {}", images.join(", ")));
+    }
+    line.push_str(&format!(
+        " · {} + {} tokens · {:.1} s to first token</sub>\n",
+        r.tokens.prompt_total,
+        r.tokens.generated,
+        r.timings.time_to_first_token_ms / 1000.0
+    ));
+    line
 }
 
 /// What went wrong with a session file.
@@ -140,6 +197,86 @@ pub struct Summary {
     pub turns: usize,
     pub images: usize,
     pub updated: u64,
+    /// The model of the last turn (`7b`, a repo id or a path).
+    pub model: Option<String>,
+    /// The first question, as typed.
+    pub first_question: Option<String>,
+}
+
+impl Summary {
+    fn of(name: String, s: &Session) -> Self {
+        Self {
+            name,
+            turns: s.turns.len(),
+            images: s.turns.iter().map(|t| t.images.len()).sum(),
+            updated: s.updated,
+            model: s.turns.iter().rev().find_map(|t| t.model.clone()),
+            first_question: s.turns.first().map(|t| t.text.clone()),
+        }
+    }
+
+    /// `name · 2026-12-03 08:41 · 3 turns · 7b · "first question…"` (the question on one
+    /// line, shortened).
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{} · {} · {} turn{}",
+            self.name,
+            date_time(self.updated),
+            self.turns,
+            if self.turns == 1 { "" } else { "s" }
+        );
+        if let Some(model) = &self.model {
+            line.push_str(&format!(" · {}", short(model, 24)));
+        }
+        if let Some(q) = &self.first_question {
+            let q: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
+            line.push_str(&format!(" · \"{}\"", short(&q, 48)));
+        }
+        line
+    }
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(max - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// The name an automatic save gives a conversation: `chat-` and the date (`chat-2026-12-03-0841`,
+/// `-2`, `-3`… when taken).
+pub fn dated_name(unix: u64) -> String {
+    format!("chat-{}", date_stamp(unix))
+}
+
+/// Whether `name` is one [`dated_name`] makes (possibly with a `-N` suffix).
+pub fn is_dated_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("chat-") else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let stamp = b.len() >= 15
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'-'
+        && digits(11..15);
+    stamp && (b.len() == 15 || (b[15] == b'-' && digits(16..b.len()) && b.len() > 16))
+}
+
+/// `2026-12-03 08:41` (UTC) from Unix seconds.
+pub fn date_time(unix: u64) -> String {
+    let stamp = date_stamp(unix);
+    // "YYYY-MM-DD-HHMM"
+    format!("{} {}:{}", &stamp[..10], &stamp[11..13], &stamp[13..15])
 }
 
 /// The sessions directory.
@@ -155,6 +292,11 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The images of these sessions (`<dir>/images/`), kept by content.
+    pub fn images(&self) -> ImageStore {
+        ImageStore::new(self.dir.join("images"))
     }
 
     /// The file of session `name`, after checking the name cannot escape the directory.
@@ -248,23 +390,38 @@ impl Store {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let name = name.strip_suffix(".json")?.to_string();
                 let s = self.load(&name).ok()??;
-                Some(Summary {
-                    name,
-                    turns: s.turns.len(),
-                    images: s.turns.iter().map(|t| t.images.len()).sum(),
-                    updated: s.updated,
-                })
+                Some(Summary::of(name, &s))
             })
             .collect();
         out.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.name.cmp(&b.name)));
         Ok(out)
     }
 
-    /// Deletes session `name`.
-    pub fn remove(&self, name: &str) -> Result<(), SessionError> {
+    /// Deletes session `name` and the stored images no other session uses; returns the
+    /// bytes of images freed.
+    pub fn remove(&self, name: &str) -> Result<u64, SessionError> {
         let path = self.path(name)?;
+        let hashes = |s: &Session| -> HashSet<String> {
+            s.turns
+                .iter()
+                .flat_map(|t| &t.images)
+                .filter_map(|i| i.sha256.clone())
+                .collect()
+        };
+        let candidates = self.load(name)?.as_ref().map(hashes).unwrap_or_default();
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Only images this session used, and only those no other session refers to
+                // (a session that cannot be read keeps everything: nothing is freed).
+                let mut in_use = HashSet::new();
+                for other in self.list()? {
+                    match self.load(&other.name) {
+                        Ok(Some(s)) => in_use.extend(hashes(&s)),
+                        _ => return Ok(0),
+                    }
+                }
+                Ok(self.images().release(&candidates, &in_use))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SessionError::NotFound {
                 name: name.to_string(),
                 dir: self.dir.clone(),
@@ -296,8 +453,52 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// `2026-08-30-1412` (UTC) from Unix seconds.
+pub fn date_stamp(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}-{:02}{:02}",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn date_stamps() {
+        assert_eq!(date_stamp(0), "1970-01-01-0000");
+        assert_eq!(date_stamp(951_782_400 + 3_660), "2000-02-29-0101");
+        assert_eq!(date_stamp(1_788_000_000), "2026-08-29-1040");
+    }
+
+    #[test]
+    fn dated_names() {
+        let name = dated_name(1_788_000_000);
+        assert_eq!(name, "chat-2026-08-29-1040");
+        assert!(is_dated_name(&name) && is_dated_name("chat-2026-08-29-1040-2"));
+        for other in [
+            "case-1",
+            "chat-",
+            "chat-2026-08-29",
+            "chat-2026-08-29-1040-",
+            "chat-2026-08-29-1040x",
+        ] {
+            assert!(!is_dated_name(other), "{other}");
+        }
+    }
+
     use super::*;
 
     fn turn(text: &str, images: &[&str], answer: &str) -> Turn {
@@ -313,6 +514,8 @@ mod tests {
                 .collect(),
             answer: answer.into(),
             interrupted: false,
+            stop: None,
+            record: None,
             model: Some("7b".into()),
             settings: None,
             time: 1,

@@ -5,21 +5,21 @@
 //! Ctrl-C stops at once (exit 130, the partial answer kept); a closed stdout ends quietly.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
 
 use super::{engine_for, model_spec, Interrupted};
 use crate::chat::conversation::TurnError;
+use crate::chat::images::ImageStore;
 use crate::chat::session::{self, Session, Store};
 use crate::cli::AskArgs;
 use crate::config::{Dirs, Settings};
 use crate::protocol::{
-    Command, Completion, Event, ImageRef, ModelInfo, PromptStats, MAX_IMAGES_PER_TURN,
+    Command, Completion, Event, FailureKind, ImageRef, ModelInfo, Record, Stop, MAX_IMAGES_PER_TURN,
 };
 use crate::term::{printable, TermFacts};
 
@@ -29,13 +29,57 @@ const ASK_ID: u64 = 2;
 const SESSION_SAVE_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs `ask`.
+///
+/// With `--json`, an error is also printed on stdout as `{"error": {"message", "kind"}}`
+/// (`kind`: `bad_input`, `model`, `internal` or `interrupted`), so a script reading stdout
+/// always gets one JSON object; the one-line message still goes to stderr and the exit status
+/// is 2 (130 after Ctrl-C).
 pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
+    let json = args.json;
+    let result = ask(args, facts);
+    if let (true, Err(e)) = (json, &result) {
+        let kind = if e.downcast_ref::<Interrupted>().is_some() {
+            "interrupted"
+        } else if let Some(f) = e.downcast_ref::<EngineFailure>() {
+            match f.kind {
+                FailureKind::BadInput => "bad_input",
+                FailureKind::Model => "model",
+                FailureKind::Internal => "internal",
+            }
+        } else if e.chain().any(|c| c.is::<std::io::Error>()) {
+            "internal"
+        } else {
+            "bad_input"
+        };
+        let value = serde_json::json!({
+            "error": { "message": format!("{e:#}").replace('\n', " "), "kind": kind }
+        });
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        let _ = out.flush();
+    }
+    result
+}
+
+/// An engine request that failed, with the engine's kind of failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct EngineFailure {
+    kind: FailureKind,
+    message: String,
+}
+
+fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
     let prompt = read_prompt(&args.prompt, facts)?;
     if args.images.len() > MAX_IMAGES_PER_TURN {
         // Before any file is read; the conversation core checks the same rule.
         return Err(TurnError::TooManyImages(args.images.len()).into());
     }
-    let images = args.images.iter().map(attach).collect::<Result<Vec<_>>>()?;
+    let images = args.images.iter().map(|p| attach(p)).collect();
     let dirs = Dirs::from_env()?;
     let settings = Settings::load(&dirs.config_file())?;
     let sampling = super::sampling(&args.sampling, &settings)?;
@@ -47,11 +91,17 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
     };
     // The turn as it will be saved; written first with an empty answer marked interrupted,
     // then rewritten as the answer grows, so a crash keeps every earlier turn and most of this.
+    // A session keeps its images by content; a one-shot question reads them in place.
+    let image_store = match &session {
+        Some(_) => store.images(),
+        None => ImageStore::transient(),
+    };
     let (request, mut turn) = session.as_ref().unwrap_or(&Session::new("")).next_turn(
         &prompt,
         images,
         &sampling,
         &spec.source,
+        &image_store,
     )?;
     turn.interrupted = true;
 
@@ -85,7 +135,6 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
     let mut partial = String::new();
     let mut broken_pipe = false;
     let mut cancelled_by_user = false;
-    let mut prompt_stats = PromptStats::default();
     let mut last_save = Instant::now();
     let completion: Completion = loop {
         if interrupts.load(Ordering::SeqCst) > 0 && !cancelled_by_user {
@@ -100,8 +149,7 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
             }
         };
         match event {
-            Event::Started { id, prompt, params } if id == ASK_ID => {
-                prompt_stats = prompt;
+            Event::Started { id, params, .. } if id == ASK_ID => {
                 turn.started(&params);
                 save(&mut session, &turn)?;
             }
@@ -125,21 +173,29 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
             }
             Event::Finished { id, completion } if id == ASK_ID => break completion,
             Event::Failed {
-                id, error, partial, ..
+                id,
+                error,
+                partial,
+                kind,
             } if id == ASK_ID => {
                 if !partial.is_empty() {
                     turn.cut_short(&partial);
                     save(&mut session, &turn)?;
                 }
-                bail!("{error}");
+                return Err(EngineFailure {
+                    kind,
+                    message: error,
+                }
+                .into());
             }
             _ => {}
         }
     };
     let _ = engine.send(Command::Shutdown);
 
-    turn.finish(&completion);
-    let images = turn.images.clone();
+    let earlier = session.as_ref().map_or(&[][..], |s| &s.turns[..]);
+    turn.finish(&completion, Some(&info), earlier);
+    let record = turn.record.clone();
     if let Some(s) = session.as_mut() {
         s.turns.push(turn);
         store.save(s)?;
@@ -148,10 +204,20 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
         return Ok(());
     }
     if args.json {
-        let value = json_report(&completion, &info, &images, &prompt_stats, &args);
-        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        let report = Report {
+            answer: &completion.text,
+            session: args.session.as_deref(),
+            record: record.as_ref(),
+        };
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else if !completion.text.is_empty() {
         out.write_all(b"\n")?;
+    }
+    if completion.stop == Stop::Context && !args.json {
+        eprintln!(
+            "huatuo: the answer stopped at the context window ({} positions): the conversation is full",
+            info.context_length
+        );
     }
     out.flush()?;
     if cancelled_by_user {
@@ -190,21 +256,13 @@ fn read_prompt(words: &[String], facts: TermFacts) -> Result<String> {
     Ok(prompt)
 }
 
-/// An attachment with the file's SHA-256; a missing or unreadable file is an error naming it.
-fn attach(path: &PathBuf) -> Result<ImageRef> {
-    use sha2::Digest;
-    let bytes = std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow!("image not found: {}", path.display())
-        } else {
-            anyhow!("cannot read image {}: {e}", path.display())
-        }
-    })?;
-    let digest = sha2::Sha256::digest(&bytes);
-    Ok(ImageRef {
-        path: std::path::absolute(path).unwrap_or_else(|_| path.clone()),
-        sha256: Some(digest.iter().map(|b| format!("{b:02x}")).collect()),
-    })
+/// An image named on the command line, by its absolute path; the conversation core reads,
+/// checks and hashes it.
+fn attach(path: &Path) -> ImageRef {
+    ImageRef {
+        path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        sha256: None,
+    }
 }
 
 /// Counts Ctrl-C presses: the first cancels the answer, the second exits at once.
@@ -255,11 +313,17 @@ fn wait_loaded(
                 }
                 return Ok(info);
             }
-            Event::Failed { id, error, .. } if id == LOAD_ID => {
+            Event::Failed {
+                id, error, kind, ..
+            } if id == LOAD_ID => {
                 if shown {
                     eprintln!();
                 }
-                bail!("{error}");
+                return Err(EngineFailure {
+                    kind,
+                    message: error,
+                }
+                .into());
             }
             _ => {}
         }
@@ -305,42 +369,12 @@ fn says_kitty() -> bool {
         || std::env::var("TERM_PROGRAM").is_ok_and(|t| t == "ghostty" || t == "WezTerm")
 }
 
-/// The `--json` object (documented in README.md).
-fn json_report(
-    c: &Completion,
-    info: &ModelInfo,
-    images: &[ImageRef],
-    prompt: &PromptStats,
-    args: &AskArgs,
-) -> serde_json::Value {
-    json!({
-        "answer": c.text,
-        "stop": c.stop,
-        "model": {
-            "source": info.source,
-            "repo": info.repo,
-            "revision": info.revision,
-            "path": info.path,
-            "family": info.family,
-        },
-        "dtype": info.dtype,
-        "quantization": info.quantization,
-        "device": info.device,
-        "sampling": c.params,
-        "images": images.iter().map(|a| json!({"path": a.path, "sha256": a.sha256})).collect::<Vec<_>>(),
-        "session": args.session,
-        "tokens": {
-            "prompt_text": prompt.text_tokens,
-            "prompt_images": prompt.image_tokens,
-            "prompt_total": prompt.total,
-            "generated": c.stats.generated_tokens,
-            "context_length": prompt.context_length,
-        },
-        "timings": {
-            "image_encode_ms": c.stats.image_encode_ms,
-            "time_to_first_token_ms": c.stats.time_to_first_token_ms,
-            "prefill_tokens_per_s": c.stats.prefill_tokens_per_s,
-            "decode_tokens_per_s": c.stats.decode_tokens_per_s,
-        },
-    })
+/// The `--json` object (documented in README.md): the answer and the turn's record, fields
+/// serialised as they are (floats at their shortest: `0.2`, not `0.20000000298023224`).
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    answer: &'a str,
+    session: Option<&'a str>,
+    #[serde(flatten)]
+    record: Option<&'a Record>,
 }

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, FromArgMatches};
 
-use crate::chat::session::Store;
+use crate::chat::session::{Session, Store};
 use crate::cli::ChatArgs;
 use crate::config::{Dirs, Settings};
 use crate::term::TermFacts;
@@ -40,12 +40,27 @@ pub fn run(args: ChatArgs, facts: TermFacts) -> Result<()> {
         }
         images.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
     }
+    let sessions = Store::new(dirs.sessions());
+    let session = match (&args.session, args.resume) {
+        (Some(name), _) => Some(sessions.load(name)?.unwrap_or_else(|| Session::new(name))),
+        (None, true) => {
+            let Some(latest) = sessions.list()?.into_iter().next() else {
+                bail!(
+                    "no saved conversation to continue in {}",
+                    sessions.dir().display()
+                );
+            };
+            Some(sessions.get(&latest.name)?)
+        }
+        (None, false) => None,
+    };
     let config = AppConfig {
         spec: super::model_spec(&args.model, &args.runtime, &settings)?,
         sampling: super::sampling(&args.sampling, &settings)?,
         theme,
-        sessions: Store::new(dirs.sessions()),
+        sessions,
         images,
+        session,
     };
     // Download progress must come as engine events for the chat's progress bar: a bar drawn
     // on stderr would scribble over the screen.

@@ -189,10 +189,14 @@ pub fn info(args: InfoArgs) -> Result<()> {
     let cached = hub::list_cached(&opts.cache_dir)
         .map(|v| v.iter().filter(|m| shown(m, false)).count())
         .unwrap_or(0);
+    let image_store = crate::chat::session::Store::new(dirs.sessions()).images();
+    let stored_images = image_store.size();
     let mut out = std::io::stdout().lock();
     if args.json {
         let value = json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "image_store": image_store.dir(),
+            "image_store_bytes": stored_images,
             "hub_cache": opts.cache_dir,
             "hub_endpoint": opts.endpoint,
             "hub_token": opts.token.is_some(),
@@ -205,7 +209,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
-    let rows: [(&str, String); 9] = [
+    let rows: [(&str, String); 10] = [
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("hub cache", opts.cache_dir.display().to_string()),
         ("hub endpoint", opts.endpoint.clone()),
@@ -224,6 +228,14 @@ pub fn info(args: InfoArgs) -> Result<()> {
         ),
         ("config dir", dirs.config.display().to_string()),
         ("data dir", dirs.data.display().to_string()),
+        (
+            "image store",
+            format!(
+                "{} in {}",
+                format_bytes(stored_images),
+                image_store.dir().display()
+            ),
+        ),
         (
             "memory",
             memory.map_or("unknown".to_string(), |m| {

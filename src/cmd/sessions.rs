@@ -5,9 +5,10 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::chat::session::Store;
+use crate::chat::session::{date_time, Store};
 use crate::cli::SessionsCommand;
 use crate::config::Dirs;
+use crate::term::sanitize;
 
 pub fn run(command: Option<SessionsCommand>) -> Result<()> {
     let store = Store::new(Dirs::from_env()?.sessions());
@@ -20,17 +21,57 @@ pub fn run(command: Option<SessionsCommand>) -> Result<()> {
             } else if list.is_empty() {
                 eprintln!("no saved sessions in {}", store.dir().display());
             } else {
-                writeln!(out, "{:<32} {:>5} {:>6}", "NAME", "TURNS", "IMAGES")?;
+                writeln!(
+                    out,
+                    "{:<28} {:<16} {:>5} {:>6}  {:<16} FIRST QUESTION",
+                    "NAME", "UPDATED", "TURNS", "IMAGES", "MODEL"
+                )?;
                 for s in list {
-                    writeln!(out, "{:<32} {:>5} {:>6}", s.name, s.turns, s.images)?;
+                    let question = s
+                        .first_question
+                        .as_deref()
+                        .map(|q| q.split_whitespace().collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:<28} {:<16} {:>5} {:>6}  {:<16} {}",
+                        s.name,
+                        date_time(s.updated),
+                        s.turns,
+                        s.images,
+                        sanitize(&shorten(s.model.as_deref().unwrap_or("-"), 16)),
+                        sanitize(&shorten(&question, 60)),
+                    )?;
                 }
             }
         }
-        SessionsCommand::Show { name } => {
+        SessionsCommand::Show { name, json: false } => {
             write!(out, "{}", store.get(&name)?.to_markdown())?;
         }
-        SessionsCommand::Rm { name } => store.remove(&name)?,
+        SessionsCommand::Show { name, json: true } => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&store.get(&name)?)?)?;
+        }
+        SessionsCommand::Rm { name } => {
+            let freed = store.remove(&name)?;
+            if freed > 0 {
+                eprintln!(
+                    "removed {name}; freed {} of stored images",
+                    crate::hub::format_bytes(freed)
+                );
+            }
+        }
     }
     out.flush()?;
     Ok(())
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(max - 1).collect();
+        out.push('…');
+        out
+    }
 }

@@ -323,7 +323,7 @@ impl Pipeline {
         let (mut logits, reused_positions) = prefix.prefill(&self.model, ids, &keys, &features)?;
         timings.prefill = t.elapsed();
         let eos = self.tokenizer.eos_id();
-        let max_positions = self.checkpoint.config.max_position_embeddings;
+        let window = self.checkpoint.config.context_length();
         let mut sampler = Sampler::new(params.clone(), eos);
         let mut stream = AnswerStream::new(&self.tokenizer);
         let mut tokens = Vec::new();
@@ -350,9 +350,11 @@ impl Pipeline {
                     stop = Stop::Cancelled;
                     break;
                 }
-                if tokens.len() == params.max_new_tokens
-                    || max_positions.is_some_and(|m| prefix.len() + 1 > m)
-                {
+                if tokens.len() == params.max_new_tokens {
+                    break;
+                }
+                if prefix.len() + 1 > window {
+                    stop = Stop::Context;
                     break;
                 }
                 logits = prefix.step(&self.model, next)?;

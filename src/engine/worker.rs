@@ -26,8 +26,8 @@ use super::pipeline::{Answer, EngineError, Pipeline};
 use super::Resolver;
 use crate::model::ModelError;
 use crate::protocol::{
-    Command, Completion, Event, FailureKind, GenerateRequest, GenerationStats, LoadStage,
-    ModelInfo, ModelSpec, PromptStats, RequestId, Stop, MAX_IMAGES_PER_TURN,
+    Command, Completion, EngineBuild, Event, FailureKind, GenerateRequest, GenerationStats,
+    LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId, Stop, MAX_IMAGES_PER_TURN,
 };
 use crate::text::IMAGE_TOKEN_INDEX;
 
@@ -217,6 +217,14 @@ impl Worker {
             context_length: config.context_length(),
             tokens_per_image: pipeline.model.tokens_per_image(),
             defaults: pipeline.defaults.clone(),
+            files: Vec::new(),
+            quant_file: None,
+            engine: EngineBuild {
+                name: "huatuo".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                git_commit: None,
+                endpoint: None,
+            },
         };
         self.emit(Event::Loaded {
             id,
@@ -439,6 +447,9 @@ mod tests {
             context_length: 4096,
             tokens_per_image: 576,
             defaults: crate::protocol::SamplingParams::default(),
+            files: Vec::new(),
+            quant_file: None,
+            engine: Default::default(),
         }
     }
 

@@ -99,16 +99,30 @@ impl App {
         effects
     }
 
-    /// Starts answering `text` about `images`, after the session's turns.
+    /// Starts answering `text` about `images`, after the session's turns. A turn that cannot
+    /// be asked (an image changed or gone) gives the text and images back to the editor.
     pub(crate) fn send(&mut self, text: String, images: Vec<ImageRef>) -> Vec<Effect> {
+        let drawn = std::mem::take(&mut self.drawn_seed);
+        self.shown_seed = drawn;
         let model = self.model_source();
-        let (request, turn) = match self
-            .session
-            .next_turn(&text, images, &self.sampling, &model)
-        {
+        let mut sampling = self.sampling.clone();
+        if let Some(seed) = drawn {
+            sampling.seed = Some(seed);
+        }
+        let (request, turn) = match self.session.next_turn(
+            &text,
+            images.clone(),
+            &sampling,
+            &model,
+            &self.sessions.images(),
+        ) {
             Ok(next) => next,
             Err(e) => {
                 self.error(e.to_string());
+                if self.editor.is_empty() && self.pending.is_empty() {
+                    self.editor.set(&text);
+                    self.pending = images;
+                }
                 return Vec::new();
             }
         };
@@ -155,7 +169,11 @@ impl App {
                 // The engine's cached images and KV cache belong to the old conversation.
                 effects.push(Effect::Engine(Command::Reset));
                 self.cancelled = None;
+                // The old conversation was saved after its last turn; the next starts a new file.
+                effects.extend(self.autosave());
                 self.session = crate::chat::session::Session::new("");
+                self.auto_named = false;
+                self.conversation += 1;
                 self.notices.clear();
                 self.pending.clear();
                 self.cache.borrow_mut().clear();
@@ -181,14 +199,25 @@ impl App {
                     None => true,
                     Some(n) => *n == self.session.name,
                 };
+                // A dated name from an automatic save is renamed, not copied.
+                let replaces = match &name {
+                    Some(n) if self.auto_named && *n != self.session.name => {
+                        Some(self.session.name.clone())
+                    }
+                    _ => None,
+                };
                 let name = name
                     .or_else(|| (!self.session.name.is_empty()).then(|| self.session.name.clone()));
                 vec![Effect::Save {
                     name,
                     session: Box::new(self.session.clone()),
                     overwrite,
+                    announce: true,
+                    replaces,
+                    conversation: self.conversation,
                 }]
             }
+            Slash::Sessions => vec![Effect::ListSessions],
             Slash::Load(name) => vec![Effect::LoadSession(name)],
             Slash::Export(path) => vec![Effect::Export {
                 path,
@@ -231,7 +260,17 @@ impl App {
         };
         let turns = self.session.turns.len();
         self.notices.retain(|n| n.after_turns <= turns);
-        effects.extend(self.send(turn.text, turn.images));
+        // The same seed would give the same answer: draw a new one, unless the user pinned
+        // one (`/set seed N`, --seed, config.toml).
+        if self.sampling.seed.is_none() {
+            self.drawn_seed = Some(u64::from(rand::random::<u32>()));
+        }
+        let sent = self.send(turn.text.clone(), turn.images.clone());
+        if self.generation.is_none() {
+            // Could not be asked again: the answer stays.
+            self.session.turns.push(turn);
+        }
+        effects.extend(sent);
         effects
     }
 

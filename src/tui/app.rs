@@ -7,8 +7,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use crate::chat::session::{Session, Store};
+use crate::chat::session::{is_dated_name, Session, Store};
 use crate::protocol::{
     GenerationStats, ImageRef, LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId,
     SamplingOverrides, SamplingParams,
@@ -19,6 +20,9 @@ use super::image::ImageMeta;
 use super::msg::{Effect, Exit, Msg};
 use super::theme::Theme;
 use super::transcript::Cache;
+
+/// How long a first Ctrl+C (with no answer to stop) waits for the second that quits.
+pub const QUIT_WINDOW: Duration = Duration::from_secs(2);
 
 /// How the chat starts.
 #[derive(Debug, Clone)]
@@ -34,6 +38,8 @@ pub struct AppConfig {
     pub sessions: Store,
     /// `--image` paths, attached to the first message.
     pub images: Vec<PathBuf>,
+    /// The conversation to continue (`--session`, `--continue`); a new one when `None`.
+    pub session: Option<Session>,
 }
 
 /// A model being loaded.
@@ -118,8 +124,18 @@ pub struct App {
     pub scroll: Option<usize>,
     /// The help overlay is open, scrolled this far.
     pub help: Option<usize>,
-    /// Ctrl+C was pressed once: another quits.
-    pub quit_armed: bool,
+    /// Ctrl+C was pressed once (at this time): another within [`QUIT_WINDOW`] quits.
+    pub quit_armed: Option<Instant>,
+    /// The session's name was made from the date (the first automatic save): `/save NAME`
+    /// renames it rather than making a copy.
+    pub auto_named: bool,
+    /// A seed `/regen` drew for the next request.
+    pub(crate) drawn_seed: Option<u64>,
+    /// The seed `/regen` drew for the latest answer, shown in the status line.
+    pub shown_seed: Option<u64>,
+    /// Which conversation this is: changes with `/clear` and `/load`, so that a save of the
+    /// previous one reporting back does not rename this one.
+    pub(crate) conversation: u64,
     pub tab: Option<TabCycle>,
     pub spinner: usize,
     pub sessions: Store,
@@ -134,6 +150,7 @@ pub struct App {
 impl App {
     /// A chat with nothing loaded yet; [`App::start`] gives the first effects.
     pub fn new(config: AppConfig) -> Self {
+        let auto_named = (config.session.as_ref()).is_some_and(|s| is_dated_name(&s.name));
         let pending = config
             .images
             .iter()
@@ -144,7 +161,7 @@ impl App {
             .collect();
         Self {
             theme: config.theme,
-            session: Session::new(""),
+            session: config.session.unwrap_or_else(|| Session::new("")),
             notices: Vec::new(),
             pending,
             images: HashMap::new(),
@@ -159,7 +176,11 @@ impl App {
             stats: None,
             scroll: None,
             help: None,
-            quit_armed: false,
+            quit_armed: None,
+            auto_named,
+            conversation: 0,
+            drawn_seed: None,
+            shown_seed: None,
             tab: None,
             spinner: 0,
             sessions: config.sessions,
@@ -174,7 +195,18 @@ impl App {
     /// Loads the first model and reads the `--image` attachments.
     pub fn start(&mut self) -> Vec<Effect> {
         let mut effects = vec![self.load_model(self.spec.source.clone())];
-        let paths: Vec<PathBuf> = self.pending.iter().map(|a| a.path.clone()).collect();
+        if !self.session.turns.is_empty() {
+            let turns = self.session.turns.len();
+            self.notice(format!(
+                "Continuing session {} ({turns} turn{})",
+                self.session.name,
+                if turns == 1 { "" } else { "s" }
+            ));
+        }
+        let paths: Vec<PathBuf> = (self.session.turns.iter())
+            .flat_map(|t| t.images.iter().map(|a| a.path.clone()))
+            .chain(self.pending.iter().map(|a| a.path.clone()))
+            .collect();
         for path in paths {
             effects.extend(self.read_image(path));
         }
@@ -267,6 +299,9 @@ impl App {
             Msg::Resize => Vec::new(),
             Msg::Tick => {
                 self.spinner = self.spinner.wrapping_add(1);
+                if self.quit_armed.is_some_and(|t| t.elapsed() > QUIT_WINDOW) {
+                    self.quit_armed = None;
+                }
                 Vec::new()
             }
             Msg::Engine(event) => self.on_engine(event),
@@ -274,13 +309,36 @@ impl App {
                 self.on_image(path, result);
                 Vec::new()
             }
-            Msg::Saved(result) => {
+            Msg::Saved {
+                result,
+                announce,
+                conversation,
+            } => {
                 match result {
+                    Ok(_) if conversation != self.conversation => {}
                     Ok((name, path)) => {
-                        self.notice(format!("Saved session {name} ({})", path.display()));
+                        if announce {
+                            self.notice(format!("Saved session {name} ({})", path.display()));
+                            self.auto_named = false;
+                        } else if self.session.name.is_empty() {
+                            self.auto_named = true;
+                        }
                         self.session.name = name;
                     }
-                    Err(e) => self.command_failed(format!("Cannot save: {e}")),
+                    Err(e) if announce => self.command_failed(format!("Cannot save: {e}")),
+                    Err(e) => self.error(format!("Cannot save the conversation: {e}")),
+                }
+                Vec::new()
+            }
+            Msg::SessionList(result) => {
+                match result {
+                    Ok(lines) if lines.is_empty() => self.notice("No saved conversations yet"),
+                    Ok(lines) => {
+                        for line in lines {
+                            self.notice(line);
+                        }
+                    }
+                    Err(e) => self.error(format!("Cannot list sessions: {e}")),
                 }
                 Vec::new()
             }
@@ -313,6 +371,30 @@ impl App {
                 Vec::new()
             }
         }
+    }
+
+    /// Saves the conversation as it is now (after every turn, and on exit), under its name or,
+    /// the first time, a dated one. An empty conversation is not saved.
+    pub(crate) fn autosave(&self) -> Vec<Effect> {
+        if self.session.turns.is_empty() {
+            return Vec::new();
+        }
+        vec![Effect::Save {
+            name: (!self.session.name.is_empty()).then(|| self.session.name.clone()),
+            session: Box::new(self.session.clone()),
+            overwrite: true,
+            announce: false,
+            replaces: None,
+            conversation: self.conversation,
+        }]
+    }
+
+    /// The chat is ending: an answer in progress is kept as interrupted, and the conversation
+    /// is saved.
+    pub fn on_exit(&mut self) -> Vec<Effect> {
+        let mut effects = self.stop_generation();
+        effects.extend(self.autosave());
+        effects
     }
 
     /// The sampling settings the next answer gets: the loaded model's defaults (the

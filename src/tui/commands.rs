@@ -80,8 +80,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "save",
         aliases: &[],
         args: "[NAME]",
-        help: "save the conversation (the sessions of `ask --session`)",
+        help: "name the conversation (it is saved after every turn anyway; the sessions of `ask --session`)",
         arg: Arg::Optional(Complete::Session),
+    },
+    CommandSpec {
+        name: "sessions",
+        aliases: &[],
+        args: "",
+        help: "list the saved conversations, most recent first",
+        arg: Arg::None,
     },
     CommandSpec {
         name: "load",
@@ -152,6 +159,7 @@ pub enum Slash {
     /// `None` shows the current settings.
     Set(Option<Setting>),
     Save(Option<String>),
+    Sessions,
     Load(String),
     Export(PathBuf),
     Copy,
@@ -219,6 +227,7 @@ pub fn parse(line: &str) -> Result<Slash, String> {
         "save" if arg.is_empty() => Slash::Save(None),
         "save" => Slash::Save(Some(arg)),
         "load" => Slash::Load(arg),
+        "sessions" => Slash::Sessions,
         "export" => Slash::Export(super::paste::expand_home(&arg)),
         "copy" => Slash::Copy,
         "help" => Slash::Help,

@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn command_names() {
         let f = complete("/s", &store()).expect("some");
-        assert_eq!(f.candidates, ["/save ", "/set "]);
+        assert_eq!(f.candidates, ["/save ", "/sessions", "/set "]);
         assert_eq!(common_prefix(&f.candidates), "/s");
         let f = complete("/cl", &store()).expect("one");
         assert_eq!(f.candidates, ["/clear"]);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::chat::session::{now, Store};
+use crate::chat::session::{dated_name, now, Store};
 use crate::protocol::{Command, RequestId};
 
 use super::msg::{Effect, Msg};
@@ -52,7 +52,24 @@ pub fn execute(effect: Effect, host: &mut dyn Host, store: &Store) -> Option<Msg
             name,
             mut session,
             overwrite,
-        } => Some(Msg::Saved(save(store, name, &mut session, overwrite))),
+            announce,
+            replaces,
+            conversation,
+        } => {
+            let result = save(store, name, &mut session, overwrite);
+            if let (Ok((saved, _)), Some(old)) = (&result, replaces) {
+                if *saved != old {
+                    // Renamed: the dated file goes (its images stay, the new file uses them).
+                    let _ = store.remove(&old);
+                }
+            }
+            Some(Msg::Saved {
+                result,
+                announce,
+                conversation,
+            })
+        }
+        Effect::ListSessions => Some(Msg::SessionList(list_sessions(store))),
         Effect::LoadSession(name) => Some(Msg::SessionLoaded(
             store.get(&name).map_err(|e| e.to_string()),
         )),
@@ -70,6 +87,12 @@ pub fn execute(effect: Effect, host: &mut dyn Host, store: &Store) -> Option<Msg
     }
 }
 
+/// One line per saved session, most recent first: name, date, turns, model, first question.
+fn list_sessions(store: &Store) -> Result<Vec<String>, String> {
+    let list = store.list().map_err(|e| e.to_string())?;
+    Ok(list.iter().map(|s| s.line()).collect())
+}
+
 fn save(
     store: &Store,
     name: Option<String>,
@@ -78,7 +101,7 @@ fn save(
 ) -> Result<(String, PathBuf), String> {
     let name = match name {
         Some(n) => n,
-        None => free_name(store, &format!("chat-{}", date_stamp(now())))?,
+        None => free_name(store, &dated_name(now()))?,
     };
     if !overwrite && store.load(&name).map_err(|e| e.to_string())?.is_some() {
         return Err(format!(
@@ -105,27 +128,6 @@ fn free_name(store: &Store, base: &str) -> Result<String, String> {
     Err(format!("too many sessions named {base}"))
 }
 
-/// `2026-08-30-1412` (UTC) from Unix seconds.
-pub fn date_stamp(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}-{:02}{:02}",
-        secs / 3600,
-        (secs % 3600) / 60
-    )
-}
-
 fn export(path: &Path, markdown: &str) -> Result<PathBuf, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
@@ -140,13 +142,6 @@ fn export(path: &Path, markdown: &str) -> Result<PathBuf, String> {
 mod tests {
     use super::*;
     use crate::chat::session::Session;
-
-    #[test]
-    fn date_stamps() {
-        assert_eq!(date_stamp(0), "1970-01-01-0000");
-        assert_eq!(date_stamp(951_782_400 + 3_660), "2000-02-29-0101");
-        assert_eq!(date_stamp(1_788_000_000), "2026-08-29-1040");
-    }
 
     #[test]
     fn unnamed_saves_get_a_free_dated_name_and_names_are_not_clobbered() {

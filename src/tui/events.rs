@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::chat::session::Session;
+use crate::chat::session::{is_dated_name, Session};
 use crate::protocol::{Completion, Event, FailureKind, RequestId};
 
 use super::app::{file_name, short_model_name, App, ImageState};
@@ -80,20 +80,29 @@ impl App {
                     }
                 }
             }
-            Event::Finished { id, completion } => self.on_finished(id, completion),
+            Event::Finished { id, completion } => {
+                if self.on_finished(id, completion) {
+                    return self.autosave();
+                }
+            }
             Event::Failed {
                 id,
                 kind,
                 error,
                 partial,
-            } => self.on_failed(id, kind, error, partial),
+            } => {
+                if self.on_failed(id, kind, error, partial) {
+                    return self.autosave();
+                }
+            }
         }
         Vec::new()
     }
 
     /// An answer ended (or a stopped one confirmed its end): keep the unstripped answer for
     /// the history, the settings it was made with, and the costs for the status line.
-    fn on_finished(&mut self, id: RequestId, completion: Completion) {
+    /// Returns whether the conversation changed (and so is saved).
+    fn on_finished(&mut self, id: RequestId, completion: Completion) -> bool {
         let turn_index = match (self.generation, self.cancelled) {
             (Some(g), _) if g.id == id => {
                 self.generation = None;
@@ -103,30 +112,39 @@ impl App {
                 self.cancelled = None;
                 turn
             }
-            _ => return,
+            _ => return false,
         };
         self.prompt = Some(completion.stats.prompt);
         self.stats = Some(completion.stats.clone());
-        if let Some(turn) = self.session.turns.get_mut(turn_index) {
-            turn.finish(&completion);
+        if turn_index < self.session.turns.len() {
+            let (earlier, rest) = self.session.turns.split_at_mut(turn_index);
+            rest[0].finish(&completion, self.model.as_ref(), earlier);
         }
+        true
     }
 
     /// A request failed: a load leaves no model; an answer keeps its partial text, or, with
-    /// none, gives the message back to the editor.
-    fn on_failed(&mut self, id: RequestId, kind: FailureKind, error: String, partial: String) {
+    /// none, gives the message back to the editor. Returns whether the conversation kept a
+    /// (partial) answer, and so is saved.
+    fn on_failed(
+        &mut self,
+        id: RequestId,
+        kind: FailureKind,
+        error: String,
+        partial: String,
+    ) -> bool {
         if self.loading.as_ref().is_some_and(|l| l.id == id) {
             self.loading = None;
             self.model = None;
             self.error(error);
-            return;
+            return false;
         }
         if self.cancelled.is_some_and(|(cid, _)| cid == id) {
             self.cancelled = None;
-            return;
+            return true;
         }
         let Some(g) = self.generation.filter(|g| g.id == id) else {
-            return;
+            return false;
         };
         self.generation = None;
         if !partial.is_empty() {
@@ -134,7 +152,7 @@ impl App {
                 turn.cut_short(&partial);
             }
             self.error(error);
-            return;
+            return true;
         }
         // Nothing was answered: take the turn back and give the user their text and images.
         if g.turn + 1 == self.session.turns.len() {
@@ -157,6 +175,7 @@ impl App {
         self.error(format!(
             "{what}: {error} (your message is back in the editor)"
         ));
+        false
     }
 
     /// Replaces the conversation with a loaded one, stopping any answer in progress.
@@ -171,7 +190,9 @@ impl App {
             .flat_map(|t| t.images.iter().map(|a| a.path.clone()))
             .collect();
         let (name, turns) = (session.name.clone(), session.turns.len());
+        self.auto_named = is_dated_name(&session.name);
         self.session = session;
+        self.conversation += 1;
         self.scroll = None;
         self.notice(format!("Loaded session {name} ({turns} turns)"));
         for path in images {

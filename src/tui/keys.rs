@@ -6,7 +6,9 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
 
-use super::app::App;
+use std::time::Instant;
+
+use super::app::{App, QUIT_WINDOW};
 use super::complete;
 use super::msg::{Effect, Exit};
 use super::paste;
@@ -50,7 +52,7 @@ impl App {
         if ctrl && key.code == KeyCode::Char('c') {
             return self.on_ctrl_c();
         }
-        self.quit_armed = false;
+        self.quit_armed = None;
         if key.code != KeyCode::Tab {
             self.tab = None;
         }
@@ -157,25 +159,26 @@ impl App {
         }
     }
 
-    /// Ctrl+C: stops an answer; otherwise arms quitting, and a second press quits.
+    /// Ctrl+C: stops an answer (and only that); otherwise arms quitting, and a second press
+    /// within [`QUIT_WINDOW`] quits.
     fn on_ctrl_c(&mut self) -> Vec<Effect> {
         self.help = None;
         self.tab = None;
         if self.generation.is_some() {
-            self.quit_armed = true;
+            self.quit_armed = None;
             return self.stop_by_user();
         }
-        if self.quit_armed {
+        if self.quit_armed.is_some_and(|t| t.elapsed() <= QUIT_WINDOW) {
             self.set_exit(Exit::Interrupted);
         } else {
-            self.quit_armed = true;
+            self.quit_armed = Some(Instant::now());
         }
         Vec::new()
     }
 
     /// A bracketed paste: paths of existing images become attachments; other text is typed.
     pub(crate) fn on_paste(&mut self, text: &str) -> Vec<Effect> {
-        self.quit_armed = false;
+        self.quit_armed = None;
         self.tab = None;
         match paste::image_paths(text) {
             Some(paths) => self.attach(paths),

@@ -86,6 +86,11 @@ where
             .context("cannot draw the screen")?;
         observe(app);
         if let Some(exit) = app.exit() {
+            for effect in app.on_exit() {
+                if let Some(reply) = effects::execute(effect, host, store) {
+                    app.update(reply);
+                }
+            }
             return Ok(exit);
         }
         let wait = if app.busy() { WAIT_BUSY } else { WAIT_IDLE };

@@ -32,8 +32,16 @@ pub enum Msg {
         path: PathBuf,
         result: Result<ImageMeta, String>,
     },
-    /// `/save` finished: the name and file it was saved as.
-    Saved(Result<(String, PathBuf), String>),
+    /// A save finished: the name and file it was saved as; `announce` for `/save` (automatic
+    /// saves after each turn are silent unless they fail).
+    Saved {
+        result: Result<(String, PathBuf), String>,
+        announce: bool,
+        /// The conversation that was saved (`App::conversation` then).
+        conversation: u64,
+    },
+    /// `/sessions` finished: one line per saved conversation.
+    SessionList(Result<Vec<String>, String>),
     /// `/load` finished.
     SessionLoaded(Result<Session, String>),
     /// `/export` finished.
@@ -60,7 +68,13 @@ pub enum Effect {
         name: Option<String>,
         session: Box<Session>,
         overwrite: bool,
+        announce: bool,
+        /// The file of a dated name this save replaces (`/save NAME` renames it).
+        replaces: Option<String>,
+        conversation: u64,
     },
+    /// List the saved sessions → [`Msg::SessionList`].
+    ListSessions,
     /// Load a saved session → [`Msg::SessionLoaded`].
     LoadSession(String),
     /// Write Markdown to a file → [`Msg::Exported`].

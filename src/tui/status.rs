@@ -78,7 +78,11 @@ pub fn segments(app: &App) -> Vec<Segment> {
             format!("{:.1} tok/s", stats.decode_tokens_per_s),
         ));
     }
-    if !app.session.name.is_empty() {
+    if let Some(seed) = app.shown_seed {
+        out.push(segment(format!("seed {seed}"), format!("seed {seed}")));
+    }
+    // A dated name of the automatic save says nothing the user chose; /sessions lists it.
+    if !app.session.name.is_empty() && !app.auto_named {
         out.push(segment(
             format!("session {}", app.session.name),
             app.session.name.clone(),

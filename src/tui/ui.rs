@@ -82,7 +82,7 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
 /// The row above the input box: what the user should know right now, if anything.
 fn info_line(app: &App) -> Option<Line<'static>> {
     let theme = &app.theme;
-    if app.quit_armed {
+    if app.quit_armed.is_some() {
         let text = if app.cancelled.is_some() {
             "Stopped. Press Ctrl+C again to quit."
         } else {
