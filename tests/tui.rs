@@ -954,3 +954,77 @@ fn every_turn_is_saved_and_save_renames_the_dated_file() {
     assert_eq!(list.len(), 2, "{list:?}");
     assert_eq!(chat.store.get("case-9").expect("kept").turns.len(), 2);
 }
+
+/// Issue 14: `/drop N` removes the N oldest turns, says so, and saves; the next request no
+/// longer carries them. More than there are is refused.
+#[test]
+fn drop_removes_the_oldest_turns_visibly_and_saves() {
+    let mut chat = Chat::new();
+    chat.enter("First?");
+    chat.answer(&["One."], true);
+    chat.enter("Second?");
+    chat.answer(&["Two."], true);
+    chat.enter("/drop 5");
+    assert!(chat.app.notices.last().is_some_and(|n| n.error));
+    assert_eq!(chat.app.session.turns.len(), 2);
+    chat.send(ctrl('u'));
+    chat.enter("/drop 1");
+    assert_eq!(chat.app.session.turns.len(), 1);
+    assert_eq!(chat.app.session.turns[0].text, "Second?");
+    let last = chat.app.notices.last().expect("notice");
+    assert!(
+        !last.error && last.text.contains("Dropped the 1 oldest turn"),
+        "{}",
+        last.text
+    );
+    let saved = chat.store.get(&chat.app.session.name).expect("saved");
+    assert_eq!(saved.turns.len(), 1);
+    chat.enter("Third?");
+    let (_, request) = chat.last_generate();
+    assert_eq!(request.history.len(), 1);
+    assert_eq!(request.history[0].user, "Second?");
+}
+
+/// Issue 14: an answer that fills 80% of the window warns; one cut by the window says the
+/// context is full and is marked in the transcript.
+#[test]
+fn a_filling_context_warns_and_a_full_one_says_so() {
+    let mut chat = Chat::new();
+    chat.enter("Long?");
+    let (id, _) = chat.last_generate();
+    let prompt = PromptStats {
+        text_tokens: 3400,
+        images: 0,
+        image_tokens: 0,
+        total: 3400,
+        context_length: 4096,
+    };
+    chat.engine(Event::Finished {
+        id,
+        completion: completion("An answer.", prompt),
+    });
+    let last = chat.app.notices.last().expect("a warning");
+    assert!(
+        last.text.contains("fills 83% of the context window"),
+        "{}",
+        last.text
+    );
+
+    chat.enter("Longer?");
+    let (id, _) = chat.last_generate();
+    let mut full = completion("Cut", prompt);
+    full.stop = Stop::Context;
+    chat.engine(Event::Finished {
+        id,
+        completion: full,
+    });
+    let last = chat.app.notices.last().expect("context full");
+    assert!(
+        last.error && last.text.starts_with("Context full"),
+        "{}",
+        last.text
+    );
+    assert_eq!(chat.app.session.turns[1].stop, Some(Stop::Context));
+    let screen = chat.render(100, 30).backend().to_string();
+    assert!(screen.contains("(context full)"), "{screen}");
+}

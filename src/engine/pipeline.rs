@@ -34,7 +34,7 @@ pub enum EngineError {
     #[error("{count} images in one turn: at most {MAX_IMAGES_PER_TURN} are allowed")]
     TooManyImages { count: usize },
     #[error(
-        "the prompt needs {total} positions ({text} text tokens + {images} images × {per_image}) but the context window is {limit}: shorten the text or attach fewer images"
+        "the prompt needs {total} positions ({text} text tokens + {images} images × {per_image}) but the context window is {limit}{earlier}: shorten the text, attach fewer images, drop the oldest turns (/drop N in the chat) or start a new conversation"
     )]
     ContextOverflow {
         total: usize,
@@ -42,6 +42,8 @@ pub enum EngineError {
         images: usize,
         per_image: usize,
         limit: usize,
+        /// What the earlier turns take (`; earlier turns: 1: 640 (1 image), 2: 90`), or empty.
+        earlier: String,
     },
     #[error("device {0:?} is not available: {1}")]
     Device(DevicePref, String),
@@ -213,9 +215,32 @@ impl Pipeline {
                 images,
                 per_image,
                 limit,
+                earlier: String::new(),
             });
         }
         Ok(total)
+    }
+
+    /// The positions each earlier turn of `history` takes in a prompt (its user and
+    /// assistant segments, each image as its positions), and its number of images: what a
+    /// user must know to choose which turns to drop when the window is full.
+    pub fn turn_positions(&self, history: &[Exchange]) -> Result<Vec<(usize, usize)>, EngineError> {
+        let per_image = self.model.tokens_per_image();
+        let segments = template::segments(history, "");
+        let tok = &self.tokenizer;
+        (0..history.len())
+            .map(|i| {
+                let ids = template::prompt_ids(
+                    &segments[2 * i..2 * i + 2],
+                    |chunk| tok.encode_chunk(chunk),
+                    tok.bos_id(),
+                    tok.model_max_length(),
+                )
+                .map_err(ModelError::from)?;
+                let images = ids.iter().filter(|&&t| t == IMAGE_TOKEN_INDEX).count();
+                Ok((ids.len() - images + images * per_image, images))
+            })
+            .collect()
     }
 
     /// Preprocesses image files (Pillow-exact) into CHW pixels.

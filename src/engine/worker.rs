@@ -279,7 +279,38 @@ impl Worker {
             })
             .into());
         }
-        pipeline.check_context(&ids)?;
+        if let Err(EngineError::ContextOverflow {
+            total,
+            text,
+            images,
+            per_image,
+            limit,
+            ..
+        }) = pipeline.check_context(&ids)
+        {
+            let turns = pipeline.turn_positions(&request.history)?;
+            let earlier: Vec<String> = (turns.iter().enumerate())
+                .map(|(i, (positions, images))| match images {
+                    0 => format!("{}: {positions}", i + 1),
+                    1 => format!("{}: {positions} (1 image)", i + 1),
+                    n => format!("{}: {positions} ({n} images)", i + 1),
+                })
+                .collect();
+            let earlier = if earlier.is_empty() {
+                String::new()
+            } else {
+                format!("; positions of the earlier turns: {}", earlier.join(", "))
+            };
+            return Err(EngineError::ContextOverflow {
+                total,
+                text,
+                images,
+                per_image,
+                limit,
+                earlier,
+            }
+            .into());
+        }
         let mut completion = Completion {
             text: String::new(),
             history_text: String::new(),
@@ -535,6 +566,7 @@ mod tests {
                 images: 8,
                 per_image: 576,
                 limit: 4096,
+                earlier: String::new(),
             },
             EngineError::Model(ModelError::ImageCount {
                 placeholders: 1,

@@ -182,6 +182,7 @@ impl App {
                 effects
             }
             Slash::Regen => self.regen(),
+            Slash::Drop(n) => self.drop_turns(n),
             Slash::Set(None) => {
                 let p = &self.params();
                 self.notice(format!(
@@ -248,6 +249,34 @@ impl App {
                 Vec::new()
             }
         }
+    }
+
+    /// `/drop N`: removes the N oldest turns from the conversation (explicitly and visibly:
+    /// they leave the prompt, and the saved session), to make room in the context window.
+    fn drop_turns(&mut self, n: usize) -> Vec<Effect> {
+        if self.generation.is_some() {
+            self.error("Wait for the answer to finish, or press Esc to stop it");
+            return Vec::new();
+        }
+        let turns = self.session.turns.len();
+        if n > turns {
+            self.error(format!(
+                "/drop {n}: the conversation has {turns} turn{}",
+                if turns == 1 { "" } else { "s" }
+            ));
+            return Vec::new();
+        }
+        self.session.turns.drain(..n);
+        self.cache.borrow_mut().clear();
+        for notice in &mut self.notices {
+            notice.after_turns = notice.after_turns.saturating_sub(n);
+        }
+        self.notice(format!(
+            "Dropped the {n} oldest turn{} from the conversation: the model no longer sees {}",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it" } else { "them" }
+        ));
+        self.autosave()
     }
 
     /// `/regen`: asks the last question again (stopping its answer if it is still running).

@@ -63,6 +63,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         arg: Arg::None,
     },
     CommandSpec {
+        name: "drop",
+        aliases: &[],
+        args: "N",
+        help: "remove the N oldest turns from the conversation (they leave the prompt; saved)",
+        arg: Arg::Required(Complete::Nothing),
+    },
+    CommandSpec {
         name: "regen",
         aliases: &["retry"],
         args: "",
@@ -155,6 +162,8 @@ pub enum Slash {
     Image(String),
     Model(String),
     Clear,
+    /// Remove this many of the oldest turns.
+    Drop(usize),
     Regen,
     /// `None` shows the current settings.
     Set(Option<Setting>),
@@ -222,6 +231,14 @@ pub fn parse(line: &str) -> Result<Slash, String> {
         "model" => Slash::Model(arg),
         "clear" => Slash::Clear,
         "regen" => Slash::Regen,
+        "drop" => match arg.parse::<usize>() {
+            Ok(n) if n > 0 => Slash::Drop(n),
+            _ => {
+                return Err(format!(
+                    "/drop {arg:?}: give how many of the oldest turns to drop (1 or more)"
+                ))
+            }
+        },
         "set" if arg.is_empty() => Slash::Set(None),
         "set" => Slash::Set(Some(parse_setting(&arg)?)),
         "save" if arg.is_empty() => Slash::Save(None),

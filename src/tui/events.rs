@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::chat::session::{is_dated_name, Session};
-use crate::protocol::{Completion, Event, FailureKind, RequestId};
+use crate::protocol::{Completion, Event, FailureKind, RequestId, Stop};
 
 use super::app::{file_name, short_model_name, App, ImageState};
 use super::image::ImageMeta;
@@ -119,6 +119,18 @@ impl App {
         if turn_index < self.session.turns.len() {
             let (earlier, rest) = self.session.turns.split_at_mut(turn_index);
             rest[0].finish(&completion, self.model.as_ref(), earlier);
+        }
+        let s = &completion.stats;
+        let (used, window) = (s.prompt.total + s.generated_tokens, s.prompt.context_length);
+        if completion.stop == Stop::Context {
+            self.error(format!(
+                "Context full: the answer stopped at the {window}-position window; /drop N removes the oldest turns, /clear starts a new conversation"
+            ));
+        } else if window > 0 && used * 5 >= window * 4 {
+            self.notice(format!(
+                "The conversation fills {}% of the context window ({used}/{window}); /drop N removes the oldest turns, /clear starts a new conversation",
+                used * 100 / window
+            ));
         }
         true
     }

@@ -54,14 +54,29 @@ pub fn segments(app: &App) -> Vec<Segment> {
             .as_ref()
             .map_or(p.context_length, |m| m.context_length);
         let used = p.total + generated;
-        out.push(segment(
-            format!(
-                "ctx {used}/{window} (text {}, images {})",
-                p.text_tokens + generated,
-                p.image_tokens
-            ),
-            format!("ctx {used}/{window}"),
-        ));
+        // Images attached but not sent yet will take their positions too.
+        let attached = app.pending.len() * app.model.as_ref().map_or(576, |m| m.tokens_per_image);
+        let (long, short) = if attached > 0 {
+            (
+                format!(
+                    "ctx {used}+{attached}/{window} (text {}, images {} + {} attached)",
+                    p.text_tokens + generated,
+                    p.image_tokens,
+                    attached
+                ),
+                format!("ctx {used}+{attached}/{window}"),
+            )
+        } else {
+            (
+                format!(
+                    "ctx {used}/{window} (text {}, images {})",
+                    p.text_tokens + generated,
+                    p.image_tokens
+                ),
+                format!("ctx {used}/{window}"),
+            )
+        };
+        out.push(segment(long, short));
     }
     if let Some(g) = app.generation {
         out.push(segment(

@@ -159,6 +159,11 @@ fn answer(app: &App, index: usize, turn: &Turn, width: u16, out: &mut Vec<Row>) 
             "(interrupted)",
             theme.interrupted,
         ))));
+    } else if turn.stop == Some(crate::protocol::Stop::Context) && generating.is_none() {
+        out.push(Row::Text(Line::from(Span::styled(
+            "(context full)",
+            theme.interrupted,
+        ))));
     }
 }
 
