@@ -587,6 +587,12 @@ pub enum Event {
         id: RequestId,
         info: ModelInfo,
     },
+    /// Load `id` failed (its `Failed` came first), and this model, the one loaded before,
+    /// is loaded: kept, or loaded again after it had made room.
+    Restored {
+        id: RequestId,
+        info: ModelInfo,
+    },
     Unloaded,
     /// The prompt was built and accepted; generation begins with `params` (the model's
     /// defaults with the request's overrides).

@@ -16,11 +16,12 @@ use anyhow::Result;
 
 use crate::cli::{ModelArgs, RuntimeArgs, SamplingArgs};
 use crate::config::{Dirs, Settings};
-use crate::engine::{Engine, EngineHandle, ResolvedModel, Resolver};
+use crate::engine::{Engine, EngineHandle, ResolveError, ResolvedModel, Resolver};
 use crate::hub::{self, memory::WeightFormat};
 use crate::model::decoder::PREFILL_CHUNK;
 use crate::model::quant::choose_quant;
 use crate::protocol::{DevicePref, LoadStage, ModelSpec, Quant, SamplingOverrides};
+use std::ops::ControlFlow;
 
 /// The model used when neither `--model` nor config.toml names one.
 pub const DEFAULT_MODEL: &str = "7b";
@@ -82,7 +83,8 @@ pub fn engine_for(draw_download_bar: bool) -> EngineHandle {
 /// `LoadStage::Download` events.
 pub fn hub_resolver(draw_bar: bool) -> Resolver {
     Box::new(
-        move |spec: &ModelSpec, progress: &mut dyn FnMut(LoadStage, u64, u64)| {
+        move |spec: &ModelSpec,
+              progress: &mut dyn FnMut(LoadStage, u64, u64) -> ControlFlow<()>| {
             let mut opts = hub::HubOptions::from_env();
             if spec.revision.is_some() {
                 opts.revision = spec.revision.clone();
@@ -97,7 +99,7 @@ pub fn hub_resolver(draw_bar: bool) -> Resolver {
                 });
                 hub::resolve(&model, &opts, &mut events)
             }
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ResolveError::new(e.to_string()))?;
             let on_cpu = runs_on_cpu(spec.device);
             let quant = spec.quant.unwrap_or_else(|| {
                 let bf16 = checkpoint_bytes(&resolved.dir);
@@ -106,8 +108,12 @@ pub fn hub_resolver(draw_bar: bool) -> Resolver {
             });
             if on_cpu {
                 let format = WeightFormat::of(quant, spec.dtype);
-                hub::memory::preflight(&resolved.dir, format, 4096, PREFILL_CHUNK)
-                    .map_err(|e| e.to_string())?;
+                hub::memory::preflight(&resolved.dir, format, 4096, PREFILL_CHUNK).map_err(
+                    |e| ResolveError {
+                        out_of_memory: matches!(e, hub::memory::MemoryError::TooLarge { .. }),
+                        message: e.to_string(),
+                    },
+                )?;
             }
             let quant_cache_dir = Dirs::from_env().ok().map(|d| d.quant_cache());
             Ok(ResolvedModel {
@@ -116,6 +122,8 @@ pub fn hub_resolver(draw_bar: bool) -> Resolver {
                 revision: resolved.revision,
                 quant,
                 quant_cache_dir,
+                files: Vec::new(),
+                quant_file: None,
             })
         },
     )

@@ -25,16 +25,45 @@ use std::thread::JoinHandle;
 pub use faults::Faults;
 pub use pipeline::{Answer, EngineError, Pipeline, Timings};
 
-use crate::protocol::{Command, Event, FailureKind, LoadStage, ModelSpec, Quant, RequestId};
+use crate::protocol::{
+    Command, Event, FailureKind, FileHash, LoadStage, ModelSpec, Quant, RequestId,
+};
+use std::ops::ControlFlow;
 use worker::{Signals, Worker};
 
 /// Finds (and, with the hub, downloads) the checkpoint directory of a [`ModelSpec`],
-/// reporting progress as `(stage, done, total)`. Injected so the worker needs no knowledge of
-/// the hub or the cache layout; the error is one line naming what to do.
+/// reporting progress as `(stage, done, total)`; the progress callback answers `Break` when
+/// the load was cancelled, and the resolver then stops as soon as it can. Injected so the
+/// worker needs no knowledge of the hub or the cache layout.
 pub type Resolver = Box<
-    dyn FnMut(&ModelSpec, &mut dyn FnMut(LoadStage, u64, u64)) -> Result<ResolvedModel, String>
+    dyn FnMut(
+            &ModelSpec,
+            &mut dyn FnMut(LoadStage, u64, u64) -> ControlFlow<()>,
+        ) -> Result<ResolvedModel, ResolveError>
         + Send,
 >;
+
+/// Why a resolver could not give a model: one line naming what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveError {
+    pub message: String,
+    /// The model does not fit in the memory available now (it might once the loaded model
+    /// is dropped).
+    pub out_of_memory: bool,
+}
+
+impl ResolveError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            out_of_memory: false,
+        }
+    }
+
+    pub fn cancelled() -> Self {
+        Self::new("cancelled")
+    }
+}
 
 /// Where a resolver found a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +78,10 @@ pub struct ResolvedModel {
     pub quant: Quant,
     /// Where quantized weight files are cached (needed unless `quant` is `Quant::None`).
     pub quant_cache_dir: Option<PathBuf>,
+    /// Every file of the checkpoint with its SHA-256, for the record (empty if unknown).
+    pub files: Vec<FileHash>,
+    /// The quantized weights' cache file, when known before loading.
+    pub quant_file: Option<FileHash>,
 }
 
 /// A resolver for local checkpoint directories only (tests, tools): the source must name an
@@ -57,10 +90,10 @@ pub fn local_resolver() -> Resolver {
     Box::new(|spec, _progress| {
         let dir = PathBuf::from(&spec.source);
         if !dir.is_dir() {
-            return Err(format!(
+            return Err(ResolveError::new(format!(
                 "{} is not a checkpoint directory (give the path of a downloaded HuatuoGPT-Vision checkpoint)",
                 spec.source
-            ));
+            )));
         }
         Ok(ResolvedModel {
             dir: std::fs::canonicalize(&dir).unwrap_or(dir),
@@ -68,6 +101,8 @@ pub fn local_resolver() -> Resolver {
             revision: None,
             quant: spec.quant.unwrap_or(Quant::None),
             quant_cache_dir: Some(std::env::temp_dir().join("huatuo-quant")),
+            files: Vec::new(),
+            quant_file: None,
         })
     })
 }

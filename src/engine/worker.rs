@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::cache::Caches;
 use super::faults::Faults;
 use super::pipeline::{Answer, EngineError, Pipeline};
-use super::Resolver;
+use super::{ResolveError, ResolvedModel, Resolver};
 use crate::model::ModelError;
 use crate::protocol::{
     Command, Completion, EngineBuild, Event, FailureKind, GenerateRequest, GenerationStats,
@@ -70,6 +70,8 @@ struct Loaded {
     pipeline: Pipeline,
     info: ModelInfo,
     caches: Caches,
+    /// What was asked for, to load it again after a swap that failed.
+    spec: ModelSpec,
 }
 
 /// The worker thread's state.
@@ -161,46 +163,86 @@ impl Worker {
         let _ = self.events.send(event);
     }
 
-    /// Loads a model, dropping the current one first so two never share memory.
+    /// Loads a model. A model already loaded stays loaded until the new one is ready: the new
+    /// one is resolved (downloaded) first, then loaded beside it when the memory preflight
+    /// allows, and only then the old one is dropped. When the two do not fit together the old
+    /// one is dropped before the weights load. A load that fails or is cancelled leaves the
+    /// previous model loaded (loaded again if it had to make room) and says so with
+    /// `Restored`.
     fn load(&mut self, id: RequestId, spec: &ModelSpec) {
+        let previous = self.loaded.as_ref().map(|l| l.spec.clone());
+        let mut resolved = self.resolve(id, spec);
+        if matches!(&resolved, Err(e) if e.out_of_memory) && self.loaded.is_some() {
+            // Not beside the current model: make room and try again.
+            self.unload_for(id);
+            resolved = self.resolve(id, spec);
+        }
+        let result = resolved
+            .map_err(|e| e.message)
+            .and_then(|resolved| self.load_resolved(id, spec, resolved));
+        match result {
+            Ok(loaded) => {
+                if self.loaded.is_some() {
+                    self.unload_for(id);
+                }
+                self.emit(Event::Loaded {
+                    id,
+                    info: loaded.info.clone(),
+                });
+                self.loaded = Some(loaded);
+            }
+            Err(error) => self.load_failed(id, spec, &error, previous),
+        }
+    }
+
+    /// Finds (and downloads) `spec`'s checkpoint, reporting progress; a cancel of `id` stops
+    /// a download at the next chunk.
+    fn resolve(&mut self, id: RequestId, spec: &ModelSpec) -> Result<ResolvedModel, ResolveError> {
+        let (events, signals) = (&self.events, &self.signals);
+        let resolved = (self.resolver)(spec, &mut |stage, done, total| {
+            let _ = events.send(Event::LoadProgress {
+                id,
+                stage,
+                done,
+                total,
+            });
+            if signals.stop_requested(id) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if self.signals.stop_requested(id) {
+            return Err(ResolveError::cancelled());
+        }
+        resolved
+    }
+
+    /// Loads the weights of a resolved checkpoint.
+    fn load_resolved(
+        &mut self,
+        id: RequestId,
+        spec: &ModelSpec,
+        resolved: ResolvedModel,
+    ) -> Result<Loaded, String> {
         let progress = |stage, done, total| Event::LoadProgress {
             id,
             stage,
             done,
             total,
         };
-        if self.loaded.is_some() {
-            self.emit(progress(LoadStage::Unload, 0, 1));
-            self.loaded = None;
-            self.emit(progress(LoadStage::Unload, 1, 1));
-        }
-        let events = &self.events;
-        let resolved = (self.resolver)(spec, &mut |stage, done, total| {
-            let _ = events.send(progress(stage, done, total));
-        });
-        let fail = |error: String| {
-            let error = format!(
-                "cannot load model {}: {}; no model is loaded",
-                spec.source,
-                one_line(&error)
-            );
-            failed(id, FailureKind::Model, error, "")
-        };
-        let resolved = match resolved {
-            Ok(r) => r,
-            Err(e) => return self.emit(fail(e)),
-        };
         self.emit(progress(LoadStage::Weights, 0, 1));
-        let pipeline = match Pipeline::load_quantized(
+        let pipeline = Pipeline::load_quantized(
             &resolved.dir,
             spec.device,
             spec.dtype,
             resolved.quant,
             resolved.quant_cache_dir.as_deref(),
-        ) {
-            Ok(p) => p,
-            Err(e) => return self.emit(fail(e.to_string())),
-        };
+        )
+        .map_err(|e| e.to_string())?;
+        if self.signals.stop_requested(id) {
+            return Err(ResolveError::cancelled().message);
+        }
         self.emit(progress(LoadStage::Weights, 1, 1));
         let config = &pipeline.checkpoint.config;
         let info = ModelInfo {
@@ -217,25 +259,71 @@ impl Worker {
             context_length: config.context_length(),
             tokens_per_image: pipeline.model.tokens_per_image(),
             defaults: pipeline.defaults.clone(),
-            files: Vec::new(),
-            quant_file: None,
+            files: resolved.files,
+            quant_file: resolved.quant_file,
             engine: EngineBuild {
                 name: "huatuo".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
-                git_commit: None,
+                git_commit: option_env!("HUATUO_GIT_COMMIT").map(str::to_string),
                 endpoint: None,
             },
         };
-        self.emit(Event::Loaded {
-            id,
-            info: info.clone(),
-        });
         let caches = Caches::new(&pipeline.model);
-        self.loaded = Some(Loaded {
+        Ok(Loaded {
             pipeline,
             info,
             caches,
-        });
+            spec: spec.clone(),
+        })
+    }
+
+    /// Drops the loaded model (and its caches), reported as the `Unload` stage of load `id`.
+    fn unload_for(&mut self, id: RequestId) {
+        let progress = |done| Event::LoadProgress {
+            id,
+            stage: LoadStage::Unload,
+            done,
+            total: 1,
+        };
+        self.emit(progress(0));
+        self.loaded = None;
+        self.emit(progress(1));
+    }
+
+    /// Reports a failed (or cancelled) load of `spec`; the model loaded before (`previous`)
+    /// is still there, or is loaded again if it made room, and `Restored` says which it is.
+    fn load_failed(
+        &mut self,
+        id: RequestId,
+        spec: &ModelSpec,
+        error: &str,
+        previous: Option<ModelSpec>,
+    ) {
+        if self.loaded.is_none() {
+            if let Some(previous) = previous {
+                let reloaded = (self.resolve(id, &previous).map_err(|e| e.message))
+                    .and_then(|r| self.load_resolved(id, &previous, r));
+                self.loaded = reloaded.ok();
+            }
+        }
+        let kept = self.loaded.as_ref().map(|l| l.info.clone());
+        let error = match &kept {
+            Some(info) => format!(
+                "cannot load model {}: {}; {} is still loaded",
+                spec.source,
+                one_line(error),
+                info.source
+            ),
+            None => format!(
+                "cannot load model {}: {}; no model is loaded",
+                spec.source,
+                one_line(error)
+            ),
+        };
+        self.emit(failed(id, FailureKind::Model, error, ""));
+        if let Some(info) = kept {
+            self.emit(Event::Restored { id, info });
+        }
     }
 
     /// Answers one turn: `Started`, `Token`s, then `Finished`, or `Failed` with the partial
@@ -614,10 +702,16 @@ mod tests {
             offline: true,
             quant: None,
         };
-        let err = resolve(&spec("/no/such/dir"), &mut |_, _, _| {}).unwrap_err();
-        assert!(err.contains("/no/such/dir"), "{err}");
+        let err = resolve(&spec("/no/such/dir"), &mut |_, _, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert!(err.message.contains("/no/such/dir"), "{err:?}");
         let dir = std::env::temp_dir();
-        let found = resolve(&spec(&dir.to_string_lossy()), &mut |_, _, _| {}).unwrap();
+        let found = resolve(&spec(&dir.to_string_lossy()), &mut |_, _, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert!(found.dir.is_dir());
         assert_eq!((found.repo, found.revision), (None, None));
     }

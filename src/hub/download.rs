@@ -207,6 +207,13 @@ impl Puller<'_> {
                             })
                         }
                         Err(CopyError::Net(e)) => Some(Failure::net(e.to_string())),
+                        // What arrived stays, for the next attempt to resume.
+                        Err(CopyError::Cancelled) => {
+                            return Err(HubError::Cancelled {
+                                repo: self.cache.repo.clone(),
+                                file: file.to_string(),
+                            })
+                        }
                     }
                 }
                 Err(f) => Some(f),
@@ -252,6 +259,7 @@ enum CopyError {
     Net(io::Error),
     Disk(io::Error),
     TooLong,
+    Cancelled,
 }
 
 /// Copies a response body into the file; `Ok(true)` when the file is complete.
@@ -279,6 +287,9 @@ fn copy_body(
         hasher.update(&buf[..n]);
         *have += n as u64;
         progress.advance(n as u64);
+        if progress.cancelled() {
+            return Err(CopyError::Cancelled);
+        }
     }
 }
 

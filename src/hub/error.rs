@@ -8,6 +8,9 @@ use super::format_bytes;
 /// Why a model could not be resolved, downloaded or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
+    #[error("the download of {repo} was cancelled at {file} (what arrived is kept: it resumes next time)")]
+    Cancelled { repo: String, file: String },
+
     #[error(
         "model directory {} does not exist (give --model 7b, 34b, a hub repo id such as \
          org/name, or a checkpoint directory)",

@@ -2,6 +2,8 @@
 //! an indicatif bar on stderr (`cmd::progress`, only when stderr is a terminal), the TUI its
 //! own widget, tests nothing.
 
+use std::ops::ControlFlow;
+
 /// Receives the progress of each file download.
 pub trait Progress {
     /// A download of `file` (`total` bytes) begins, or begins again, with `already` bytes
@@ -11,6 +13,11 @@ pub trait Progress {
     fn advance(&mut self, bytes: u64);
     /// `file` is complete and in the cache.
     fn finish(&mut self, file: &str);
+    /// Whether the receiver asked to stop: the download ends at the next chunk, keeping what
+    /// arrived.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Ignores all progress.
@@ -24,35 +31,40 @@ impl Progress for NoProgress {
 }
 
 /// Forwards progress to a closure called with `(file, bytes done, file size)`, e.g. to turn it
-/// into engine or TUI events.
-pub struct FnProgress<F: FnMut(&str, u64, u64)> {
+/// into engine or TUI events; the closure's `Break` cancels the download.
+pub struct FnProgress<F: FnMut(&str, u64, u64) -> ControlFlow<()>> {
     f: F,
     file: String,
     done: u64,
     total: u64,
+    stop: bool,
 }
 
-impl<F: FnMut(&str, u64, u64)> FnProgress<F> {
+impl<F: FnMut(&str, u64, u64) -> ControlFlow<()>> FnProgress<F> {
     pub fn new(f: F) -> Self {
         Self {
             f,
             file: String::new(),
             done: 0,
             total: 0,
+            stop: false,
         }
     }
 }
 
-impl<F: FnMut(&str, u64, u64)> Progress for FnProgress<F> {
+impl<F: FnMut(&str, u64, u64) -> ControlFlow<()>> Progress for FnProgress<F> {
     fn start(&mut self, file: &str, total: u64, already: u64) {
         self.file = file.to_string();
         self.total = total;
         self.done = already;
-        (self.f)(&self.file, self.done, self.total);
+        self.stop |= (self.f)(&self.file, self.done, self.total).is_break();
     }
     fn advance(&mut self, bytes: u64) {
         self.done += bytes;
-        (self.f)(&self.file, self.done, self.total);
+        self.stop |= (self.f)(&self.file, self.done, self.total).is_break();
     }
     fn finish(&mut self, _file: &str) {}
+    fn cancelled(&self) -> bool {
+        self.stop
+    }
 }

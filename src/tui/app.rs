@@ -278,6 +278,22 @@ impl App {
         Effect::Engine(crate::protocol::Command::Load { id, spec })
     }
 
+    /// Esc while a model downloads or loads: the engine stops it (a download keeps what
+    /// arrived, to resume later) and the model loaded before stays.
+    pub(crate) fn cancel_load(&mut self) -> Vec<Effect> {
+        let Some(loading) = self.loading.take() else {
+            return Vec::new();
+        };
+        self.notice(format!(
+            "Stopped loading {}",
+            short_model_name(&loading.source)
+        ));
+        if let Some(info) = &self.model {
+            self.spec.source = info.source.clone();
+        }
+        vec![Effect::Cancel(loading.id)]
+    }
+
     /// Asks for an image's metadata and thumbnail unless it is known or on its way.
     pub(crate) fn read_image(&mut self, path: PathBuf) -> Option<Effect> {
         if self.images.contains_key(&path) {

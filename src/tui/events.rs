@@ -63,6 +63,15 @@ impl App {
                 }
             }
             Event::Unloaded => self.model = None,
+            // A swap failed and the model loaded before is (still) there.
+            Event::Restored { info, .. } => {
+                self.notice(format!(
+                    "{} is still loaded",
+                    short_model_name(&info.source)
+                ));
+                self.spec.source = info.source.clone();
+                self.model = Some(info);
+            }
             Event::Started { id, prompt, params } => {
                 if let Some(g) = self.generation.as_mut().filter(|g| g.id == id) {
                     g.started = true;

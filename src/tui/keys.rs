@@ -128,7 +128,7 @@ impl App {
     /// its first word, the question comes back to the editor instead, to change and resend.
     fn stop_by_user(&mut self) -> Vec<Effect> {
         let Some(g) = self.generation else {
-            return Vec::new();
+            return self.cancel_load();
         };
         let effects = self.stop_generation();
         let untouched = g.tokens == 0 && g.turn + 1 == self.session.turns.len();
