@@ -19,6 +19,7 @@ pub mod engine;
 pub mod hub;
 pub mod model;
 pub mod protocol;
+pub mod provenance;
 pub mod term;
 pub mod text;
 #[cfg(feature = "test-support")]
