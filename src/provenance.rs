@@ -43,6 +43,7 @@ use sha2::{Digest, Sha256};
 
 use crate::hub::manifest;
 use crate::model::checkpoint::vision_subdir;
+pub use crate::protocol::FileHash;
 
 /// Files modified this recently (seconds) are hashed but not recorded in the hash cache: some
 /// filesystems keep whole-second (FAT: two-second) timestamps.
@@ -67,18 +68,6 @@ pub fn build_info() -> BuildInfo {
         version: env!("CARGO_PKG_VERSION"),
         git_commit: option_env!("HUATUO_GIT_COMMIT"),
     }
-}
-
-/// One file and its content hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileHash {
-    /// For [`checkpoint_files`], the path relative to the checkpoint directory, `/`-separated
-    /// (`vit/clip_vit_large_patch14_336/config.json`); for [`file_hash`], the file's name.
-    pub name: String,
-    /// In bytes.
-    pub size: u64,
-    /// SHA-256 of the content, lowercase hex.
-    pub sha256: String,
 }
 
 /// Why a file could not be hashed.

@@ -120,6 +120,198 @@ fn piped_stdout_is_plain_text() {
     }
 }
 
+/// The SHA-256 of a file, computed here independently of huatuo's provenance code.
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).expect("read");
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Issue 14, acceptance 3: `ask --json` and `sessions show --json` carry the whole record of
+/// an answer, checked against values known here: the checkpoint's files and their hashes,
+/// the version, the seed and every sampling setting (floats at their shortest), the image's
+/// hash with the turn it came from (a follow-up lists the earlier turn's image), tokens and
+/// timings. An error under --json is a JSON object on stdout too.
+#[test]
+fn json_and_sessions_carry_the_reproducibility_record() {
+    let home = tempfile::tempdir().expect("tmp");
+    let checkpoint = tiny_checkpoint("qwen2");
+    let image = fixture("images/cell.png");
+    let ask = |extra: &[&str], question: &str| {
+        let out = huatuo(home.path())
+            .arg("ask")
+            .arg("--model")
+            .arg(checkpoint)
+            .args(["--max-new-tokens", "6", "--dtype", "f32"])
+            .args([
+                "--session",
+                "rec",
+                "--json",
+                "--seed",
+                "7",
+                "--top-p",
+                "0.9",
+            ])
+            .args(["--temperature", "0.5"])
+            .args(extra)
+            .arg(question)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        (
+            serde_json::from_str::<Value>(&text).expect("one JSON object"),
+            text,
+        )
+    };
+    let (first, text) = ask(&["--image", &image.display().to_string()], "What is it?");
+    let (second, _) = ask(&[], "Anything abnormal?");
+
+    // Floats as typed, not as f32 widened to f64.
+    assert!(text.contains("\"temperature\": 0.5,"), "{text}");
+    assert!(text.contains("\"top_p\": 0.9,"), "{text}");
+    assert!(text.contains("\"repetition_penalty\": 1.2,"), "{text}");
+    for v in [&first, &second] {
+        assert_eq!(v["engine"]["name"], "huatuo");
+        assert_eq!(v["engine"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(v["model"]["source"], checkpoint.display().to_string());
+        assert_eq!(
+            v["model"]["path"],
+            std::fs::canonicalize(checkpoint)
+                .expect("canonical")
+                .display()
+                .to_string()
+        );
+        assert_eq!(v["model"]["family"], "qwen2");
+        assert!(v["model"]["repo"].is_null() && v["model"]["quant_file"].is_null());
+        assert_eq!(
+            (v["dtype"].as_str(), v["device"].as_str()),
+            (Some("f32"), Some("cpu"))
+        );
+        assert_eq!(v["quantization"], "none");
+        let s = &v["sampling"];
+        assert_eq!(
+            (s["seed"].as_u64(), s["top_k"].as_u64()),
+            (Some(7), Some(50))
+        );
+        assert_eq!(s["max_new_tokens"].as_u64(), Some(6));
+        for key in [
+            "prompt_text",
+            "prompt_images",
+            "prompt_total",
+            "generated",
+            "context_length",
+            "reused_positions",
+            "images_encoded",
+        ] {
+            assert!(v["tokens"][key].is_u64(), "tokens.{key}: {v:#}");
+        }
+        for key in [
+            "image_encode_ms",
+            "time_to_first_token_ms",
+            "prefill_tokens_per_s",
+            "decode_tokens_per_s",
+        ] {
+            assert!(v["timings"][key].is_number(), "timings.{key}");
+        }
+        // Every file of the checkpoint, each with its true hash and size.
+        let files = v["model"]["files"].as_array().expect("files");
+        let names: Vec<&str> = files
+            .iter()
+            .map(|f| f["name"].as_str().expect("name"))
+            .collect();
+        for needed in [
+            "config.json",
+            "tokenizer.json",
+            "model.safetensors.index.json",
+        ] {
+            assert!(names.contains(&needed), "{names:?}");
+        }
+        assert!(
+            names
+                .iter()
+                .any(|n| n.ends_with(".safetensors") && !n.contains('/')),
+            "{names:?}"
+        );
+        assert!(names.iter().any(|n| n.starts_with("vit/")), "{names:?}");
+        for f in files {
+            let path = checkpoint.join(f["name"].as_str().expect("name"));
+            assert_eq!(f["sha256"], sha256_of(&path), "{path:?}");
+            assert_eq!(
+                f["size"].as_u64(),
+                Some(std::fs::metadata(&path).expect("meta").len())
+            );
+        }
+        // The image of turn 1, in both turns' prompts.
+        let images = v["images"].as_array().expect("images");
+        assert_eq!(images.len(), 1, "{v:#}");
+        assert_eq!(images[0]["sha256"], sha256_of(&image));
+        assert_eq!(images[0]["turn"].as_u64(), Some(1));
+        assert_eq!(images[0]["path"], image.display().to_string());
+        assert_eq!(v["session"], "rec");
+    }
+    assert_eq!(first["tokens"]["images_encoded"].as_u64(), Some(1));
+
+    // The session keeps each turn's record: the same as what --json printed.
+    let show = huatuo(home.path())
+        .args(["sessions", "show", "rec", "--json"])
+        .output()
+        .expect("run");
+    assert!(show.status.success());
+    let session: Value = serde_json::from_slice(&show.stdout).expect("json");
+    let turns = session["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 2);
+    for (turn, printed) in turns.iter().zip([&first, &second]) {
+        let record = &turn["record"];
+        for key in [
+            "engine",
+            "model",
+            "dtype",
+            "quantization",
+            "device",
+            "sampling",
+            "images",
+            "stop",
+            "tokens",
+            "timings",
+        ] {
+            assert_eq!(record[key], printed[key], "{key}");
+        }
+    }
+    // The Markdown view has a footer per answer.
+    let md = huatuo(home.path())
+        .args(["sessions", "show", "rec"])
+        .output()
+        .expect("run");
+    let md = String::from_utf8_lossy(&md.stdout);
+    assert_eq!(md.matches("seed 7").count(), 2, "{md}");
+
+    // A failure under --json: a JSON error object on stdout, the line on stderr, exit 2.
+    let out = huatuo(home.path())
+        .args(greedy_args(checkpoint, 6))
+        .args(["--json", "--image", "/no/such/scan.png", "Hi"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
+    assert_eq!(v["error"]["kind"], "bad_input");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("/no/such/scan.png"),
+        "{v}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/scan.png"));
+}
+
 #[test]
 fn json_has_every_field() {
     let home = tempfile::tempdir().expect("tmp");

@@ -115,15 +115,20 @@ pub fn hub_resolver(draw_bar: bool) -> Resolver {
                     },
                 )?;
             }
-            let quant_cache_dir = Dirs::from_env().ok().map(|d| d.quant_cache());
+            let dirs = Dirs::from_env().ok();
+            let hash_cache = dirs.as_ref().map(|d| d.cache.clone());
+            // The record of every answer names the checkpoint's files by SHA-256: the hub's
+            // own hashes for its blobs (not read again), others hashed once and cached.
+            let files = crate::provenance::checkpoint_files(&resolved.dir, hash_cache.as_deref())
+                .map_err(|e| ResolveError::new(e.to_string()))?;
             Ok(ResolvedModel {
                 dir: resolved.dir,
                 repo: resolved.repo,
                 revision: resolved.revision,
                 quant,
-                quant_cache_dir,
-                files: Vec::new(),
-                quant_file: None,
+                quant_cache_dir: dirs.map(|d| d.quant_cache()),
+                files,
+                hash_cache,
             })
         },
     )

@@ -80,8 +80,9 @@ pub struct ResolvedModel {
     pub quant_cache_dir: Option<PathBuf>,
     /// Every file of the checkpoint with its SHA-256, for the record (empty if unknown).
     pub files: Vec<FileHash>,
-    /// The quantized weights' cache file, when known before loading.
-    pub quant_file: Option<FileHash>,
+    /// Where file hashes are cached by size and mtime (huatuo's cache dir), so the quantized
+    /// weights' file is hashed once, not at every load.
+    pub hash_cache: Option<PathBuf>,
 }
 
 /// A resolver for local checkpoint directories only (tests, tools): the source must name an
@@ -102,7 +103,7 @@ pub fn local_resolver() -> Resolver {
             quant: spec.quant.unwrap_or(Quant::None),
             quant_cache_dir: Some(std::env::temp_dir().join("huatuo-quant")),
             files: Vec::new(),
-            quant_file: None,
+            hash_cache: None,
         })
     })
 }

@@ -99,6 +99,8 @@ pub struct Pipeline {
     pub defaults: SamplingParams,
     device: Device,
     quant: Quant,
+    /// The quantized weights' cache file the model was read from.
+    cache_file: Option<PathBuf>,
 }
 
 impl Pipeline {
@@ -123,8 +125,8 @@ impl Pipeline {
         let processor = ProcessorConfig::from_file(&checkpoint.preprocessor_config)
             .map_err(ModelError::from)?;
         let defaults = crate::model::checkpoint::sampling_defaults(dir)?;
-        let model = if quant == Quant::None {
-            Huatuo::load(&checkpoint, &device, dtype)?
+        let (model, cache_file) = if quant == Quant::None {
+            (Huatuo::load(&checkpoint, &device, dtype)?, None)
         } else {
             let opts = LoadOptions {
                 dtype,
@@ -133,7 +135,8 @@ impl Pipeline {
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| std::env::temp_dir().join("huatuo-quant")),
             };
-            Huatuo::load_with(&checkpoint, &device, &opts, &|_| {})?.0
+            let (model, report) = Huatuo::load_with(&checkpoint, &device, &opts, &|_| {})?;
+            (model, report.cache_file)
         };
         Ok(Self {
             checkpoint,
@@ -143,7 +146,13 @@ impl Pipeline {
             defaults,
             device,
             quant,
+            cache_file,
         })
+    }
+
+    /// The quantized weights' cache file the model was read from (`None` for dense weights).
+    pub fn cache_file(&self) -> Option<&Path> {
+        self.cache_file.as_deref()
     }
 
     /// The weight quantization the model was loaded with.

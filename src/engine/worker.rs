@@ -259,8 +259,10 @@ impl Worker {
             context_length: config.context_length(),
             tokens_per_image: pipeline.model.tokens_per_image(),
             defaults: pipeline.defaults.clone(),
+            quant_file: pipeline.cache_file().and_then(|path| {
+                crate::provenance::file_hash(path, resolved.hash_cache.as_deref()).ok()
+            }),
             files: resolved.files,
-            quant_file: resolved.quant_file,
             engine: EngineBuild {
                 name: "huatuo".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
