@@ -42,6 +42,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Measure load time, image encoding, prefill and decode speed and peak memory.
     Bench(crate::cmd::bench::BenchArgs),
+    /// Write the 336x336 image the model sees (DICOM windowed, padded, resized) as a PNG.
+    Render(crate::cmd::render::RenderArgs),
     /// Developer tools (tiny checkpoints for tests and parity fixtures).
     #[command(hide = true)]
     Dev {

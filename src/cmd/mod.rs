@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chat;
 pub mod dev;
 pub mod models;
+pub mod render;
 pub mod sessions;
 
 use std::path::Path;
