@@ -367,6 +367,11 @@ fn safe_metadata_and_warnings() {
         "CT CHEST, 32x24, 1 frame, MONOCHROME2, pixel spacing 0.75x0.75 mm, slice 5 mm, \
          Explicit VR Little Endian; frame 1 of 1; window 40,400 (from the file)"
     );
+    // An enhanced multi-frame file keeps its spacing in the shared functional group.
+    let enhanced = dicom::open(&dcm("enhanced_multiframe.dcm")).expect("open");
+    assert_eq!(enhanced.meta().pixel_spacing_mm, Some([0.5, 0.5]));
+    assert_eq!(enhanced.meta().slice_thickness_mm, Some(1.25));
+    assert_eq!(enhanced.frames(), 2);
     let us = dicom::open(&dcm("rgb_planar0.dcm")).expect("open");
     assert_eq!(us.meta().warnings().len(), 1);
     assert!(

@@ -449,6 +449,37 @@ def grey_cases() -> None:
         img, applied = render_grey(frames[k], {"pi": "MONOCHROME2"}, None)
         add_case(f"multiframe_{k + 1}", "multiframe.dcm", img, frame=k + 1, frames=3, applied=applied)
 
+    # An enhanced multi-frame file: no rescale or window at the top level; each frame's own
+    # Pixel Value Transformation and Frame VOI LUT items, pixel spacing in the shared group.
+    frames = np.stack([ct_phantom(16, 16, seed=s) for s in (11, 12)])
+    ds = base_dataset(frames, frames=2, bits_stored=12)
+    groups = [((1.0, -1024.0), (40.0, 400.0)), ((2.0, -2048.0), (-600.0, 1500.0))]
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = ["0.5", "0.5"]
+    measures.SliceThickness = "1.25"
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for (slope, intercept), (c, w) in groups:
+        item = Dataset()
+        transform = Dataset()
+        transform.RescaleSlope = str(slope)
+        transform.RescaleIntercept = str(intercept)
+        transform.RescaleType = "HU"
+        item.PixelValueTransformationSequence = [transform]
+        voi_item = Dataset()
+        voi_item.WindowCenter = str(c)
+        voi_item.WindowWidth = str(w)
+        item.FrameVOILUTSequence = [voi_item]
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    save(ds, "enhanced_multiframe.dcm")
+    for k, ((slope, intercept), window) in enumerate(groups):
+        attrs = {"slope": slope, "intercept": intercept, "window": window, "pi": "MONOCHROME2"}
+        img, applied = render_grey(frames[k], attrs, None)
+        add_case(f"enhanced_multiframe_{k + 1}", "enhanced_multiframe.dcm", img, frame=k + 1, frames=2, applied=applied)
+
 
 def colour_cases() -> None:
     rgb = rgb_image()

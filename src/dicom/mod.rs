@@ -215,6 +215,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<DicomImage, DicomError> {
     }
     let codec = pixels::codec(&uid).ok_or_else(unsupported_syntax)?;
     check_image(path, &attrs, codec)?;
+    pixels::check_frames(&obj, &attrs, codec, big_endian).map_err(invalid)?;
     let palette = if attrs.photometric == "PALETTE COLOR" {
         Some(
             palette_luts(&obj).map_err(|reason| DicomError::Unsupported {

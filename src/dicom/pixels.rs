@@ -144,6 +144,29 @@ pub(crate) fn native_frame<'a>(data: &'a [u8], a: &'a Attrs, index: u32) -> Fram
     }
 }
 
+/// Checks, before anything is decoded, that the pixel data can hold the declared Number of
+/// Frames: native data must be long enough for all of them, encapsulated data needs at least
+/// one fragment per frame. So the frame count we report is one the file backs.
+pub(crate) fn check_frames(
+    obj: &DefaultDicomObject,
+    a: &Attrs,
+    codec: Codec,
+    big_endian: bool,
+) -> Result<(), String> {
+    if codec == Codec::Native {
+        return native_data(obj, a, big_endian).map(|_| ());
+    }
+    let (frags, _) = fragments(obj)?;
+    if frags.len() < a.frames as usize {
+        return Err(format!(
+            "the pixel data is truncated: {} fragment(s) cannot hold {} frames",
+            frags.len(),
+            a.frames
+        ));
+    }
+    Ok(())
+}
+
 /// The fragments of an encapsulated pixel data element.
 fn fragments(obj: &DefaultDicomObject) -> Result<(&[Vec<u8>], &[u32]), String> {
     let elem = obj.get(tags::PIXEL_DATA).ok_or("no Pixel Data")?;
