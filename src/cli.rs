@@ -8,6 +8,7 @@ use std::str::FromStr;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
+use crate::dicom::Window;
 use crate::protocol::{DType, DevicePref, Quant, SamplingOverrides};
 
 /// A value parser for the named values of the protocol (`Quant`, `DType`, `DevicePref`):
@@ -69,6 +70,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Measure load time, image encoding, prefill and decode speed and peak memory.
     Bench(BenchArgs),
+    /// Write the 336x336 image the model sees (DICOM windowed, padded, resized) as a PNG.
+    Render(RenderArgs),
     /// Developer tools (tiny checkpoints for tests and parity fixtures); only in builds
     /// with the `test-support` feature.
     #[cfg(feature = "test-support")]
@@ -367,4 +370,30 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `huatuo render` arguments.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The image: DICOM (any extension), PNG, JPEG, BMP, TIFF or WebP.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+
+    /// Where to write the PNG.
+    #[arg(short, long, value_name = "OUT.png")]
+    pub output: PathBuf,
+
+    /// DICOM window: CENTER,WIDTH (e.g. 40,400 or -600,1500) or a preset: brain, subdural,
+    /// stroke, lung, mediastinum, abdomen, liver, bone. Default: the file's window, else the
+    /// frame's min-max.
+    #[arg(long, value_name = "W", allow_hyphen_values = true)]
+    pub window: Option<Window>,
+
+    /// DICOM frame to show, from 1 (default 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub frame: Option<u32>,
+
+    /// Write the full-size rendering, before padding and resizing.
+    #[arg(long)]
+    pub original: bool,
 }

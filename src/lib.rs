@@ -15,6 +15,7 @@ pub mod chat;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod dicom;
 pub mod engine;
 pub mod hub;
 pub mod model;

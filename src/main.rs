@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Some(Command::Rm(args)) => cmd::models::rm(args),
         Some(Command::Info(args)) => cmd::models::info(args),
         Some(Command::Bench(args)) => cmd::bench::run(args),
+        Some(Command::Render(args)) => cmd::render::run(args),
         #[cfg(feature = "test-support")]
         Some(Command::Dev { command }) => cmd::dev::run(command),
     };

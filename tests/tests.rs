@@ -2,6 +2,7 @@
 
 mod ask;
 mod cli;
+mod dicom;
 mod e2e;
 mod engine;
 mod engine_cache;

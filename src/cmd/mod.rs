@@ -8,6 +8,7 @@ pub mod chat;
 pub mod dev;
 pub mod models;
 pub mod progress;
+pub mod render;
 pub mod sessions;
 
 use std::path::Path;

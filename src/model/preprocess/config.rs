@@ -174,6 +174,29 @@ fn clip_std() -> Vec<f64> {
 }
 
 impl ProcessorConfig {
+    /// The `preprocessor_config.json` of openai/clip-vit-large-patch14-336, the vision tower
+    /// of both HuatuoGPT-Vision checkpoints (tests/fixtures/preprocessor_config.json is that
+    /// file; a test checks they agree): for commands that need the preprocessing without a
+    /// checkpoint (`huatuo render`).
+    pub fn clip_vit_large_336() -> Self {
+        Self {
+            do_resize: true,
+            size: ResizeTarget::ShortestEdge(336),
+            resample: RESAMPLE_BICUBIC,
+            do_center_crop: true,
+            crop_size: CropSize {
+                height: 336,
+                width: 336,
+            },
+            do_rescale: true,
+            rescale_factor: default_rescale_factor(),
+            do_normalize: true,
+            image_mean: clip_mean(),
+            image_std: clip_std(),
+            do_convert_rgb: true,
+        }
+    }
+
     /// Reads and checks a `preprocessor_config.json` (huatuo-reference.md §2 step 3).
     pub fn from_file(path: &Path) -> Result<Self, PreprocessError> {
         let bad = |reason: String| PreprocessError::Config {

@@ -6,6 +6,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageFormat, ImageReader, Rgb, RgbImage};
 
 use super::{PreprocessError, PILLOW_MAX_IMAGE_PIXELS};
+use crate::dicom::{self, DicomError, ImageOptions};
 
 /// Decodes an image file to 8-bit RGB exactly as Pillow's `Image.open(path).convert('RGB')`
 /// does (huatuo-reference.md §2 step 1, cli.py:208).
@@ -17,7 +18,17 @@ use super::{PreprocessError, PILLOW_MAX_IMAGE_PIXELS};
 /// taken as Adobe-inverted and converted with Pillow's `cmyk2rgb`. EXIF orientation and
 /// ICC profiles are ignored, as Pillow's `open` ignores them. Bit-exact parity is tested
 /// for PNG and JPEG (tests/preprocess.rs); BMP/TIFF/WebP use the same rules, untested.
+///
+/// DICOM files (recognised by their bytes, whatever the extension) are rendered by
+/// [`crate::dicom`]: frame 1 through the file's window, else its min-max (issue 16).
 pub fn load_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
+    load_rgb_with(path, &ImageOptions::default())
+}
+
+/// [`load_rgb`] with the DICOM options of issue 16: the frame (1-based) and the window of a
+/// DICOM image. Asking for a window, or a frame other than 1, of any other image is an error
+/// naming the file; so is a window on a colour DICOM image.
+pub fn load_rgb_with(path: &Path, opts: &ImageOptions) -> Result<RgbImage, PreprocessError> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => PreprocessError::NotFound {
             path: path.to_path_buf(),
@@ -27,6 +38,19 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
             source: e,
         },
     })?;
+    if dicom::is_dicom(&bytes) {
+        return Ok(dicom::from_bytes(path, &bytes)?.render(opts)?.image);
+    }
+    let not_dicom = |option| DicomError::NotDicom {
+        path: path.to_path_buf(),
+        option,
+    };
+    if opts.window.is_some() {
+        return Err(not_dicom("window").into());
+    }
+    if opts.frame.is_some_and(|f| f != 1) {
+        return Err(not_dicom("frame").into());
+    }
     let format = image::guess_format(&bytes).map_err(|_| PreprocessError::Unsupported {
         path: path.to_path_buf(),
         reason: describe_unknown(&bytes),

@@ -14,6 +14,9 @@
 //!    `ImagingResample` (bicubic, fixed point), center crop, rescale in float64 then cast to
 //!    float32, normalize in float32, CHW.
 //!
+//! DICOM files go through [`crate::dicom`] in step 1 (issue 16): [`load_rgb_with`] and
+//! [`preprocess_file_with`] take its [`ImageOptions`] (frame, window).
+//!
 //! Only decoding touches the file system; nothing here prints.
 
 mod config;
@@ -24,8 +27,9 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 
+pub use crate::dicom::ImageOptions;
 pub use config::{CropSize, ProcessorConfig, ResizeTarget};
-pub use decode::load_rgb;
+pub use decode::{load_rgb, load_rgb_with};
 pub use resample::pillow_resize_bicubic;
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS` (`1024 * 1024 * 1024 // 4 // 3`); Pillow refuses images
@@ -112,6 +116,9 @@ pub enum PreprocessError {
         /// What is wrong.
         reason: String,
     },
+    /// A DICOM file that could not be read or rendered (issue 16); its message names the file.
+    #[error(transparent)]
+    Dicom(#[from] crate::dicom::DicomError),
     /// An image with zero width or height was passed to [`pixel_values`].
     #[error("image has no pixels ({width}x{height}); nothing to preprocess")]
     EmptyImage {
@@ -237,9 +244,25 @@ pub fn pixel_values(img: &RgbImage, cfg: &ProcessorConfig) -> Result<Vec<f32>, P
 /// [`load_rgb`], [`expand_to_square`] with [`ProcessorConfig::background`], then
 /// [`pixel_values`]: one image file to CHW float32 (huatuo-reference.md §2 steps 1-3).
 pub fn preprocess_file(path: &Path, cfg: &ProcessorConfig) -> Result<Vec<f32>, PreprocessError> {
-    let rgb = load_rgb(path)?;
+    preprocess_file_with(path, cfg, &ImageOptions::default())
+}
+
+/// [`preprocess_file`] with the DICOM frame and window of `opts` (see [`load_rgb_with`]).
+pub fn preprocess_file_with(
+    path: &Path,
+    cfg: &ProcessorConfig,
+    opts: &ImageOptions,
+) -> Result<Vec<f32>, PreprocessError> {
+    let rgb = load_rgb_with(path, opts)?;
     let square = expand_to_square(&rgb, cfg.background());
     pixel_values(&square, cfg)
+}
+
+/// The uint8 RGB image the model's normaliser receives: [`expand_to_square`] with the
+/// config's background, then [`resize_and_crop`] (336×336 for HuatuoGPT-Vision). What
+/// `huatuo render` writes.
+pub fn model_input(img: &RgbImage, cfg: &ProcessorConfig) -> Result<RgbImage, PreprocessError> {
+    resize_and_crop(&expand_to_square(img, cfg.background()), cfg)
 }
 
 /// transformers' `center_crop` on a channels-last uint8 image: crop
