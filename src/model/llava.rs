@@ -17,7 +17,7 @@ use super::linear::Linear;
 use super::quant::{ConvertProgress, LoadOptions, LoadReport, Quant, WeightLayout};
 use super::tokenizer::IMAGE_TOKEN_INDEX;
 use super::weights::{QuantizedWeights, Synthetic, SyntheticDense, Weights};
-use super::{gguf, linear, ModelError};
+use super::{gguf, ModelError};
 
 /// `mm_projector`: `linear`, or `mlp{N}x_gelu` = Linear, then (GELU(erf), Linear) × (N-1)
 /// (llava/model/multimodal_projector/builder.py).
@@ -167,8 +167,7 @@ impl Huatuo {
         Self::from_weights(cfg, vision, weights, device, quant)
     }
 
-    /// Builds the network from any weight source; quantized layers are then repacked
-    /// ([`linear::prepare`]).
+    /// Builds the network from any weight source.
     fn from_weights(
         cfg: &LlavaConfig,
         vision_cfg: &ClipVisionConfig,
@@ -201,9 +200,6 @@ impl Huatuo {
             &weights.pp("model.mm_projector"),
         )?;
         let decoder = Decoder::load_from(cfg, &weights)?;
-        if let Weights::Quantized(q) = &weights {
-            linear::prepare(&q.built_layers())?;
-        }
         let patches_per_image = vision_cfg.num_patches() + usize::from(!selection.drop_cls);
         Ok(Self {
             vision,
