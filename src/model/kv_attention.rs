@@ -16,7 +16,7 @@
 use candle_core::{DType, Layout, Result, Storage, Tensor};
 use half::f16;
 
-use super::q4k_x8::SendPtr;
+use super::pool;
 
 /// Whether [`decode`] runs on this CPU.
 pub(crate) fn supported() -> bool {
@@ -55,21 +55,18 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> 
     let (kf, k_head) = rows(kc.as_slice::<f16>()?, kl, d)?;
     let (vf, v_head) = rows(vc.as_slice::<f16>()?, vl, d)?;
     let mut out = vec![0f32; kv * groups * d];
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(kv, |heads| {
+    let head_len = (groups * d).max(1);
+    pool::for_each_run(&mut out, head_len, true, |first, run| {
         // Rows padded to whole vectors for the vectorized softmax.
         let mut scores = vec![0f32; groups * t.div_ceil(8) * 8];
-        for h in heads {
+        for (i, ctx) in run.chunks_mut(head_len).enumerate() {
+            let h = first + i;
             let q = &qf[h * groups * d..(h + 1) * groups * d];
             let k = &kf[h * k_head..h * k_head + t * d];
             let v = &vf[h * v_head..h * v_head + t * d];
-            // SAFETY: `supported` checked the CPU; head `h`'s outputs are written by this
-            // item only.
-            unsafe {
-                let ctx =
-                    std::slice::from_raw_parts_mut(out_ptr.get().add(h * groups * d), groups * d);
-                head(q, k, v, (groups, t, d), scale, &mut scores, ctx);
-            }
+            // SAFETY: `supported` checked the CPU and `d` (a multiple of 8); the slices
+            // have the lengths `head` asks for.
+            unsafe { head(q, k, v, (groups, t, d), scale, &mut scores, ctx) };
         }
     });
     drop((qs, ks, vs));

@@ -18,7 +18,8 @@
 //! file), so nothing is copied or repacked.
 #![allow(unsafe_code)]
 
-use super::q4k_x8::{quantize_rows, BlockQ8K, SendPtr, QK_K};
+use super::pool::{self, Order};
+use super::q4k_x8::{quantize_rows, BlockQ8K, QK_K};
 
 /// Bytes of one GGUF q6_K block: 128 of low nibbles, 64 of high bit pairs, 16 signed 8-bit
 /// scales (one per 16 weights), the f16 super-block scale.
@@ -27,6 +28,9 @@ const BLOCK_BYTES: usize = 210;
 /// left the single-core product of the 7B's LM head at 5–8 GB/s, slower than candle's
 /// kernel; 4 blocks ahead did not help, 24 and 48 did alike (`examples/kbench.rs`).
 const PREFETCH_BLOCKS: usize = 48;
+/// Weight rows (output columns) per work item: the 7B's LM head makes 9,500 items, which the
+/// pool hands out a few hundred at a time, as it handed out its rows one by one before.
+const ROWS_PER_ITEM: usize = 16;
 
 /// Whether an `[n, k]` q6_K weight runs on these kernels on this CPU.
 pub(crate) fn fits(n: usize, k: usize) -> bool {
@@ -50,15 +54,16 @@ pub(crate) fn matmul(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &
     assert_eq!(lhs.len(), m * k, "lhs is not [{m}, {k}]");
     assert_eq!(dst.len(), m * n, "dst is not [{m}, {n}]");
     let act = quantize_rows(lhs, m, k, QK_K, BlockQ8K::ZERO, BlockQ8K::quantize);
-    let act = &act[..];
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
-        for r in rows {
-            let wr = &w[r * kb * BLOCK_BYTES..(r + 1) * kb * BLOCK_BYTES];
-            for i in 0..m {
-                // SAFETY: `fits` checked the CPU; every output is written by exactly one
-                // work item (its weight row's).
-                unsafe { *dst_ptr.get().add(i * n + r) = dot(wr, &act[i * kb..(i + 1) * kb]) };
+    pool::for_each_tile(dst, n, (m, ROWS_PER_ITEM), Order::RowBlocks, |tiles| {
+        for tile in tiles {
+            for j in 0..ROWS_PER_ITEM.min(n - tile.col0) {
+                let r = tile.col0 + j;
+                let wr = &w[r * kb * BLOCK_BYTES..(r + 1) * kb * BLOCK_BYTES];
+                for (i, out) in tile.rows.iter_mut().enumerate() {
+                    // SAFETY: `fits` checked the CPU; `wr` holds as many blocks as an
+                    // activation row.
+                    out[j] = unsafe { dot(wr, &act[i * kb..(i + 1) * kb]) };
+                }
             }
         }
     });

@@ -17,7 +17,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::q4k_x8::SendPtr;
+use super::pool::{self, Order};
 
 /// Rows of the micro-kernel's output tile.
 const MR: usize = 6;
@@ -94,16 +94,18 @@ impl CustomOp3 for FullAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let get = |s: &CpuStorage, l: &Layout, what: &str| {
-            if l.shape() != l1.shape() {
-                candle_core::bail!("attention {what} is {:?}, q is {:?}", l.shape(), l1.shape());
+        /// The f32 elements of a contiguous operand shaped as q.
+        fn get<'a>(s: &'a CpuStorage, l: &Layout, q: &Layout, what: &str) -> Result<&'a [f32]> {
+            if l.shape() != q.shape() {
+                candle_core::bail!("attention {what} is {:?}, q is {:?}", l.shape(), q.shape());
             }
             match l.contiguous_offsets() {
-                Some((start, end)) => Ok(s.as_slice::<f32>()?[start..end].as_ptr()),
+                Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
                 None => candle_core::bail!("attention {what} is not contiguous"),
             }
-        };
-        let (q, k, v) = (get(s1, l1, "q")?, get(s2, l2, "k")?, get(s3, l3, "v")?);
+        }
+        let q = get(s1, l1, l1, "q")?;
+        let (k, v) = (get(s2, l2, l1, "k")?, get(s3, l3, l1, "v")?);
         let (b, n, c) = l1.shape().dims3()?;
         if self.heads == 0 || !c.is_multiple_of(self.heads) {
             candle_core::bail!("{c} features do not split into {} heads", self.heads);
@@ -116,15 +118,6 @@ impl CustomOp3 for FullAttention {
             d,
             n_pad: n.div_ceil(NR) * NR,
             d_pad: d.div_ceil(NR) * NR,
-        };
-        let len = b * n * c;
-        // SAFETY: each pointer starts a contiguous run of `len` f32 checked above.
-        let (q, k, v) = unsafe {
-            (
-                std::slice::from_raw_parts(q, len),
-                std::slice::from_raw_parts(k, len),
-                std::slice::from_raw_parts(v, len),
-            )
         };
         let out = run(q, k, v, dims, self.scale);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -143,24 +136,16 @@ fn run(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f32> {
         d_pad,
     } = dims;
     let c = dims.c();
-    let pool = candle_core::utils::barrier_pool();
 
     // Pass 1: per (image, head), kᵀ as [d, n_pad] and v as [n, d_pad], zero-padded.
-    let kt_len = d * n_pad;
-    let vp_len = n * d_pad;
-    let mut kt = vec![0f32; b * heads * kt_len];
-    let mut vp = vec![0f32; b * heads * vp_len];
-    let (kt_ptr, vp_ptr) = (SendPtr(kt.as_mut_ptr()), SendPtr(vp.as_mut_ptr()));
-    pool.execute_chunked(b * heads, |items| {
-        for item in items {
-            let (img, h) = (item / heads, item % heads);
-            // SAFETY: item `item` alone writes its own kt and vp regions.
-            let (kt, vp) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(kt_ptr.get().add(item * kt_len), kt_len),
-                    std::slice::from_raw_parts_mut(vp_ptr.get().add(item * vp_len), vp_len),
-                )
-            };
+    let kt_len = (d * n_pad).max(1);
+    let vp_len = (n * d_pad).max(1);
+    let mut kt = vec![0f32; b * heads * d * n_pad];
+    let mut vp = vec![0f32; b * heads * n * d_pad];
+    let mut per_head: Vec<_> = kt.chunks_mut(kt_len).zip(vp.chunks_mut(vp_len)).collect();
+    pool::for_each_run(&mut per_head, 1, true, |first, run| {
+        for (i, (kt, vp)) in run.iter_mut().enumerate() {
+            let (img, h) = ((first + i) / heads, (first + i) % heads);
             for j in 0..n {
                 let row = (img * n + j) * c + h * d;
                 for (t, &x) in k[row..row + d].iter().enumerate() {
@@ -170,79 +155,101 @@ fn run(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f32> {
             }
         }
     });
+    drop(per_head);
 
-    // Pass 2: per (image, head, block of queries), scores, softmax and p·v.
+    // Pass 2: per (image, head, block of queries), scores, softmax and p·v, into that
+    // block's rows of the head's columns of `out`; one head's keys and values after the
+    // other (they stay in cache), an image at a time.
     let mut out = vec![0f32; b * n * c];
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let blocks = n.div_ceil(QUERY_BLOCK);
     let (kt, vp) = (&kt[..], &vp[..]);
-    pool.execute_chunked(b * heads * blocks, |items| {
-        let rows_pad = QUERY_BLOCK;
-        let mut qs = vec![0f32; rows_pad * d];
-        let mut scores = vec![0f32; rows_pad * n_pad];
-        let mut ctx = vec![0f32; rows_pad * d_pad];
-        for item in items {
-            let (head_item, block) = (item / blocks, item % blocks);
-            let (img, h) = (head_item / heads, head_item % heads);
-            let first = block * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(n - first);
-            let tiles = rows.div_ceil(MR);
-            // The block's queries, scaled, and zero rows up to a whole tile.
-            for (i, qrow) in qs.chunks_exact_mut(d).enumerate().take(tiles * MR) {
-                if i < rows {
-                    let at = (img * n + first + i) * c + h * d;
-                    for (o, &x) in qrow.iter_mut().zip(&q[at..at + d]) {
-                        *o = x * scale;
-                    }
-                } else {
-                    qrow.fill(0.0);
-                }
-            }
-            let kt = &kt[head_item * kt_len..(head_item + 1) * kt_len];
-            let vp = &vp[head_item * vp_len..(head_item + 1) * vp_len];
-            // SAFETY: `supported()` was checked by `attention`; every tile reads and writes
-            // inside the buffers sized above (rows up to tiles·MR ≤ QUERY_BLOCK, columns up
-            // to n_pad and d_pad, depth d and n).
-            unsafe {
-                for j in (0..n_pad).step_by(NR) {
-                    for t in 0..tiles {
-                        tile(
-                            qs.as_ptr().add(t * MR * d),
-                            d,
-                            kt.as_ptr().add(j),
-                            n_pad,
-                            d,
-                            scores.as_mut_ptr().add(t * MR * n_pad + j),
-                            n_pad,
-                        );
-                    }
-                }
-                for row in scores.chunks_exact_mut(n_pad).take(tiles * MR) {
-                    softmax(row, n);
-                }
-                for col in (0..d_pad).step_by(NR) {
-                    for t in 0..tiles {
-                        tile(
-                            scores.as_ptr().add(t * MR * n_pad),
-                            n_pad,
-                            vp.as_ptr().add(col),
-                            d_pad,
-                            n,
-                            ctx.as_mut_ptr().add(t * MR * d_pad + col),
-                            d_pad,
-                        );
-                    }
-                }
-            }
-            for (i, crow) in ctx.chunks_exact(d_pad).take(rows).enumerate() {
+    for (img, out) in out.chunks_mut((n * c).max(1)).enumerate() {
+        pool::for_each_tile(out, c, (QUERY_BLOCK, d), Order::ColumnBands, |run| {
+            attend(run, (q, kt, vp), img, dims, scale)
+        });
+    }
+    out
+}
+
+/// Pass 2 of [`run`] for a run of tiles of image `img`'s output (`QUERY_BLOCK` queries by
+/// one head): `kt`, `vp` as pass 1 made them.
+fn attend(
+    run: &mut [pool::Tile<'_, '_, f32>],
+    (q, kt, vp): (&[f32], &[f32], &[f32]),
+    img: usize,
+    dims: Dims,
+    scale: f32,
+) {
+    let Dims {
+        n,
+        heads,
+        d,
+        n_pad,
+        d_pad,
+        ..
+    } = dims;
+    let c = dims.c();
+    let (kt_len, vp_len) = (d * n_pad, n * d_pad);
+    let rows_pad = QUERY_BLOCK;
+    let mut qs = vec![0f32; rows_pad * d];
+    let mut scores = vec![0f32; rows_pad * n_pad];
+    let mut ctx = vec![0f32; rows_pad * d_pad];
+    for out in run {
+        let h = out.col0 / d.max(1);
+        let head_item = img * heads + h;
+        let first = out.row0;
+        let rows = out.rows.len();
+        let tiles = rows.div_ceil(MR);
+        // The block's queries, scaled, and zero rows up to a whole tile.
+        for (i, qrow) in qs.chunks_exact_mut(d).enumerate().take(tiles * MR) {
+            if i < rows {
                 let at = (img * n + first + i) * c + h * d;
-                // SAFETY: the (image, query, head) slice of `out` belongs to this item.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(at), d) };
-                dst.copy_from_slice(&crow[..d]);
+                for (o, &x) in qrow.iter_mut().zip(&q[at..at + d]) {
+                    *o = x * scale;
+                }
+            } else {
+                qrow.fill(0.0);
             }
         }
-    });
-    out
+        let kt = &kt[head_item * kt_len..(head_item + 1) * kt_len];
+        let vp = &vp[head_item * vp_len..(head_item + 1) * vp_len];
+        // SAFETY: `supported()` was checked by `attention`; every tile reads and writes
+        // inside the buffers sized above (rows up to tiles·MR ≤ QUERY_BLOCK, columns up
+        // to n_pad and d_pad, depth d and n).
+        unsafe {
+            for j in (0..n_pad).step_by(NR) {
+                for t in 0..tiles {
+                    tile(
+                        qs.as_ptr().add(t * MR * d),
+                        d,
+                        kt.as_ptr().add(j),
+                        n_pad,
+                        d,
+                        scores.as_mut_ptr().add(t * MR * n_pad + j),
+                        n_pad,
+                    );
+                }
+            }
+            for row in scores.chunks_exact_mut(n_pad).take(tiles * MR) {
+                softmax(row, n);
+            }
+            for col in (0..d_pad).step_by(NR) {
+                for t in 0..tiles {
+                    tile(
+                        scores.as_ptr().add(t * MR * n_pad),
+                        n_pad,
+                        vp.as_ptr().add(col),
+                        d_pad,
+                        n,
+                        ctx.as_mut_ptr().add(t * MR * d_pad + col),
+                        d_pad,
+                    );
+                }
+            }
+        }
+        for (crow, dst) in ctx.chunks_exact(d_pad).zip(out.rows.iter_mut()) {
+            dst.copy_from_slice(&crow[..d]);
+        }
+    }
 }
 
 /// `c[MR, NR] = a[MR, depth] · b[depth, NR]`, rows of `a` `lda` apart, of `b` `ldb`, of `c`
