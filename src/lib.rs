@@ -5,6 +5,7 @@
 //! `chat` (conversation and prompt text, pure), `tiny` (deterministic tiny checkpoints in the
 //! real on-disk layout, for tests and parity fixtures) and `cmd` (the subcommands).
 #![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod chat;
 pub mod cli;

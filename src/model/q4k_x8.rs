@@ -15,11 +15,14 @@
 //! do (`quantize_row_q8_K`), so the integer sums are those of their block kernels.
 //!
 //! `unsafe` here is the kernel's (AVX2 intrinsics and loads from fixed-size blocks) and one
-//! `set_len` once [`Q4kX8::pack`] has written every block. The pool's workers get their
-//! parts of an output as `&mut` slices ([`super::pool`]), never a shared raw pointer. q8_0,
-//! q6_K and the two attention kernels have SIMD code of their own, and the memory-mapped
-//! weights theirs (`mapped.rs`).
+//! `set_len` once [`Q4kX8::pack`] has written every block, each block with a `// SAFETY:`
+//! comment where it happens (`unsafe_op_in_unsafe_fn` and clippy's
+//! `undocumented_unsafe_blocks` hold that). The pool's workers get their parts of an output
+//! as `&mut` slices ([`super::pool`]), never a shared raw pointer. q8_0, q6_K and the two
+//! attention kernels have SIMD code of their own, and the memory-mapped weights theirs
+//! (`mapped.rs`).
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -360,16 +363,21 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) -> [[
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
             }
         }
-        let col_scale_f32 = _mm256_cvtph_ps(_mm_shuffle_epi8(
-            _mm_loadu_si128(wb.d.as_ptr() as *const __m128i),
-            deltamask,
-        ));
-        let col_dmin_f32 = _mm256_cvtph_ps(_mm_loadu_si128(wb.dmin.as_ptr() as *const __m128i));
+        // SAFETY: `d` and `dmin` are eight f16 each, 16 bytes: one unaligned load each.
+        let (d, dmin) = unsafe {
+            (
+                _mm_loadu_si128(wb.d.as_ptr() as *const __m128i),
+                _mm_loadu_si128(wb.dmin.as_ptr() as *const __m128i),
+            )
+        };
+        let col_scale_f32 = _mm256_cvtph_ps(_mm_shuffle_epi8(d, deltamask));
+        let col_dmin_f32 = _mm256_cvtph_ps(dmin);
 
         let mut iacc_b = [_mm256_setzero_si256(); R];
         let mut iacc_min_b = [_mm256_setzero_si256(); R];
         let mut q8s: [__m256i; R] = std::array::from_fn(|r| {
-            let sums = _mm256_loadu_si256(a[r][b].bsums.as_ptr() as *const __m256i);
+            // SAFETY: `bsums` is sixteen i16, 32 bytes: one unaligned load.
+            let sums = unsafe { _mm256_loadu_si256(a[r][b].bsums.as_ptr() as *const __m256i) };
             let s = _mm256_castsi128_si256(_mm_hadd_epi16(
                 _mm256_castsi256_si128(sums),
                 _mm256_extracti128_si256::<1>(sums),
@@ -378,8 +386,10 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) -> [[
         });
 
         for sb in 0..QK_K / 64 {
-            let qs = wb.qs.as_ptr().add(sb * 256);
-            let raw = |off: usize| _mm256_loadu_si256(qs.add(off) as *const __m256i);
+            // SAFETY: sub-block `sb < 4` is bytes `256·sb..256·sb + 256` of the 1024 of `qs`.
+            let qs = unsafe { wb.qs.as_ptr().add(sb * 256) };
+            // SAFETY: `off ≤ 224` below: the 32 bytes lie in the sub-block's 256.
+            let raw = |off: usize| unsafe { _mm256_loadu_si256(qs.add(off) as *const __m256i) };
             // Rows 0-3 and 4-7 of each 64-byte stretch: eight chunks of 32 bytes.
             let raws: [__m256i; 8] = std::array::from_fn(|i| raw(32 * i));
 
@@ -433,9 +443,12 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) -> [[
             ));
 
             for r in 0..R {
-                let q8 = a[r][b].qs.as_ptr().add(sb * 64);
+                // SAFETY: sub-block `sb < 4` is values `64·sb..64·sb + 64` of the 256 of `qs`.
+                let q8 = unsafe { a[r][b].qs.as_ptr().add(sb * 64) };
                 let lhs = |off: usize| {
-                    let v = _mm256_castsi128_si256(_mm_loadu_si128(q8.add(off) as *const __m128i));
+                    // SAFETY: `off ≤ 48` below: the 16 bytes lie in the sub-block's 64.
+                    let v = unsafe { _mm_loadu_si128(q8.add(off) as *const __m128i) };
+                    let v = _mm256_castsi128_si256(v);
                     _mm256_permute2f128_si256::<0>(v, v)
                 };
                 let (l00, l01, l10, l11) = (lhs(0), lhs(16), lhs(32), lhs(48));
@@ -477,7 +490,8 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) -> [[
     let mut out = [[0f32; 8]; R];
     for (o, (acc, acc_min)) in out.iter_mut().zip(acc_row.iter().zip(&acc_min_rows)) {
         let v = _mm256_permutevar8x32_ps(*acc, finalpermutemask);
-        _mm256_storeu_ps(o.as_mut_ptr(), _mm256_sub_ps(v, *acc_min));
+        // SAFETY: `o` is eight f32: one unaligned 32-byte store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_sub_ps(v, *acc_min)) };
     }
     out
 }

@@ -14,6 +14,7 @@
 //! The scale multiplies q before the product, as transformers' `CLIPAttention` does
 //! (`q_proj(x) * scale`), with the same f32 product candle's `affine` computes.
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -271,17 +272,26 @@ unsafe fn tile(
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for p in 0..depth {
-        let b0 = _mm256_loadu_ps(b.add(p * ldb));
-        let b1 = _mm256_loadu_ps(b.add(p * ldb + 8));
+        // SAFETY: columns `0..NR` of row `p < depth` of `b` (in bounds: the contract above).
+        let (b0, b1) = unsafe {
+            (
+                _mm256_loadu_ps(b.add(p * ldb)),
+                _mm256_loadu_ps(b.add(p * ldb + 8)),
+            )
+        };
         for (i, acc) in acc.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*a.add(i * lda + p));
+            // SAFETY: element `p < depth` of row `i < MR` of `a` (the contract above).
+            let ai = _mm256_broadcast_ss(unsafe { &*a.add(i * lda + p) });
             acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
             acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(c.add(i * ldc), acc[0]);
-        _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
+        // SAFETY: columns `0..NR` of row `i < MR` of `c` (the contract above).
+        unsafe {
+            _mm256_storeu_ps(c.add(i * ldc), acc[0]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
+        }
     }
 }
 
@@ -304,27 +314,38 @@ pub(super) unsafe fn softmax(row: &mut [f32], n: usize) {
     let mut vsum = _mm256_setzero_ps();
     let full = n / 8 * 8;
     for j in (0..full).step_by(8) {
-        let p = row.as_mut_ptr().add(j);
-        let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), vmax));
-        _mm256_storeu_ps(p, e);
-        vsum = _mm256_add_ps(vsum, e);
+        // SAFETY: `j + 8 ≤ full ≤ n ≤ row.len()` (`row[..n]` above checked the last):
+        // eight f32 of `row`, loaded and stored back.
+        unsafe {
+            let p = row.as_mut_ptr().add(j);
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), vmax));
+            _mm256_storeu_ps(p, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
     }
     let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), vsum);
+    // SAFETY: `lanes` is eight f32: one unaligned 32-byte store.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vsum) };
     let mut sum: f32 = lanes.iter().sum();
     if full < n {
         let mut tail = [f32::NEG_INFINITY; 8];
         tail[..n - full].copy_from_slice(&row[full..n]);
-        let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vmax));
-        _mm256_storeu_ps(tail.as_mut_ptr(), e);
+        // SAFETY: `tail` is eight f32: one unaligned load and one store.
+        unsafe {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vmax));
+            _mm256_storeu_ps(tail.as_mut_ptr(), e);
+        }
         row[full..n].copy_from_slice(&tail[..n - full]);
         sum += tail[..n - full].iter().sum::<f32>();
     }
     row[n..].fill(0.0);
     let vsum = _mm256_set1_ps(sum);
     for j in (0..full).step_by(8) {
-        let p = row.as_mut_ptr().add(j);
-        _mm256_storeu_ps(p, _mm256_div_ps(_mm256_loadu_ps(p), vsum));
+        // SAFETY: as in the first loop: eight f32 of `row`, loaded and stored back.
+        unsafe {
+            let p = row.as_mut_ptr().add(j);
+            _mm256_storeu_ps(p, _mm256_div_ps(_mm256_loadu_ps(p), vsum));
+        }
     }
     for x in &mut row[full..n] {
         *x /= sum;
@@ -338,10 +359,11 @@ pub(super) unsafe fn softmax(_: &mut [f32], _: usize) {
 
 /// `exp` on eight lanes: Cephes' `expf` as in avx_mathfun (range reduction by ln 2 in two
 /// parts, a degree-5 polynomial, the power of two through the exponent bits). Inputs below
-/// −87.3 give 0 (they are scores far under the maximum), −∞ gives 0.
+/// −87.3 give 0 (they are scores far under the maximum), −∞ gives 0. Safe to call where AVX2
+/// and FMA are enabled (it touches no memory).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let too_small = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_LT_OQ);
     let x = _mm256_min_ps(x, _mm256_set1_ps(88.376_26));
