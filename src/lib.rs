@@ -10,6 +10,7 @@
 //! layout) exists only with the `test-support` feature, as do the hub stand-in and fault
 //! injection.
 #![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod chat;
 pub mod cli;

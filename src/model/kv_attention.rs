@@ -12,11 +12,12 @@
 //! (`examples/kvbench.rs`, 2 threads): 0.08 vs 0.42 ms at 512 positions, 0.7 vs 3.4 ms at
 //! 4,096 (the 7B's 4 KV heads), 1.6 vs 6.6 ms (the 34B's 8).
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use candle_core::{DType, Layout, Result, Storage, Tensor};
 use half::f16;
 
-use super::q4k_x8::SendPtr;
+use super::pool;
 
 /// Whether [`decode`] runs on this CPU.
 pub(crate) fn supported() -> bool {
@@ -55,21 +56,18 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> 
     let (kf, k_head) = rows(kc.as_slice::<f16>()?, kl, d)?;
     let (vf, v_head) = rows(vc.as_slice::<f16>()?, vl, d)?;
     let mut out = vec![0f32; kv * groups * d];
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(kv, |heads| {
+    let head_len = (groups * d).max(1);
+    pool::for_each_run(&mut out, head_len, true, |first, run| {
         // Rows padded to whole vectors for the vectorized softmax.
         let mut scores = vec![0f32; groups * t.div_ceil(8) * 8];
-        for h in heads {
+        for (i, ctx) in run.chunks_mut(head_len).enumerate() {
+            let h = first + i;
             let q = &qf[h * groups * d..(h + 1) * groups * d];
             let k = &kf[h * k_head..h * k_head + t * d];
             let v = &vf[h * v_head..h * v_head + t * d];
-            // SAFETY: `supported` checked the CPU; head `h`'s outputs are written by this
-            // item only.
-            unsafe {
-                let ctx =
-                    std::slice::from_raw_parts_mut(out_ptr.get().add(h * groups * d), groups * d);
-                head(q, k, v, (groups, t, d), scale, &mut scores, ctx);
-            }
+            // SAFETY: `supported` checked the CPU and `d` (a multiple of 8); the slices
+            // have the lengths `head` asks for.
+            unsafe { head(q, k, v, (groups, t, d), scale, &mut scores, ctx) };
         }
     });
     drop((qs, ks, vs));
@@ -112,27 +110,35 @@ unsafe fn head(
     ctx: &mut [f32],
 ) {
     use std::arch::x86_64::*;
+    debug_assert!(q.len() >= groups * d && ctx.len() >= groups * d && d.is_multiple_of(8));
+    debug_assert!(k.len() >= t * d && v.len() >= t * d);
     let stride = scores.len() / groups;
+    debug_assert!(stride >= t && stride.is_multiple_of(8));
     let mut kf = vec![0f32; KEY_BLOCK * d];
     for p0 in (0..t).step_by(KEY_BLOCK) {
         let np = (t - p0).min(KEY_BLOCK);
         for p in 0..KEY_BLOCK {
             for c in (0..d).step_by(8) {
                 let row = if p < np {
-                    wide(k.as_ptr().add((p0 + p) * d + c))
+                    // SAFETY: position `p0 + p < t`, columns `c..c + 8 ≤ d` of `k` (`t · d`
+                    // values, `d` a multiple of 8: the contract above).
+                    unsafe { wide(k.as_ptr().add((p0 + p) * d + c)) }
                 } else {
                     _mm256_setzero_ps()
                 };
-                _mm256_storeu_ps(kf.as_mut_ptr().add(p * d + c), row);
+                // SAFETY: row `p < KEY_BLOCK`, columns `c..c + 8 ≤ d` of `kf`.
+                unsafe { _mm256_storeu_ps(kf.as_mut_ptr().add(p * d + c), row) };
             }
         }
         for g in 0..groups {
-            let qg = q.as_ptr().add(g * d);
             let mut acc = [_mm256_setzero_ps(); KEY_BLOCK];
             for c in (0..d).step_by(8) {
-                let qc = _mm256_loadu_ps(qg.add(c));
+                // SAFETY: row `g < groups`, columns `c..c + 8 ≤ d` of `q` (`groups · d`).
+                let qc = unsafe { _mm256_loadu_ps(q.as_ptr().add(g * d + c)) };
                 for (p, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kf.as_ptr().add(p * d + c)), *a);
+                    // SAFETY: row `p < KEY_BLOCK`, columns `c..c + 8 ≤ d` of `kf`.
+                    let kc = unsafe { _mm256_loadu_ps(kf.as_ptr().add(p * d + c)) };
+                    *a = _mm256_fmadd_ps(qc, kc, *a);
                 }
             }
             // Lane p of `sums`: position p's dot product.
@@ -149,38 +155,51 @@ unsafe fn head(
                 _mm256_permute2f128_ps::<0x31>(g0, g1),
             );
             let mut out = [0f32; KEY_BLOCK];
-            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+            // SAFETY: `out` is eight f32: one unaligned 32-byte store.
+            unsafe {
+                _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sums, _mm256_set1_ps(scale)))
+            };
             scores[g * stride + p0..g * stride + p0 + np].copy_from_slice(&out[..np]);
         }
     }
     // Softmax per query row in f32, as transformers does (the vision tower's, on 8 lanes).
     for row in scores.chunks_exact_mut(stride) {
-        super::vit_attention::softmax(row, t);
+        // SAFETY: the CPU's features include softmax's; `row` (`stride` long, a multiple of
+        // 8) holds at least `t` scores (the contract above).
+        unsafe { super::vit_attention::softmax(row, t) };
     }
     ctx.fill(0.0);
     for g0 in (0..groups).step_by(8) {
         let rows = (&scores[g0 * stride..], stride, t);
         let out = &mut ctx[g0 * d..];
-        match (groups - g0).min(8) {
-            1 => weighted_sum::<1>(v, d, rows, out),
-            2 => weighted_sum::<2>(v, d, rows, out),
-            3 => weighted_sum::<3>(v, d, rows, out),
-            4 => weighted_sum::<4>(v, d, rows, out),
-            5 => weighted_sum::<5>(v, d, rows, out),
-            6 => weighted_sum::<6>(v, d, rows, out),
-            7 => weighted_sum::<7>(v, d, rows, out),
-            _ => weighted_sum::<8>(v, d, rows, out),
+        // SAFETY: the CPU's features are this function's; `rows` and `out` hold the
+        // `groups - g0 ≥ G` rows from `g0` on, `v` its `t · d` values (the contract above).
+        unsafe {
+            match (groups - g0).min(8) {
+                1 => weighted_sum::<1>(v, d, rows, out),
+                2 => weighted_sum::<2>(v, d, rows, out),
+                3 => weighted_sum::<3>(v, d, rows, out),
+                4 => weighted_sum::<4>(v, d, rows, out),
+                5 => weighted_sum::<5>(v, d, rows, out),
+                6 => weighted_sum::<6>(v, d, rows, out),
+                7 => weighted_sum::<7>(v, d, rows, out),
+                _ => weighted_sum::<8>(v, d, rows, out),
+            }
         }
     }
 }
 
 /// Eight f16 values widened to f32.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; `p` must point at eight readable f16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn wide(p: *const f16) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    // SAFETY: eight f16 are 16 readable bytes at `p` (the contract above).
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) })
 }
 
 /// `ctx[g] += Σ_pos probs[g][pos] · v[pos]` for `G` query rows, row `g`'s `t`
@@ -198,21 +217,29 @@ unsafe fn weighted_sum<const G: usize>(
     ctx: &mut [f32],
 ) {
     use std::arch::x86_64::*;
+    debug_assert!(probs.len() >= (G - 1) * stride + t && ctx.len() >= G * d);
     let base = ctx.as_mut_ptr();
     for p0 in (0..t).step_by(VALUE_BLOCK) {
         let np = (t - p0).min(VALUE_BLOCK);
         for c in (0..d).step_by(8) {
-            let out = |g: usize| base.add(g * d + c);
-            let mut acc: [__m256; G] = std::array::from_fn(|g| _mm256_loadu_ps(out(g)));
+            // SAFETY: `g < G`: row `g`, columns `c..c + 8 ≤ d` of `ctx`, which holds `G` rows
+            // of `d` (the contract above); the loads and stores below stay inside them.
+            let out = |g: usize| unsafe { base.add(g * d + c) };
+            // SAFETY: eight f32 at `out(g)`, as just said.
+            let mut acc: [__m256; G] = std::array::from_fn(|g| unsafe { _mm256_loadu_ps(out(g)) });
             for p in p0..p0 + np {
-                let vc = wide(v.as_ptr().add(p * d + c));
+                // SAFETY: the CPU's features are this function's; position `p < t`,
+                // columns `c..c + 8 ≤ d` of `v` (`t · d` values).
+                let vc = unsafe { wide(v.as_ptr().add(p * d + c)) };
                 for (g, a) in acc.iter_mut().enumerate() {
-                    let prob = *probs.get_unchecked(g * stride + p);
+                    // SAFETY: `g < G`, `p < t ≤ stride`: inside row `g` of `probs`.
+                    let prob = unsafe { *probs.get_unchecked(g * stride + p) };
                     *a = _mm256_fmadd_ps(_mm256_set1_ps(prob), vc, *a);
                 }
             }
             for (g, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out(g), *a);
+                // SAFETY: eight f32 at `out(g)`, as for the loads.
+                unsafe { _mm256_storeu_ps(out(g), *a) };
             }
         }
     }

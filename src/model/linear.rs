@@ -3,13 +3,15 @@
 //! the architectures never know which they run.
 //!
 //! Dense layers are candle's `Linear`, untouched, so f32 results stay bit-for-bit those of
-//! the parity tests. Quantized layers hold a candle `QTensor` whose CPU blocks are a
-//! [`Blocks`] that huatuo can still reach, which lets it pick the multiplication per layer:
+//! the parity tests. Quantized layers hold a [`QWeight`]: a candle `QTensor` whose CPU blocks
+//! are a [`Blocks`] that huatuo can still reach, or an interleaved q4_K matrix, which lets
+//! it pick the multiplication per layer:
 //!
 //! - **q4k on x86 with AVX2**: the weight is interleaved eight rows at a time at load
 //!   ([`super::q4k_x8`], ggml's `block_q4_Kx8`: the same 4.5 bits per weight as the GGUF
-//!   blocks) and multiplied by huatuo's port of ggml's AVX2 kernels, for every row count;
-//!   [`prepare`] interleaves each layer once and releases the original blocks.
+//!   blocks) and multiplied by huatuo's port of ggml's AVX2 kernels, for every row count.
+//!   A layer made from q4_K blocks interleaves them when it is made
+//!   ([`QWeight::interleave`]) and keeps only the interleaved copy.
 //! - **q8_0 on x86 with AVX2**: huatuo's own kernels ([`super::q8_0`]) on the blocks as
 //!   they are, for every row count.
 //! - **q6k on x86 with AVX2**, few rows (decode, the LM head): huatuo's kernel
@@ -20,12 +22,12 @@
 //!   dequantized to f32 for that call and multiplied with the dense gemm, which is 1.5–3.5×
 //!   faster than q8_0/q6k's block kernels on AVX2 and never keeps a second copy.
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 
-use super::q4k_x8::{self, Q4kX8};
+use super::q4k_x8::Q4kX8;
 use super::q6k;
 use super::q8_0;
 use super::qweight::Blocks;
@@ -54,15 +56,10 @@ enum Inner {
 
 #[derive(Debug, Clone)]
 struct QLinear {
-    weight: Arc<QTensor>,
-    /// The CPU blocks behind `weight` (absent on GPUs, where candle's own op runs).
-    blocks: Option<Arc<Blocks>>,
+    /// candle's tensor with its CPU blocks (none on GPUs, where candle's own op runs), or
+    /// the interleaved q4_K matrix the interleaved kernels run (see the module docs).
+    weight: QWeight,
     bias: Option<Tensor>,
-    /// Whether the interleaved q4_K kernels run this layer (see the module docs).
-    repacked: bool,
-    /// The interleaved weight, as read or once [`Linear::prepare`] (or a first product)
-    /// has made it.
-    packed: Arc<OnceLock<Arc<Q4kX8>>>,
     out_dim: usize,
     in_dim: usize,
 }
@@ -91,35 +88,27 @@ impl Linear {
         Self::dense(weight, None)
     }
 
-    /// A layer over a quantized `[out, in]` weight, repacked when `repack` and the CPU allow.
-    /// F32/F16 weights (the fallback of matrices too narrow for any block) become dense f32
-    /// layers.
+    /// A layer over a quantized `[out, in]` weight, interleaved now when `repack` and the
+    /// CPU allow ([`QWeight::interleave`]). F32/F16 weights (the fallback of matrices too
+    /// narrow for any block) become dense f32 layers.
     pub(crate) fn quantized(weight: QWeight, bias: Option<Tensor>, repack: bool) -> Result<Self> {
-        let (out_dim, in_dim) = weight.tensor.shape().dims2()?;
-        if matches!(weight.tensor.dtype(), GgmlDType::F32 | GgmlDType::F16) {
-            let device = weight.tensor.device();
-            return Ok(Self::dense(weight.tensor.dequantize(&device)?, bias));
-        }
-        if weight.packed.is_some() && !repack {
-            candle_core::bail!("an interleaved q4_K weight cannot be used as plain blocks");
-        }
-        let repacked = weight.packed.is_some()
-            || (repack
-                && weight.blocks.is_some()
-                && weight.tensor.dtype() == GgmlDType::Q4K
-                && q4k_x8::supported()
-                && q4k_x8::fits(out_dim, in_dim));
-        let packed = OnceLock::new();
-        if let Some(p) = weight.packed {
-            let _ = packed.set(p);
-        }
+        let (out_dim, in_dim) = weight.shape().dims2()?;
+        let weight = match weight {
+            QWeight::Interleaved(_) if !repack => {
+                candle_core::bail!("an interleaved q4_K weight cannot be used as plain blocks")
+            }
+            QWeight::Candle { tensor, .. }
+                if matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16) =>
+            {
+                return Ok(Self::dense(tensor.dequantize(&tensor.device())?, bias));
+            }
+            w if repack => w.interleave()?,
+            w => w,
+        };
         Ok(Self {
             inner: Inner::Quantized(QLinear {
-                weight: weight.tensor,
-                blocks: weight.blocks,
+                weight,
                 bias,
-                repacked,
-                packed: Arc::new(packed),
                 out_dim,
                 in_dim,
             }),
@@ -127,15 +116,13 @@ impl Linear {
     }
 
     /// A layer over a dense `[out, in]` weight quantized in memory to `dtype` on the CPU,
-    /// interleaved (and its blocks released) when `repack` and the CPU allow: what the
-    /// loaders build from a GGUF file, for benchmarks and tests.
+    /// interleaved when `repack` and the CPU allow: what the loaders build from a GGUF file,
+    /// for benchmarks and tests.
     pub fn quantize(weight: &Tensor, dtype: GgmlDType, repack: bool) -> Result<Self> {
         let q = QTensor::quantize(weight, dtype)?;
         let data = q.data()?;
         let weight = QWeight::from_bytes_in(dtype, weight.dims(), &data, &Device::Cpu, repack)?;
-        let layer = Self::quantized(weight, None, repack)?;
-        layer.prepare()?;
-        Ok(layer)
+        Self::quantized(weight, None, repack)
     }
 
     /// The GGML type of the weight (`F32`/`F16`/`BF16` for dense layers).
@@ -150,6 +137,18 @@ impl Linear {
         }
     }
 
+    /// Whether the interleaved q4_K kernels run this layer.
+    #[cfg(test)]
+    fn is_interleaved(&self) -> bool {
+        matches!(
+            &self.inner,
+            Inner::Quantized(QLinear {
+                weight: QWeight::Interleaved(_),
+                ..
+            })
+        )
+    }
+
     /// Bytes this layer's weight and bias occupy in memory now.
     pub fn bytes(&self) -> usize {
         match &self.inner {
@@ -157,76 +156,28 @@ impl Linear {
                 tensor_bytes(l.weight()) + l.bias().map(tensor_bytes).unwrap_or_default()
             }
             Inner::Quantized(q) => {
-                let blocks = match &q.blocks {
-                    Some(b) => b.size_in_bytes(),
-                    None => q.weight.storage_size_in_bytes(),
-                };
-                let packed = q.packed.get().map(|p| p.bytes()).unwrap_or_default();
-                blocks + packed + q.bias.as_ref().map(tensor_bytes).unwrap_or_default()
+                q.weight.bytes() + q.bias.as_ref().map(tensor_bytes).unwrap_or_default()
             }
         }
-    }
-
-    /// Interleaves a repacked layer's weight now and releases its original blocks (a no-op
-    /// for other layers). Called once per layer at load time by [`prepare`].
-    fn prepare(&self) -> Result<()> {
-        let Inner::Quantized(q) = &self.inner else {
-            return Ok(());
-        };
-        let (Some(blocks), true) = (&q.blocks, q.repacked) else {
-            return Ok(());
-        };
-        if q.packed.get().is_some() {
-            return Ok(());
-        }
-        q.packed_weight(blocks)?;
-        blocks.release();
-        Ok(())
     }
 }
 
 impl QLinear {
-    /// The interleaved weight, made from `blocks` on first use.
-    fn packed_weight(&self, blocks: &Blocks) -> Result<&Arc<Q4kX8>> {
-        if let Some(p) = self.packed.get() {
-            return Ok(p);
-        }
-        let packed = blocks.with_bytes(|bytes| {
-            Q4kX8::pack(bytes, self.out_dim, self.in_dim).ok_or_else(|| {
-                candle_core::Error::Msg(format!(
-                    "cannot interleave a q4_K weight of [{}, {}] ({} bytes)",
-                    self.out_dim,
-                    self.in_dim,
-                    bytes.len()
-                ))
-            })
-        })?;
-        Ok(self.packed.get_or_init(|| Arc::new(packed)))
-    }
-
     /// `x Wᵀ` with the interleaved kernels, for a contiguous f32 `x`.
-    fn forward_packed(&self, xs: &Tensor) -> Result<Tensor> {
-        let packed = match (self.packed.get(), &self.blocks) {
-            (Some(p), _) => p,
-            (None, Some(blocks)) => self.packed_weight(blocks)?,
-            (None, None) => candle_core::bail!(
-                "a repacked q4_K layer has neither its blocks nor its interleaved copy"
-            ),
-        };
+    fn forward_packed(&self, packed: &Q4kX8, xs: &Tensor) -> Result<Tensor> {
         self.rows_through(xs, |lhs, rows, dst| {
             packed.matmul(lhs, rows, dst);
             Ok(())
         })
     }
 
-    /// `x Wᵀ` with one of huatuo's kernels over the blocks' GGUF bytes as they are
-    /// ([`q8_0::matmul`], [`q6k::matmul`]: `(w, n, k, lhs, m, dst)`).
-    fn forward_bytes(&self, blocks: &Blocks, xs: &Tensor, kernel: BytesKernel) -> Result<Tensor> {
+    /// `x Wᵀ` with one of huatuo's kernels over the GGUF bytes of `weight`'s CPU blocks as
+    /// they are ([`q8_0::matmul`], [`q6k::matmul`]: `(w, n, k, lhs, m, dst)`).
+    fn forward_bytes(&self, weight: &QTensor, xs: &Tensor, kernel: BytesKernel) -> Result<Tensor> {
+        let w = weight.data()?;
         self.rows_through(xs, |lhs, rows, dst| {
-            blocks.with_bytes(|w| {
-                kernel(w, self.out_dim, self.in_dim, lhs, rows, dst);
-                Ok(())
-            })
+            kernel(&w, self.out_dim, self.in_dim, lhs, rows, dst);
+            Ok(())
         })
     }
 
@@ -292,14 +243,16 @@ impl Module for Linear {
                     xs.to_dtype(DType::F32)?
                 };
                 let rows = xs.elem_count() / q.in_dim.max(1);
+                let (tensor, blocks) = match &q.weight {
+                    QWeight::Interleaved(p) => return q.forward_packed(p, &xs),
+                    QWeight::Candle { tensor, blocks } => (tensor, blocks),
+                };
                 // huatuo's kernels add the bias themselves.
-                let ys = match &q.blocks {
-                    _ if q.repacked => return q.forward_packed(&xs),
-                    Some(blocks)
-                        if q.weight.dtype() == GgmlDType::Q8_0
-                            && q8_0::fits(q.out_dim, q.in_dim) =>
+                let ys = match blocks {
+                    Some(_)
+                        if tensor.dtype() == GgmlDType::Q8_0 && q8_0::fits(q.out_dim, q.in_dim) =>
                     {
-                        return q.forward_bytes(blocks, &xs, q8_0::matmul);
+                        return q.forward_bytes(tensor, &xs, q8_0::matmul);
                     }
                     Some(blocks)
                         if rows >= DEQUANTIZE_MIN_ROWS
@@ -308,10 +261,10 @@ impl Module for Linear {
                         let w = blocks.dequantize_tensor((q.out_dim, q.in_dim))?;
                         candle_nn::Linear::new(w, None).forward(&xs)?
                     }
-                    Some(blocks)
-                        if q.weight.dtype() == GgmlDType::Q6K && q6k::fits(q.out_dim, q.in_dim) =>
+                    Some(_)
+                        if tensor.dtype() == GgmlDType::Q6K && q6k::fits(q.out_dim, q.in_dim) =>
                     {
-                        return q.forward_bytes(blocks, &xs, q6k::matmul);
+                        return q.forward_bytes(tensor, &xs, q6k::matmul);
                     }
                     Some(blocks) => xs.apply_op1_no_bwd(&BlockMatMul {
                         blocks: blocks.clone(),
@@ -319,7 +272,7 @@ impl Module for Linear {
                         in_dim: q.in_dim,
                     })?,
                     None => {
-                        candle_core::quantized::QMatMul::from_arc(q.weight.clone())?.forward(&xs)?
+                        candle_core::quantized::QMatMul::from_arc(tensor.clone())?.forward(&xs)?
                     }
                 };
                 match &q.bias {
@@ -387,17 +340,14 @@ impl Embedding {
         match &self.0 {
             Table::Dense(e) => Ok(Linear::from_weight(e.embeddings().clone())),
             Table::Quantized(q) => Linear::quantized(
-                QWeight {
+                QWeight::Candle {
                     tensor: q.clone(),
                     blocks: None,
-                    packed: None,
                 },
                 None,
                 false,
             ),
-            Table::Interleaved(p) => {
-                Linear::quantized(QWeight::interleaved(p.clone())?, None, true)
-            }
+            Table::Interleaved(p) => Linear::quantized(QWeight::Interleaved(p.clone()), None, true),
         }
     }
 
@@ -413,39 +363,6 @@ impl Embedding {
 
 fn tensor_bytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
-}
-
-/// Interleaves every repacked layer of `layers` (in parallel, one thread per core) and
-/// releases their original blocks, so that a q4k model holds its 4.5 bits per weight once.
-pub(crate) fn prepare(layers: &[Linear]) -> Result<()> {
-    let todo: Vec<&Linear> = layers
-        .iter()
-        .filter(|l| matches!(&l.inner, Inner::Quantized(q) if q.repacked))
-        .collect();
-    if todo.is_empty() {
-        return Ok(());
-    }
-    let threads = candle_core::utils::get_num_threads().clamp(1, todo.len());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failure: Mutex<Option<candle_core::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(layer) = todo.get(i) else {
-                    break;
-                };
-                if let Err(e) = layer.prepare() {
-                    *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
-                    break;
-                }
-            });
-        }
-    });
-    match failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }
 
 /// `x Wᵀ` with candle's plain block kernels (no repacking), for a few rows.
@@ -477,7 +394,8 @@ impl CustomOp1 for BlockMatMul {
         let rows = lhs.len() / self.in_dim.max(1);
         let mut dst = vec![0f32; rows * self.out_dim];
         self.blocks
-            .with(|b| b.matmul_t((rows, self.in_dim, self.out_dim), lhs, &mut dst))?;
+            .get()
+            .matmul_t((rows, self.in_dim, self.out_dim), lhs, &mut dst)?;
         Ok((CpuStorage::F32(dst), Shape::from(dims)))
     }
 }
@@ -486,13 +404,14 @@ impl CustomOp1 for BlockMatMul {
 mod tests {
     use super::*;
     use crate::model::mapped::MappedFile;
+    use crate::model::q4k_x8;
 
     fn quantized(dtype: GgmlDType, n: usize, k: usize) -> (Linear, Tensor) {
         let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).expect("randn");
         let q = QTensor::quantize(&w, dtype).expect("quantize");
         let data = q.data().expect("data").into_owned();
         let weight = QWeight::from_bytes(dtype, &[n, k], &data, &Device::Cpu).expect("bytes");
-        let deq = weight.tensor.dequantize(&Device::Cpu).expect("dequantize");
+        let deq = weight.dequantize(&Device::Cpu).expect("dequantize");
         (Linear::quantized(weight, None, true).expect("linear"), deq)
     }
 
@@ -510,7 +429,7 @@ mod tests {
         num / den
     }
 
-    /// Every path (block kernels, dequantize + gemm, interleaved q4_K after the release)
+    /// Every path (block kernels, dequantize + gemm, interleaved q4_K)
     /// computes `x Wᵀ` for the dequantized weight, at decode and prefill row counts.
     #[test]
     fn quantized_paths_agree_with_the_dequantized_weight() {
@@ -521,7 +440,6 @@ mod tests {
             GgmlDType::Q8_0,
         ] {
             let (layer, w) = quantized(dtype, 64, 512);
-            prepare(std::slice::from_ref(&layer)).expect("prepare");
             for rows in [1, 3, 40] {
                 let x = Tensor::randn(0f32, 1.0, (1, rows, 512), &Device::Cpu).expect("x");
                 let want = x.broadcast_matmul(&w.t().expect("t")).expect("matmul");
@@ -533,24 +451,31 @@ mod tests {
         }
     }
 
+    /// A layer made from q4_K blocks interleaves them where the CPU runs the interleaved
+    /// kernels and keeps only that copy: the blocks are freed with the weight (a q4k model
+    /// holds its 4.5 bits per weight once). q8_0 blocks are kept.
     #[test]
-    fn q4k_blocks_are_released_only_where_they_are_interleaved() {
-        let (layer, _) = quantized(GgmlDType::Q4K, 64, 512);
-        prepare(std::slice::from_ref(&layer)).expect("prepare");
-        let Inner::Quantized(q) = &layer.inner else {
-            panic!("not quantized");
-        };
-        let released = q.blocks.as_ref().expect("cpu blocks").is_released();
-        assert_eq!(released, q4k_x8::supported());
-        assert_eq!(layer.bytes(), 64 * 512 / 256 * 144);
-        assert_eq!(q.repacked, released);
-        // q8_0 never is.
-        let (layer, _) = quantized(GgmlDType::Q8_0, 64, 512);
-        prepare(std::slice::from_ref(&layer)).expect("prepare");
-        let Inner::Quantized(q) = &layer.inner else {
-            panic!("not quantized");
-        };
-        assert!(!q.blocks.as_ref().expect("cpu blocks").is_released());
+    fn q4k_blocks_are_freed_only_where_they_are_interleaved() {
+        for (dtype, bytes) in [(GgmlDType::Q4K, 144), (GgmlDType::Q8_0, 34 * 8)] {
+            let w = Tensor::randn(0f32, 0.05, (64, 512), &Device::Cpu).expect("randn");
+            let data = QTensor::quantize(&w, dtype)
+                .and_then(|q| q.data().map(|d| d.into_owned()))
+                .expect("quantize");
+            let weight = QWeight::from_bytes(dtype, &[64, 512], &data, &Device::Cpu).expect("w");
+            let QWeight::Candle {
+                blocks: Some(blocks),
+                ..
+            } = &weight
+            else {
+                panic!("cpu blocks expected");
+            };
+            let blocks = Arc::downgrade(blocks);
+            let layer = Linear::quantized(weight, None, true).expect("linear");
+            let interleaved = dtype == GgmlDType::Q4K && q4k_x8::supported();
+            assert_eq!(layer.is_interleaved(), interleaved, "{dtype:?}");
+            assert_eq!(blocks.upgrade().is_none(), interleaved, "{dtype:?}");
+            assert_eq!(layer.bytes(), 64 * 512 / 256 * bytes, "{dtype:?}");
+        }
     }
 
     /// Blocks the kernels read as they are stay in the mapped file and compute what a copy

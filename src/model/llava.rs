@@ -16,7 +16,7 @@ use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::quant::{ConvertProgress, LoadOptions, LoadReport, WeightLayout};
 use super::weights::{QuantizedWeights, Synthetic, SyntheticDense, Weights};
-use super::{gguf, linear, ModelError};
+use super::{gguf, ModelError};
 use crate::protocol::Quant;
 use crate::text::IMAGE_TOKEN_INDEX;
 
@@ -168,8 +168,7 @@ impl Huatuo {
         Self::from_weights(cfg, vision, weights, device, quant)
     }
 
-    /// Builds the network from any weight source; quantized layers are then repacked
-    /// ([`linear::prepare`]).
+    /// Builds the network from any weight source.
     fn from_weights(
         cfg: &LlavaConfig,
         vision_cfg: &ClipVisionConfig,
@@ -202,9 +201,6 @@ impl Huatuo {
             &weights.pp("model.mm_projector"),
         )?;
         let decoder = Decoder::load_from(cfg, &weights)?;
-        if let Weights::Quantized(q) = &weights {
-            linear::prepare(&q.built_layers())?;
-        }
         let patches_per_image = vision_cfg.num_patches() + usize::from(!selection.drop_cls);
         Ok(Self {
             vision,

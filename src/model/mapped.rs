@@ -12,6 +12,7 @@
 //! complete new file over the old one, which leaves the mapped inode intact. The same
 //! contract as candle's, safetensors' and llama.cpp's memory-mapped weights.
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::marker::PhantomData;
 use std::path::Path;

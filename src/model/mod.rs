@@ -15,6 +15,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod llava;
 mod mapped;
+mod pool;
 pub mod preprocess;
 mod q4k_x8;
 mod q6k;

@@ -14,11 +14,21 @@
 //! ggml's gemm gain comes from. Activations are quantized to q8_K exactly as ggml and candle
 //! do (`quantize_row_q8_K`), so the integer sums are those of their block kernels.
 //!
-//! The one module of huatuo with `unsafe` code besides memory-mapping: SIMD intrinsics, and
-//! the pool's workers writing disjoint parts of one output through a raw pointer.
+//! `unsafe` here is the kernel's (AVX2 intrinsics and loads from fixed-size blocks) and one
+//! `set_len` once [`Q4kX8::pack`] has written every block, each block with a `// SAFETY:`
+//! comment where it happens (`unsafe_op_in_unsafe_fn` and clippy's
+//! `undocumented_unsafe_blocks` hold that). The pool's workers get their parts of an output
+//! as `&mut` slices ([`super::pool`]), never a shared raw pointer. q8_0, q6_K and the two
+//! attention kernels have SIMD code of their own, and the memory-mapped weights theirs
+//! (`mapped.rs`).
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::f16;
+
+use super::pool::{self, Order};
 
 /// Weights per q4_K / q8_K block.
 pub(super) const QK_K: usize = 256;
@@ -126,32 +136,30 @@ impl Q4kX8 {
         if !fits(n, k) || data.len() != n * kb * Q4K_BYTES {
             return None;
         }
-        let groups = n / 8;
-        let total = groups * kb;
+        let total = n / 8 * kb;
         // Written in parallel straight into fresh memory: most of a reload is the kernel
         // zeroing those pages as they are first touched, which then happens on every core.
         let mut blocks: Vec<BlockQ4Kx8> = Vec::with_capacity(total);
-        let dst = SendPtr(blocks.as_mut_ptr());
-        let run = |groups: std::ops::Range<usize>| {
-            for group in groups {
-                for b in 0..kb {
-                    let src: [&[u8]; 8] = std::array::from_fn(|i| {
-                        let at = ((group * 8 + i) * kb + b) * Q4K_BYTES;
+        let written = AtomicUsize::new(0);
+        let slots = &mut blocks.spare_capacity_mut()[..total];
+        pool::for_each_run(slots, kb, total >= 256, |first, run| {
+            for (i, group) in run.chunks_mut(kb).enumerate() {
+                let rows = (first + i) * 8;
+                for (b, slot) in group.iter_mut().enumerate() {
+                    let src: [&[u8]; 8] = std::array::from_fn(|r| {
+                        let at = ((rows + r) * kb + b) * Q4K_BYTES;
                         &data[at..at + Q4K_BYTES]
                     });
-                    // SAFETY: `group * kb + b < total`, the capacity, and each slot is
-                    // written by exactly one item.
-                    unsafe { dst.get().add(group * kb + b).write(interleave(&src)) };
+                    slot.write(interleave(&src));
                 }
+                written.fetch_add(group.len(), Ordering::Relaxed);
             }
-        };
-        if total >= 256 {
-            candle_core::utils::barrier_pool().execute_chunked(groups, run);
-        } else {
-            run(0..groups);
+        });
+        if written.into_inner() != total {
+            return None;
         }
-        // SAFETY: every one of the `total` slots was written above (a panic in a worker is
-        // propagated by the pool before this line).
+        // SAFETY: the first `total` slots were handed out as disjoint `&mut` runs, every
+        // slot of which was written above, and those runs held `total` slots between them.
         unsafe { blocks.set_len(total) };
         Some(Self { blocks, n, k })
     }
@@ -226,43 +234,31 @@ impl Q4kX8 {
             "the interleaved q4_K kernels need AVX2, FMA and F16C"
         );
         let kb = self.k / QK_K;
-        let pool = candle_core::utils::barrier_pool();
 
         // Activations to q8_K, a row per item (parallel when there are many).
         let act = quantize_rows(lhs, m, self.k, QK_K, BlockQ8K::ZERO, BlockQ8K::quantize);
 
+        // Work items of ROW_BLOCK rows by GROUP_CHUNK groups of eight columns.
         let groups = self.n / 8;
-        let (rb, gc) = (ROW_BLOCK, GROUP_CHUNK);
-        let row_blocks = m.div_ceil(rb);
-        let chunks = groups.div_ceil(gc);
-        let dst_ptr = SendPtr(dst.as_mut_ptr());
-        let act = &act[..];
-        let n = self.n;
-        pool.execute_chunked(row_blocks * chunks, |items| {
-            for item in items {
-                let rows = (item / chunks) * rb..m.min((item / chunks + 1) * rb);
-                let first = (item % chunks) * gc;
-                for g in first..groups.min(first + gc) {
+        let tile = (ROW_BLOCK, GROUP_CHUNK * 8);
+        pool::for_each_tile(dst, self.n, tile, Order::RowBlocks, |tiles| {
+            for tile in tiles {
+                let first = tile.col0 / 8;
+                for (j, g) in (first..groups.min(first + GROUP_CHUNK)).enumerate() {
                     let w = &self.blocks[g * kb..(g + 1) * kb];
-                    let mut r = rows.start;
-                    while r < rows.end {
-                        let take = (rows.end - r).min(4);
-                        let a = |i: usize| &act[(r + i) * kb..(r + i + 1) * kb];
-                        // SAFETY: `supported()` was checked above; every (row, group) output
-                        // of eight floats is written by exactly one work item.
+                    let mut r = 0;
+                    while r < tile.rows.len() {
+                        let take = (tile.rows.len() - r).min(4);
+                        let row = tile.row0 + r;
+                        let a = |i: usize| &act[(row + i) * kb..(row + i + 1) * kb];
+                        // SAFETY: `supported()` was checked above, and each `a(i)` holds as
+                        // many blocks as `w`.
                         unsafe {
-                            let out = |i: usize| dst_ptr.get().add((r + i) * n + g * 8);
                             match take {
-                                4 => gemm_tile::<4>(
-                                    w,
-                                    [a(0), a(1), a(2), a(3)],
-                                    [out(0), out(1), out(2), out(3)],
-                                ),
-                                3 => {
-                                    gemm_tile::<3>(w, [a(0), a(1), a(2)], [out(0), out(1), out(2)])
-                                }
-                                2 => gemm_tile::<2>(w, [a(0), a(1)], [out(0), out(1)]),
-                                _ => gemm_tile::<1>(w, [a(0)], [out(0)]),
+                                4 => tile.put(r, j * 8, &gemm_tile(w, [a(0), a(1), a(2), a(3)])),
+                                3 => tile.put(r, j * 8, &gemm_tile(w, [a(0), a(1), a(2)])),
+                                2 => tile.put(r, j * 8, &gemm_tile(w, [a(0), a(1)])),
+                                _ => tile.put(r, j * 8, &gemm_tile(w, [a(0)])),
                             }
                         }
                         r += take;
@@ -273,20 +269,9 @@ impl Q4kX8 {
     }
 }
 
-/// A raw pointer the pool's workers may share (each writes disjoint elements).
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr<T>(pub(super) *mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    pub(super) fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 /// The `m` rows of `lhs` (`k` wide) quantized `block` values at a time by `quantize`, on
 /// candle's thread pool when there are enough rows to share.
-pub(super) fn quantize_rows<B: Copy + Send + Sync>(
+pub(super) fn quantize_rows<B: Copy + Send>(
     lhs: &[f32],
     m: usize,
     k: usize,
@@ -294,23 +279,16 @@ pub(super) fn quantize_rows<B: Copy + Send + Sync>(
     zero: B,
     quantize: impl Fn(&[f32]) -> B + Sync,
 ) -> Vec<B> {
-    let kb = k / block;
-    let mut act = vec![zero; m * kb];
-    let act_ptr = SendPtr(act.as_mut_ptr());
-    let run = |rows: std::ops::Range<usize>| {
-        for r in rows {
-            for b in 0..kb {
-                let x = &lhs[r * k + b * block..r * k + (b + 1) * block];
-                // SAFETY: each (row, block) slot is written by exactly one item.
-                unsafe { *act_ptr.get().add(r * kb + b) = quantize(x) };
+    let kb = (k / block).max(1);
+    let mut act = vec![zero; m * (k / block)];
+    pool::for_each_run(&mut act, kb, m >= 8, |first, run| {
+        for (i, row) in run.chunks_mut(kb).enumerate() {
+            let x = &lhs[(first + i) * k..];
+            for (b, slot) in row.iter_mut().enumerate() {
+                *slot = quantize(&x[b * block..(b + 1) * block]);
             }
         }
-    };
-    if m >= 8 {
-        candle_core::utils::barrier_pool().execute_chunked(m, run);
-    } else {
-        run(0..m);
-    }
+    });
     act
 }
 
@@ -358,11 +336,11 @@ fn interleave(src: &[&[u8]; 8]) -> BlockQ4Kx8 {
 /// half of its work (nibbles, scales, mins) done once for all `R` rows.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; each `a[r]` must have `w.len()` blocks and each
-/// `out[r]` must be valid for eight `f32` writes.
+/// The CPU must have AVX2, FMA and F16C. (Each `a[r]` must have `w.len()` blocks, which is
+/// checked: every access is in bounds of a block.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: [*mut f32; R]) {
+unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
     use std::arch::x86_64::*;
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
@@ -385,16 +363,21 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: 
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
             }
         }
-        let col_scale_f32 = _mm256_cvtph_ps(_mm_shuffle_epi8(
-            _mm_loadu_si128(wb.d.as_ptr() as *const __m128i),
-            deltamask,
-        ));
-        let col_dmin_f32 = _mm256_cvtph_ps(_mm_loadu_si128(wb.dmin.as_ptr() as *const __m128i));
+        // SAFETY: `d` and `dmin` are eight f16 each, 16 bytes: one unaligned load each.
+        let (d, dmin) = unsafe {
+            (
+                _mm_loadu_si128(wb.d.as_ptr() as *const __m128i),
+                _mm_loadu_si128(wb.dmin.as_ptr() as *const __m128i),
+            )
+        };
+        let col_scale_f32 = _mm256_cvtph_ps(_mm_shuffle_epi8(d, deltamask));
+        let col_dmin_f32 = _mm256_cvtph_ps(dmin);
 
         let mut iacc_b = [_mm256_setzero_si256(); R];
         let mut iacc_min_b = [_mm256_setzero_si256(); R];
         let mut q8s: [__m256i; R] = std::array::from_fn(|r| {
-            let sums = _mm256_loadu_si256(a[r][b].bsums.as_ptr() as *const __m256i);
+            // SAFETY: `bsums` is sixteen i16, 32 bytes: one unaligned load.
+            let sums = unsafe { _mm256_loadu_si256(a[r][b].bsums.as_ptr() as *const __m256i) };
             let s = _mm256_castsi128_si256(_mm_hadd_epi16(
                 _mm256_castsi256_si128(sums),
                 _mm256_extracti128_si256::<1>(sums),
@@ -403,8 +386,10 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: 
         });
 
         for sb in 0..QK_K / 64 {
-            let qs = wb.qs.as_ptr().add(sb * 256);
-            let raw = |off: usize| _mm256_loadu_si256(qs.add(off) as *const __m256i);
+            // SAFETY: sub-block `sb < 4` is bytes `256·sb..256·sb + 256` of the 1024 of `qs`.
+            let qs = unsafe { wb.qs.as_ptr().add(sb * 256) };
+            // SAFETY: `off ≤ 224` below: the 32 bytes lie in the sub-block's 256.
+            let raw = |off: usize| unsafe { _mm256_loadu_si256(qs.add(off) as *const __m256i) };
             // Rows 0-3 and 4-7 of each 64-byte stretch: eight chunks of 32 bytes.
             let raws: [__m256i; 8] = std::array::from_fn(|i| raw(32 * i));
 
@@ -458,9 +443,12 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: 
             ));
 
             for r in 0..R {
-                let q8 = a[r][b].qs.as_ptr().add(sb * 64);
+                // SAFETY: sub-block `sb < 4` is values `64·sb..64·sb + 64` of the 256 of `qs`.
+                let q8 = unsafe { a[r][b].qs.as_ptr().add(sb * 64) };
                 let lhs = |off: usize| {
-                    let v = _mm256_castsi128_si256(_mm_loadu_si128(q8.add(off) as *const __m128i));
+                    // SAFETY: `off ≤ 48` below: the 16 bytes lie in the sub-block's 64.
+                    let v = unsafe { _mm_loadu_si128(q8.add(off) as *const __m128i) };
+                    let v = _mm256_castsi128_si256(v);
                     _mm256_permute2f128_si256::<0>(v, v)
                 };
                 let (l00, l01, l10, l11) = (lhs(0), lhs(16), lhs(32), lhs(48));
@@ -499,14 +487,17 @@ unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R], out: 
         }
     }
 
-    for r in 0..R {
-        let v = _mm256_permutevar8x32_ps(acc_row[r], finalpermutemask);
-        _mm256_storeu_ps(out[r], _mm256_sub_ps(v, acc_min_rows[r]));
+    let mut out = [[0f32; 8]; R];
+    for (o, (acc, acc_min)) in out.iter_mut().zip(acc_row.iter().zip(&acc_min_rows)) {
+        let v = _mm256_permutevar8x32_ps(*acc, finalpermutemask);
+        // SAFETY: `o` is eight f32: one unaligned 32-byte store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_sub_ps(v, *acc_min)) };
     }
+    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn gemm_tile<const R: usize>(_: &[BlockQ4Kx8], _: [&[BlockQ8K]; R], _: [*mut f32; R]) {
+unsafe fn gemm_tile<const R: usize>(_: &[BlockQ4Kx8], _: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
     unreachable!("the interleaved q4_K kernels run only where `supported()` is true")
 }
 

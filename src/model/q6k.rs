@@ -17,8 +17,10 @@
 //! head (`examples/kbench.rs`). The blocks are read where they lie (the memory-mapped cache
 //! file), so nothing is copied or repacked.
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-use super::q4k_x8::{quantize_rows, BlockQ8K, SendPtr, QK_K};
+use super::pool::{self, Order};
+use super::q4k_x8::{quantize_rows, BlockQ8K, QK_K};
 
 /// Bytes of one GGUF q6_K block: 128 of low nibbles, 64 of high bit pairs, 16 signed 8-bit
 /// scales (one per 16 weights), the f16 super-block scale.
@@ -27,6 +29,9 @@ const BLOCK_BYTES: usize = 210;
 /// left the single-core product of the 7B's LM head at 5–8 GB/s, slower than candle's
 /// kernel; 4 blocks ahead did not help, 24 and 48 did alike (`examples/kbench.rs`).
 const PREFETCH_BLOCKS: usize = 48;
+/// Weight rows (output columns) per work item: the 7B's LM head makes 9,500 items, which the
+/// pool hands out a few hundred at a time, as it handed out its rows one by one before.
+const ROWS_PER_ITEM: usize = 16;
 
 /// Whether an `[n, k]` q6_K weight runs on these kernels on this CPU.
 pub(crate) fn fits(n: usize, k: usize) -> bool {
@@ -50,15 +55,16 @@ pub(crate) fn matmul(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &
     assert_eq!(lhs.len(), m * k, "lhs is not [{m}, {k}]");
     assert_eq!(dst.len(), m * n, "dst is not [{m}, {n}]");
     let act = quantize_rows(lhs, m, k, QK_K, BlockQ8K::ZERO, BlockQ8K::quantize);
-    let act = &act[..];
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
-    candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
-        for r in rows {
-            let wr = &w[r * kb * BLOCK_BYTES..(r + 1) * kb * BLOCK_BYTES];
-            for i in 0..m {
-                // SAFETY: `fits` checked the CPU; every output is written by exactly one
-                // work item (its weight row's).
-                unsafe { *dst_ptr.get().add(i * n + r) = dot(wr, &act[i * kb..(i + 1) * kb]) };
+    pool::for_each_tile(dst, n, (m, ROWS_PER_ITEM), Order::RowBlocks, |tiles| {
+        for tile in tiles {
+            for j in 0..ROWS_PER_ITEM.min(n - tile.col0) {
+                let r = tile.col0 + j;
+                let wr = &w[r * kb * BLOCK_BYTES..(r + 1) * kb * BLOCK_BYTES];
+                for (i, out) in tile.rows.iter_mut().enumerate() {
+                    // SAFETY: `fits` checked the CPU; `wr` holds as many blocks as an
+                    // activation row.
+                    out[j] = unsafe { dot(wr, &act[i * kb..(i + 1) * kb]) };
+                }
             }
         }
     });
@@ -94,22 +100,33 @@ unsafe fn dot(w: &[u8], a: &[BlockQ8K]) -> f32 {
     let m48 = _mm256_set1_epi8(48);
     let m192 = _mm256_set1_epi8(-64);
     let m15 = _mm256_set1_epi8(15);
-    let shuffle = |i: usize| _mm_loadu_si128(SCALE_SHUFFLE[i].as_ptr().cast());
+    // SAFETY: each mask is 16 bytes: one unaligned load.
+    let shuffle = |i: usize| unsafe { _mm_loadu_si128(SCALE_SHUFFLE[i].as_ptr().cast()) };
     let mut acc = _mm256_setzero_ps();
+    debug_assert!(w.len() >= a.len() * BLOCK_BYTES);
     for (b, y) in a.iter().enumerate() {
-        let x = w.as_ptr().add(b * BLOCK_BYTES);
+        // SAFETY: block `b < a.len()` of `w` is readable (the contract above): the 210
+        // bytes from `x` on, which every read below stays inside.
+        let x = unsafe { w.as_ptr().add(b * BLOCK_BYTES) };
         // `wrapping_add`: the address may lie past `w`, which a prefetch may name.
         let ahead = x.wrapping_add(PREFETCH_BLOCKS * BLOCK_BYTES);
         for line in 0..4 {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
         }
-        let (ql, qh, q8) = (x, x.add(128), y.qs.as_ptr());
-        let scales = _mm_loadu_si128(x.add(192).cast());
+        let (ql, q8) = (x, y.qs.as_ptr());
+        // SAFETY: the high bits are bytes 128..192 of the block, the scales 192..208.
+        let (qh, scales) = unsafe { (x.add(128), _mm_loadu_si128(x.add(192).cast())) };
         let mut sumi = _mm256_setzero_si256();
         for j in 0..QK_K / 128 {
-            let bits1 = _mm256_loadu_si256(ql.add(64 * j).cast());
-            let bits2 = _mm256_loadu_si256(ql.add(64 * j + 32).cast());
-            let high = _mm256_loadu_si256(qh.add(32 * j).cast());
+            // SAFETY: `j < 2`: the low nibbles read are bytes `64·j..64·j + 64` of the 128
+            // at `ql`, the high bits `32·j..32·j + 32` of the 64 at `qh`.
+            let (bits1, bits2, high) = unsafe {
+                (
+                    _mm256_loadu_si256(ql.add(64 * j).cast()),
+                    _mm256_loadu_si256(ql.add(64 * j + 32).cast()),
+                    _mm256_loadu_si256(qh.add(32 * j).cast()),
+                )
+            };
             let h0 = _mm256_slli_epi16(_mm256_and_si256(high, m3), 4);
             let h1 = _mm256_slli_epi16(_mm256_and_si256(high, m12), 2);
             let h2 = _mm256_and_si256(high, m48);
@@ -121,17 +138,20 @@ unsafe fn dot(w: &[u8], a: &[BlockQ8K]) -> f32 {
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits2, 4), m15), h3),
             ];
             for (i, q) in q.into_iter().enumerate() {
-                let a8 = _mm256_loadu_si256(q8.add(128 * j + 32 * i).cast());
+                // SAFETY: `j < 2`, `i < 4`: 32 of the 256 activations of `qs`.
+                let a8 = unsafe { _mm256_loadu_si256(q8.add(128 * j + 32 * i).cast()) };
                 let p16 = _mm256_maddubs_epi16(q, a8);
                 let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuffle(4 * j + i)));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p16));
             }
         }
         // q6_K stores weight + 32: take 32 · Σ scale · (sum of 16 activations) off once.
-        let q8sums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+        // SAFETY: `bsums` is sixteen i16, 32 bytes: one unaligned load.
+        let q8sums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
         let offset = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales)), 5);
         let sumi = _mm256_sub_epi32(sumi, offset);
-        let d = u16::from_le_bytes([*x.add(208), *x.add(209)]);
+        // SAFETY: the block's f16 scale is its bytes 208 and 209.
+        let d = unsafe { u16::from_le_bytes([*x.add(208), *x.add(209)]) };
         let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(d)))) * y.d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }

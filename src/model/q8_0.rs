@@ -16,8 +16,10 @@
 //!
 //! Weights are read where they are: no repacking, no second copy.
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-use super::q4k_x8::{quantize_rows, SendPtr};
+use super::pool::{self, Order, Tile};
+use super::q4k_x8::quantize_rows;
 
 /// Weights per block.
 const QK: usize = 32;
@@ -88,14 +90,12 @@ impl BlockQ8x8 {
 /// Activation rows `8·g..8·g + 8` of `lhs` (`k` wide) for each of `groups` groups,
 /// quantized as [`BlockQ8::quantize`] and interleaved: `k / 32` blocks per group.
 fn quantize_groups(lhs: &[f32], groups: usize, k: usize) -> Vec<BlockQ8x8> {
-    let kb = k / QK;
-    let mut out = vec![BlockQ8x8::ZERO; groups * kb];
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let run = |gs: std::ops::Range<usize>| {
-        for g in gs {
-            for b in 0..kb {
-                // SAFETY: each (group, block) slot is written by exactly one item.
-                let blk = unsafe { &mut *out_ptr.get().add(g * kb + b) };
+    let kb = (k / QK).max(1);
+    let mut out = vec![BlockQ8x8::ZERO; groups * (k / QK)];
+    pool::for_each_run(&mut out, kb, groups >= 2, |first, run| {
+        for (i, blocks) in run.chunks_mut(kb).enumerate() {
+            let g = first + i;
+            for (b, blk) in blocks.iter_mut().enumerate() {
                 for l in 0..8 {
                     let at = (g * 8 + l) * k + b * QK;
                     let q = BlockQ8::quantize(&lhs[at..at + QK]);
@@ -109,12 +109,7 @@ fn quantize_groups(lhs: &[f32], groups: usize, k: usize) -> Vec<BlockQ8x8> {
                 }
             }
         }
-    };
-    if groups >= 2 {
-        candle_core::utils::barrier_pool().execute_chunked(groups, run);
-    } else {
-        run(0..groups);
-    }
+    });
     out
 }
 
@@ -153,28 +148,27 @@ pub(crate) fn matmul(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &
     }
 }
 
-/// Runs `f(block, row0, weights)` on candle's thread pool for every block of activation
-/// rows (`blocks` of them) and every tile of four weight rows (`row0..row0 + 4`), a chunk
-/// of tiles per work item.
+/// Runs `f(tile, col, weights)` on candle's thread pool for every tile of `dst` (`[m, n]`)
+/// of `rows` activation rows by a chunk of [`TILE_CHUNK`] × 4 weight rows, and every four
+/// weight rows in it, whose outputs are the tile's columns `col..col + 4`.
 fn for_each_tile(
     w: &[u8],
-    n: usize,
-    kb: usize,
-    blocks: usize,
-    f: impl Fn(usize, usize, [&[u8]; 4]) + Sync,
+    (n, kb): (usize, usize),
+    dst: &mut [f32],
+    rows: usize,
+    f: impl Fn(&mut Tile<'_, '_, f32>, usize, [&[u8]; 4]) + Sync,
 ) {
     let tiles = n / TILE_ROWS;
-    let chunks = tiles.div_ceil(TILE_CHUNK);
-    candle_core::utils::barrier_pool().execute_chunked(blocks * chunks, |items| {
-        for item in items {
-            let first = (item % chunks) * TILE_CHUNK;
-            for t in first..tiles.min(first + TILE_CHUNK) {
-                let row0 = t * TILE_ROWS;
-                let wrow = |i: usize| {
-                    let at = (row0 + i) * kb * BLOCK_BYTES;
+    let shape = (rows, TILE_CHUNK * TILE_ROWS);
+    pool::for_each_tile(dst, n, shape, Order::RowBlocks, |run| {
+        for tile in run {
+            let first = tile.col0 / TILE_ROWS;
+            for (i, t) in (first..tiles.min(first + TILE_CHUNK)).enumerate() {
+                let wrow = |j: usize| {
+                    let at = (t * TILE_ROWS + j) * kb * BLOCK_BYTES;
                     &w[at..at + kb * BLOCK_BYTES]
                 };
-                f(item / chunks, row0, [wrow(0), wrow(1), wrow(2), wrow(3)]);
+                f(tile, i * TILE_ROWS, [wrow(0), wrow(1), wrow(2), wrow(3)]);
             }
         }
     });
@@ -184,14 +178,12 @@ fn for_each_tile(
 fn matmul_x8(w: &[u8], n: usize, k: usize, lhs: &[f32], groups: usize, dst: &mut [f32]) {
     let kb = k / QK;
     let act = quantize_groups(lhs, groups, k);
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
-    let blocks = groups.div_ceil(GROUP_BLOCK);
-    for_each_tile(w, n, kb, blocks, |block, row0, ws| {
-        for g in block * GROUP_BLOCK..groups.min((block + 1) * GROUP_BLOCK) {
+    for_each_tile(w, (n, kb), dst, GROUP_BLOCK * 8, |out, col, ws| {
+        for l in (0..out.rows.len()).step_by(8) {
+            let g = (out.row0 + l) / 8;
             let a = &act[g * kb..(g + 1) * kb];
-            // SAFETY: `fits` checked the CPU; every (group, tile) output of 8 × 4 floats
-            // is written by exactly one work item.
-            unsafe { tile_x8(ws, a, dst_ptr.get().add(g * 8 * n + row0), n) };
+            // SAFETY: `fits` checked the CPU; `a` holds as many blocks as each weight row.
+            out.put(l, col, &unsafe { tile_x8(ws, a) });
         }
     });
 }
@@ -201,33 +193,30 @@ fn matmul_x8(w: &[u8], n: usize, k: usize, lhs: &[f32], groups: usize, dst: &mut
 fn matmul_rows(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &mut [f32]) {
     debug_assert!(m < 8, "whole groups of eight rows go to matmul_x8");
     if m == 1 {
-        return matmul_one(w, n, k, lhs, dst);
+        return matmul_one(w, k, lhs, dst);
     }
     let kb = k / QK;
     let act = quantize_rows(lhs, m, k, QK, BlockQ8::ZERO, BlockQ8::quantize);
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
-    for_each_tile(w, n, kb, 1, |_, row0, ws| {
+    for_each_tile(w, (n, kb), dst, m, |out, col, ws| {
         let mut r = 0;
         while r < m {
             let take = (m - r).min(MAX_R);
             let a = |i: usize| &act[(r + i) * kb..(r + i + 1) * kb];
-            // SAFETY: `fits` checked the CPU; every (row, tile) output of four floats is
-            // written by exactly one work item.
+            // SAFETY: `fits` checked the CPU; every `a(i)` holds as many blocks as each
+            // weight row.
             unsafe {
-                let out = |i: usize| dst_ptr.get().add((r + i) * n + row0);
                 match take {
-                    4 => tile_pairs::<2>(
-                        ws,
-                        [[a(0), a(1)], [a(2), a(3)]],
-                        [[out(0), out(1)], [out(2), out(3)]],
-                    ),
+                    4 => {
+                        let sums = tile_pairs(ws, [[a(0), a(1)], [a(2), a(3)]]);
+                        out.put(r, col, sums.as_flattened());
+                    }
                     2 | 3 => {
-                        tile_pairs::<1>(ws, [[a(0), a(1)]], [[out(0), out(1)]]);
+                        out.put(r, col, tile_pairs(ws, [[a(0), a(1)]]).as_flattened());
                         if take == 3 {
-                            tile::<1>(ws, [a(2)], [out(2)]);
+                            out.put(r + 2, col, &tile(ws, [a(2)]));
                         }
                     }
-                    _ => tile::<1>(ws, [a(0)], [out(0)]),
+                    _ => out.put(r, col, &tile(ws, [a(0)])),
                 }
             }
             r += take;
@@ -237,22 +226,21 @@ fn matmul_rows(w: &[u8], n: usize, k: usize, lhs: &[f32], m: usize, dst: &mut [f
 
 /// [`matmul`] for one activation row (a decode step): eight weight rows per pass
 /// ([`tile8`]), the last four of an `n` that is not a multiple of eight on [`tile`].
-fn matmul_one(w: &[u8], n: usize, k: usize, lhs: &[f32], dst: &mut [f32]) {
+fn matmul_one(w: &[u8], k: usize, lhs: &[f32], dst: &mut [f32]) {
     let kb = k / QK;
     let act = quantize_rows(lhs, 1, k, QK, BlockQ8::ZERO, BlockQ8::quantize);
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
     let wrow = |r: usize| &w[r * kb * BLOCK_BYTES..(r + 1) * kb * BLOCK_BYTES];
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(8), |tiles| {
-        for t in tiles {
-            let row0 = t * 8;
-            // SAFETY: `fits` checked the CPU and that `n` is a multiple of four; every
-            // tile's outputs are written by exactly one work item.
+    pool::for_each_run(dst, 8, true, |first, run| {
+        for (t, out) in run.chunks_mut(8).enumerate() {
+            let row0 = (first + t) * 8;
+            // SAFETY: `fits` checked the CPU and that `n`, so `out.len()`, is a multiple of
+            // four; `act` holds as many blocks as each weight row.
             unsafe {
-                let out = dst_ptr.get().add(row0);
-                if row0 + 8 <= n {
-                    tile8(std::array::from_fn(|i| wrow(row0 + i)), &act, out);
+                if out.len() == 8 {
+                    out.copy_from_slice(&tile8(std::array::from_fn(|i| wrow(row0 + i)), &act));
                 } else {
-                    tile::<1>(std::array::from_fn(|i| wrow(row0 + i)), [&act], [out]);
+                    let [four] = tile(std::array::from_fn(|i| wrow(row0 + i)), [&act]);
+                    out.copy_from_slice(&four);
                 }
             }
         }
@@ -267,7 +255,8 @@ fn matmul_one(w: &[u8], n: usize, k: usize, lhs: &[f32], dst: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn weight_scales(wp: &[*const u8; 4], at: usize) -> std::arch::x86_64::__m128 {
     use std::arch::x86_64::*;
-    let d = |i: usize| (wp[i].add(at) as *const i16).read_unaligned();
+    // SAFETY: bytes `at..at + 2` of every weight row are readable (the contract above).
+    let d = |i: usize| unsafe { (wp[i].add(at) as *const i16).read_unaligned() };
     _mm_cvtph_ps(_mm_set_epi16(0, 0, 0, 0, d(3), d(2), d(1), d(0)))
 }
 
@@ -288,29 +277,36 @@ fn lanes(v: std::arch::x86_64::__m128) -> [std::arch::x86_64::__m256; 4] {
 /// `out[r][i] = a[r] · w[i]` for four weight rows (GGUF q8_0 bytes) and `R` activation rows.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; every `w[i]` must hold `a[r].len()` blocks and
-/// every `out[r]` must be valid for four `f32` writes.
+/// The CPU must have AVX2, FMA and F16C; every `w[i]` must hold `a[r].len()` blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const R: usize>(w: [&[u8]; 4], a: [&[BlockQ8]; R], out: [*mut f32; R]) {
+unsafe fn tile<const R: usize>(w: [&[u8]; 4], a: [&[BlockQ8]; R]) -> [[f32; 4]; R] {
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); 4]; R];
     let kb = a[0].len();
+    debug_assert!(a.iter().all(|a| a.len() == kb));
+    debug_assert!(w.iter().all(|w| w.len() >= kb * BLOCK_BYTES));
     let wp: [*const u8; 4] = std::array::from_fn(|i| w[i].as_ptr());
     let ap: [*const BlockQ8; R] = std::array::from_fn(|r| a[r].as_ptr());
     for b in 0..kb {
         let at = b * BLOCK_BYTES;
         // The four weight rows' f16 scales, converted together.
-        let wd = weight_scales(&wp, at);
+        // SAFETY: the CPU's features are this function's; block `b < kb` of every weight
+        // row is readable (the contract above).
+        let wd = unsafe { weight_scales(&wp, at) };
         let wds = lanes(wd);
-        let wq: [__m256i; 4] =
-            std::array::from_fn(|i| _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i));
+        let wq: [__m256i; 4] = std::array::from_fn(|i| {
+            // SAFETY: block `b`'s 32 quants are bytes `at + 2..at + 34` of weight row `i`.
+            unsafe { _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i) }
+        });
         let wabs: [__m256i; 4] = std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]));
         for r in 0..R {
-            let blk = ap[r].add(b);
-            let aq = _mm256_loadu_si256((*blk).qs.as_ptr() as *const __m256i);
-            let ad = _mm256_set1_ps((*blk).d);
+            // SAFETY: `b < kb` and every `a[r]` holds `kb` blocks (the contract above).
+            let blk = unsafe { &*ap[r].add(b) };
+            // SAFETY: `qs` is 32 bytes: one unaligned load.
+            let aq = unsafe { _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i) };
+            let ad = _mm256_set1_ps(blk.d);
             for i in 0..4 {
                 let p = _mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(aq, wq[i]));
                 let s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), wds[i]);
@@ -318,18 +314,21 @@ unsafe fn tile<const R: usize>(w: [&[u8]; 4], a: [&[BlockQ8]; R], out: [*mut f32
             }
         }
     }
-    for r in 0..R {
+    let mut out = [[0f32; 4]; R];
+    for (o, acc) in out.iter_mut().zip(&acc) {
         // Horizontal sums of the four accumulators, into four consecutive outputs.
-        let h01 = _mm256_hadd_ps(acc[r][0], acc[r][1]);
-        let h23 = _mm256_hadd_ps(acc[r][2], acc[r][3]);
+        let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let h23 = _mm256_hadd_ps(acc[2], acc[3]);
         let h = _mm256_hadd_ps(h01, h23);
         let sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-        _mm_storeu_ps(out[r], sum);
+        // SAFETY: `o` is four f32: one unaligned 16-byte store.
+        unsafe { _mm_storeu_ps(o.as_mut_ptr(), sum) };
     }
+    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const R: usize>(_: [&[u8]; 4], _: [&[BlockQ8]; R], _: [*mut f32; R]) {
+unsafe fn tile<const R: usize>(_: [&[u8]; 4], _: [&[BlockQ8]; R]) -> [[f32; 4]; R] {
     unreachable!("the q8_0 kernels run only where `fits` is true")
 }
 
@@ -344,29 +343,35 @@ unsafe fn tile<const R: usize>(_: [&[u8]; 4], _: [&[BlockQ8]; R], _: [*mut f32; 
 #[target_feature(enable = "avx2,fma,f16c")]
 // `b` walks the weights (by byte offset) and every activation row together.
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile_pairs<const P: usize>(
-    w: [&[u8]; 4],
-    a: [[&[BlockQ8]; 2]; P],
-    out: [[*mut f32; 2]; P],
-) {
+unsafe fn tile_pairs<const P: usize>(w: [&[u8]; 4], a: [[&[BlockQ8]; 2]; P]) -> [[[f32; 4]; 2]; P] {
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); P];
     let kb = a[0][0].len();
+    debug_assert!(w.iter().all(|w| w.len() >= kb * BLOCK_BYTES));
     let wp: [*const u8; 4] = std::array::from_fn(|i| w[i].as_ptr());
     for b in 0..kb {
         let at = b * BLOCK_BYTES;
-        let wd = weight_scales(&wp, at);
+        // SAFETY: the CPU's features are this function's; block `b < kb` of every weight
+        // row is readable (the contract of `tile`).
+        let wd = unsafe { weight_scales(&wp, at) };
         let wd2 = _mm256_set_m128(wd, wd);
-        let wq: [__m256i; 4] =
-            std::array::from_fn(|i| _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i));
+        let wq: [__m256i; 4] = std::array::from_fn(|i| {
+            // SAFETY: block `b`'s 32 quants are bytes `at + 2..at + 34` of weight row `i`.
+            unsafe { _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i) }
+        });
         let wabs: [__m256i; 4] = std::array::from_fn(|i| _mm256_sign_epi8(wq[i], wq[i]));
         for p in 0..P {
             let (x0, x1) = (&a[p][0][b], &a[p][1][b]);
             // Lane r·4 + i: the scale of weight row i times that of activation row r.
             let scale = _mm256_mul_ps(wd2, _mm256_set_m128(_mm_set1_ps(x1.d), _mm_set1_ps(x0.d)));
-            let q0 = _mm256_loadu_si256(x0.qs.as_ptr() as *const __m256i);
-            let q1 = _mm256_loadu_si256(x1.qs.as_ptr() as *const __m256i);
+            // SAFETY: each `qs` is 32 bytes: one unaligned load each.
+            let (q0, q1) = unsafe {
+                (
+                    _mm256_loadu_si256(x0.qs.as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(x1.qs.as_ptr() as *const __m256i),
+                )
+            };
             let dot = |i: usize, q: __m256i| {
                 let p = _mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(q, wq[i]));
                 _mm256_madd_epi16(p, ones)
@@ -384,18 +389,19 @@ unsafe fn tile_pairs<const P: usize>(
             acc[p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[p]);
         }
     }
-    for p in 0..P {
-        _mm_storeu_ps(out[p][0], _mm256_castps256_ps128(acc[p]));
-        _mm_storeu_ps(out[p][1], _mm256_extractf128_ps::<1>(acc[p]));
+    let mut out = [[[0f32; 4]; 2]; P];
+    for (o, acc) in out.iter_mut().zip(&acc) {
+        // SAFETY: `o[0]` and `o[1]` are four f32 each: one unaligned 16-byte store each.
+        unsafe {
+            _mm_storeu_ps(o[0].as_mut_ptr(), _mm256_castps256_ps128(*acc));
+            _mm_storeu_ps(o[1].as_mut_ptr(), _mm256_extractf128_ps::<1>(*acc));
+        }
     }
+    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_pairs<const P: usize>(
-    _: [&[u8]; 4],
-    _: [[&[BlockQ8]; 2]; P],
-    _: [[*mut f32; 2]; P],
-) {
+unsafe fn tile_pairs<const P: usize>(_: [&[u8]; 4], _: [[&[BlockQ8]; 2]; P]) -> [[[f32; 4]; 2]; P] {
     unreachable!("the q8_0 kernels run only where `fits` is true")
 }
 
@@ -407,18 +413,20 @@ unsafe fn tile_pairs<const P: usize>(
 /// magnitude and converts, scales and adds each row on its own.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; every `w[i]` must hold `a.len()` blocks and `out`
-/// must be valid for eight `f32` writes.
+/// The CPU must have AVX2, FMA and F16C; every `w[i]` must hold `a.len()` blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile8(w: [&[u8]; 8], a: &[BlockQ8], out: *mut f32) {
+unsafe fn tile8(w: [&[u8]; 8], a: &[BlockQ8]) -> [f32; 8] {
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
+    debug_assert!(w.iter().all(|w| w.len() >= a.len() * BLOCK_BYTES));
     let wp: [*const u8; 8] = std::array::from_fn(|i| w[i].as_ptr());
     for (b, blk) in a.iter().enumerate() {
         let at = b * BLOCK_BYTES;
-        let d = |i: usize| (wp[i].add(at) as *const i16).read_unaligned();
+        // SAFETY: block `b < a.len()` of every weight row is readable (the contract above);
+        // its scale is bytes `at..at + 2`.
+        let d = |i: usize| unsafe { (wp[i].add(at) as *const i16).read_unaligned() };
         let wd = _mm256_cvtph_ps(_mm_set_epi16(
             d(7),
             d(6),
@@ -430,10 +438,12 @@ unsafe fn tile8(w: [&[u8]; 8], a: &[BlockQ8], out: *mut f32) {
             d(0),
         ));
         let scale = _mm256_mul_ps(wd, _mm256_set1_ps(blk.d));
-        let aq = _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i);
+        // SAFETY: `qs` is 32 bytes: one unaligned load.
+        let aq = unsafe { _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i) };
         let aabs = _mm256_sign_epi8(aq, aq);
         let dot = |i: usize| {
-            let wq = _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i);
+            // SAFETY: block `b`'s 32 quants are bytes `at + 2..at + 34` of weight row `i`.
+            let wq = unsafe { _mm256_loadu_si256(wp[i].add(at + 2) as *const __m256i) };
             _mm256_madd_epi16(_mm256_maddubs_epi16(aabs, _mm256_sign_epi8(wq, aq)), ones)
         };
         // Lane j of `g0` (`g1`): part of row j's (j + 4's) sum, the two halves apart.
@@ -451,15 +461,18 @@ unsafe fn tile8(w: [&[u8]; 8], a: &[BlockQ8], out: *mut f32) {
         );
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
     }
-    _mm256_storeu_ps(out, acc);
+    let mut out = [0f32; 8];
+    // SAFETY: `out` is eight f32: one unaligned 32-byte store.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile8(_: [&[u8]; 8], _: &[BlockQ8], _: *mut f32) {
+unsafe fn tile8(_: [&[u8]; 8], _: &[BlockQ8]) -> [f32; 8] {
     unreachable!("the q8_0 kernels run only where `fits` is true")
 }
 
-/// `out[l·n + i] = a_l · w[i]` for four weight rows (GGUF q8_0 bytes) and the eight
+/// `out[l][i] = a_l · w[i]` for four weight rows (GGUF q8_0 bytes) and the eight
 /// interleaved activation rows of `a`: each weight row's four bytes are broadcast against
 /// four columns of all eight rows, so one instruction advances eight dot products and no
 /// horizontal sums are needed. The sign trick runs the other way round from [`tile`]:
@@ -467,22 +480,31 @@ unsafe fn tile8(_: [&[u8]; 8], _: &[BlockQ8], _: *mut f32) {
 /// `madd` and one add, against [`tile_pairs`]' extra share of horizontal adds.
 ///
 /// # Safety
-/// As [`tile`]; `out` must be valid for writes at `l·n + i` for `l < 8`, `i < 4`.
+/// As [`tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_x8(w: [&[u8]; 4], a: &[BlockQ8x8], out: *mut f32, n: usize) {
+unsafe fn tile_x8(w: [&[u8]; 4], a: &[BlockQ8x8]) -> [[f32; 4]; 8] {
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 4];
+    debug_assert!(w.iter().all(|w| w.len() >= a.len() * BLOCK_BYTES));
     let wp: [*const u8; 4] = std::array::from_fn(|i| w[i].as_ptr());
     for (b, blk) in a.iter().enumerate() {
         let at = b * BLOCK_BYTES;
         let mut isum = [_mm256_setzero_si256(); 4];
         for c in 0..QK / 4 {
-            let av = _mm256_load_si256(blk.qs.as_ptr().add(32 * c) as *const __m256i);
-            let aabs = _mm256_load_si256(blk.abs.as_ptr().add(32 * c) as *const __m256i);
+            // SAFETY: `c < 8`: bytes `32·c..32·c + 32` of the 256 of `qs` and of `abs`, which
+            // start 32 and 288 bytes into a 32-byte aligned `BlockQ8x8`: aligned loads.
+            let (av, aabs) = unsafe {
+                (
+                    _mm256_load_si256(blk.qs.as_ptr().add(32 * c) as *const __m256i),
+                    _mm256_load_si256(blk.abs.as_ptr().add(32 * c) as *const __m256i),
+                )
+            };
             for i in 0..4 {
-                let four = (wp[i].add(at + 2 + 4 * c) as *const i32).read_unaligned();
+                // SAFETY: bytes `at + 2 + 4·c..at + 6 + 4·c` lie in block `b`'s quants,
+                // `at + 2..at + 34`, of weight row `i` (readable: the contract of `tile`).
+                let four = unsafe { (wp[i].add(at + 2 + 4 * c) as *const i32).read_unaligned() };
                 let p = _mm256_maddubs_epi16(aabs, _mm256_sign_epi8(_mm256_set1_epi32(four), av));
                 isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(p, ones));
             }
@@ -490,15 +512,22 @@ unsafe fn tile_x8(w: [&[u8]; 4], a: &[BlockQ8x8], out: *mut f32, n: usize) {
             // row, holds all sixteen activation vectors at once and spills them to the
             // stack (a third slower).
             for v in &mut isum {
-                std::arch::asm!(
-                    "/* {0} */",
-                    inout(ymm_reg) * v,
-                    options(pure, nomem, nostack, preserves_flags)
-                );
+                // SAFETY: an empty template (a comment) that only names the register: it
+                // reads and writes no memory, stack or flags, as its options declare.
+                unsafe {
+                    std::arch::asm!(
+                        "/* {0} */",
+                        inout(ymm_reg) * v,
+                        options(pure, nomem, nostack, preserves_flags)
+                    )
+                };
             }
         }
-        let ad = _mm256_load_ps(blk.d.as_ptr());
-        let wd = weight_scales(&wp, at);
+        // SAFETY: `d`, eight f32, starts a 32-byte aligned `BlockQ8x8`: an aligned load.
+        let ad = unsafe { _mm256_load_ps(blk.d.as_ptr()) };
+        // SAFETY: the CPU's features are this function's; block `b` of every weight row is
+        // readable (the contract of `tile`).
+        let wd = unsafe { weight_scales(&wp, at) };
         let wds = lanes(wd);
         for i in 0..4 {
             let scale = _mm256_mul_ps(ad, wds[i]);
@@ -506,18 +535,15 @@ unsafe fn tile_x8(w: [&[u8]; 4], a: &[BlockQ8x8], out: *mut f32, n: usize) {
         }
     }
     let mut lanes = [[0f32; 8]; 4];
-    for i in 0..4 {
-        _mm256_storeu_ps(lanes[i].as_mut_ptr(), acc[i]);
+    for (lane, acc) in lanes.iter_mut().zip(&acc) {
+        // SAFETY: `lane` is eight f32: one unaligned 32-byte store.
+        unsafe { _mm256_storeu_ps(lane.as_mut_ptr(), *acc) };
     }
-    for (i, lane) in lanes.iter().enumerate() {
-        for (l, &v) in lane.iter().enumerate() {
-            *out.add(l * n + i) = v;
-        }
-    }
+    std::array::from_fn(|l| std::array::from_fn(|i| lanes[i][l]))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_x8(_: [&[u8]; 4], _: &[BlockQ8x8], _: *mut f32, _: usize) {
+unsafe fn tile_x8(_: [&[u8]; 4], _: &[BlockQ8x8]) -> [[f32; 4]; 8] {
     unreachable!("the q8_0 kernels run only where `fits` is true")
 }
 

@@ -122,7 +122,7 @@ pub fn tensor_type(name: &str, shape: &[usize], quant: Quant) -> GgmlDType {
 pub enum WeightLayout {
     /// Interleaved eight rows at a time for huatuo's AVX2 kernels where the CPU has them
     /// (x86 with AVX2, FMA and F16C; `model::q4k_x8`): the same 4.5 bits per weight as the
-    /// GGUF blocks, which are released after packing, and about 2× faster prefill.
+    /// GGUF blocks (interleaved as they load; the blocks are not kept), and about 2× faster prefill.
     #[default]
     Repacked,
     /// The GGUF blocks as they are, multiplied by candle's block kernels (and dequantized

@@ -14,10 +14,11 @@
 //! The scale multiplies q before the product, as transformers' `CLIPAttention` does
 //! (`q_proj(x) * scale`), with the same f32 product candle's `affine` computes.
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::q4k_x8::SendPtr;
+use super::pool::{self, Order};
 
 /// Rows of the micro-kernel's output tile.
 const MR: usize = 6;
@@ -94,16 +95,18 @@ impl CustomOp3 for FullAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let get = |s: &CpuStorage, l: &Layout, what: &str| {
-            if l.shape() != l1.shape() {
-                candle_core::bail!("attention {what} is {:?}, q is {:?}", l.shape(), l1.shape());
+        /// The f32 elements of a contiguous operand shaped as q.
+        fn get<'a>(s: &'a CpuStorage, l: &Layout, q: &Layout, what: &str) -> Result<&'a [f32]> {
+            if l.shape() != q.shape() {
+                candle_core::bail!("attention {what} is {:?}, q is {:?}", l.shape(), q.shape());
             }
             match l.contiguous_offsets() {
-                Some((start, end)) => Ok(s.as_slice::<f32>()?[start..end].as_ptr()),
+                Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
                 None => candle_core::bail!("attention {what} is not contiguous"),
             }
-        };
-        let (q, k, v) = (get(s1, l1, "q")?, get(s2, l2, "k")?, get(s3, l3, "v")?);
+        }
+        let q = get(s1, l1, l1, "q")?;
+        let (k, v) = (get(s2, l2, l1, "k")?, get(s3, l3, l1, "v")?);
         let (b, n, c) = l1.shape().dims3()?;
         if self.heads == 0 || !c.is_multiple_of(self.heads) {
             candle_core::bail!("{c} features do not split into {} heads", self.heads);
@@ -116,15 +119,6 @@ impl CustomOp3 for FullAttention {
             d,
             n_pad: n.div_ceil(NR) * NR,
             d_pad: d.div_ceil(NR) * NR,
-        };
-        let len = b * n * c;
-        // SAFETY: each pointer starts a contiguous run of `len` f32 checked above.
-        let (q, k, v) = unsafe {
-            (
-                std::slice::from_raw_parts(q, len),
-                std::slice::from_raw_parts(k, len),
-                std::slice::from_raw_parts(v, len),
-            )
         };
         let out = run(q, k, v, dims, self.scale);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -143,24 +137,16 @@ fn run(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f32> {
         d_pad,
     } = dims;
     let c = dims.c();
-    let pool = candle_core::utils::barrier_pool();
 
     // Pass 1: per (image, head), kᵀ as [d, n_pad] and v as [n, d_pad], zero-padded.
-    let kt_len = d * n_pad;
-    let vp_len = n * d_pad;
-    let mut kt = vec![0f32; b * heads * kt_len];
-    let mut vp = vec![0f32; b * heads * vp_len];
-    let (kt_ptr, vp_ptr) = (SendPtr(kt.as_mut_ptr()), SendPtr(vp.as_mut_ptr()));
-    pool.execute_chunked(b * heads, |items| {
-        for item in items {
-            let (img, h) = (item / heads, item % heads);
-            // SAFETY: item `item` alone writes its own kt and vp regions.
-            let (kt, vp) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(kt_ptr.get().add(item * kt_len), kt_len),
-                    std::slice::from_raw_parts_mut(vp_ptr.get().add(item * vp_len), vp_len),
-                )
-            };
+    let kt_len = (d * n_pad).max(1);
+    let vp_len = (n * d_pad).max(1);
+    let mut kt = vec![0f32; b * heads * d * n_pad];
+    let mut vp = vec![0f32; b * heads * n * d_pad];
+    let mut per_head: Vec<_> = kt.chunks_mut(kt_len).zip(vp.chunks_mut(vp_len)).collect();
+    pool::for_each_run(&mut per_head, 1, true, |first, run| {
+        for (i, (kt, vp)) in run.iter_mut().enumerate() {
+            let (img, h) = ((first + i) / heads, (first + i) % heads);
             for j in 0..n {
                 let row = (img * n + j) * c + h * d;
                 for (t, &x) in k[row..row + d].iter().enumerate() {
@@ -170,79 +156,101 @@ fn run(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f32> {
             }
         }
     });
+    drop(per_head);
 
-    // Pass 2: per (image, head, block of queries), scores, softmax and p·v.
+    // Pass 2: per (image, head, block of queries), scores, softmax and p·v, into that
+    // block's rows of the head's columns of `out`; one head's keys and values after the
+    // other (they stay in cache), an image at a time.
     let mut out = vec![0f32; b * n * c];
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let blocks = n.div_ceil(QUERY_BLOCK);
     let (kt, vp) = (&kt[..], &vp[..]);
-    pool.execute_chunked(b * heads * blocks, |items| {
-        let rows_pad = QUERY_BLOCK;
-        let mut qs = vec![0f32; rows_pad * d];
-        let mut scores = vec![0f32; rows_pad * n_pad];
-        let mut ctx = vec![0f32; rows_pad * d_pad];
-        for item in items {
-            let (head_item, block) = (item / blocks, item % blocks);
-            let (img, h) = (head_item / heads, head_item % heads);
-            let first = block * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(n - first);
-            let tiles = rows.div_ceil(MR);
-            // The block's queries, scaled, and zero rows up to a whole tile.
-            for (i, qrow) in qs.chunks_exact_mut(d).enumerate().take(tiles * MR) {
-                if i < rows {
-                    let at = (img * n + first + i) * c + h * d;
-                    for (o, &x) in qrow.iter_mut().zip(&q[at..at + d]) {
-                        *o = x * scale;
-                    }
-                } else {
-                    qrow.fill(0.0);
-                }
-            }
-            let kt = &kt[head_item * kt_len..(head_item + 1) * kt_len];
-            let vp = &vp[head_item * vp_len..(head_item + 1) * vp_len];
-            // SAFETY: `supported()` was checked by `attention`; every tile reads and writes
-            // inside the buffers sized above (rows up to tiles·MR ≤ QUERY_BLOCK, columns up
-            // to n_pad and d_pad, depth d and n).
-            unsafe {
-                for j in (0..n_pad).step_by(NR) {
-                    for t in 0..tiles {
-                        tile(
-                            qs.as_ptr().add(t * MR * d),
-                            d,
-                            kt.as_ptr().add(j),
-                            n_pad,
-                            d,
-                            scores.as_mut_ptr().add(t * MR * n_pad + j),
-                            n_pad,
-                        );
-                    }
-                }
-                for row in scores.chunks_exact_mut(n_pad).take(tiles * MR) {
-                    softmax(row, n);
-                }
-                for col in (0..d_pad).step_by(NR) {
-                    for t in 0..tiles {
-                        tile(
-                            scores.as_ptr().add(t * MR * n_pad),
-                            n_pad,
-                            vp.as_ptr().add(col),
-                            d_pad,
-                            n,
-                            ctx.as_mut_ptr().add(t * MR * d_pad + col),
-                            d_pad,
-                        );
-                    }
-                }
-            }
-            for (i, crow) in ctx.chunks_exact(d_pad).take(rows).enumerate() {
+    for (img, out) in out.chunks_mut((n * c).max(1)).enumerate() {
+        pool::for_each_tile(out, c, (QUERY_BLOCK, d), Order::ColumnBands, |run| {
+            attend(run, (q, kt, vp), img, dims, scale)
+        });
+    }
+    out
+}
+
+/// Pass 2 of [`run`] for a run of tiles of image `img`'s output (`QUERY_BLOCK` queries by
+/// one head): `kt`, `vp` as pass 1 made them.
+fn attend(
+    run: &mut [pool::Tile<'_, '_, f32>],
+    (q, kt, vp): (&[f32], &[f32], &[f32]),
+    img: usize,
+    dims: Dims,
+    scale: f32,
+) {
+    let Dims {
+        n,
+        heads,
+        d,
+        n_pad,
+        d_pad,
+        ..
+    } = dims;
+    let c = dims.c();
+    let (kt_len, vp_len) = (d * n_pad, n * d_pad);
+    let rows_pad = QUERY_BLOCK;
+    let mut qs = vec![0f32; rows_pad * d];
+    let mut scores = vec![0f32; rows_pad * n_pad];
+    let mut ctx = vec![0f32; rows_pad * d_pad];
+    for out in run {
+        let h = out.col0 / d.max(1);
+        let head_item = img * heads + h;
+        let first = out.row0;
+        let rows = out.rows.len();
+        let tiles = rows.div_ceil(MR);
+        // The block's queries, scaled, and zero rows up to a whole tile.
+        for (i, qrow) in qs.chunks_exact_mut(d).enumerate().take(tiles * MR) {
+            if i < rows {
                 let at = (img * n + first + i) * c + h * d;
-                // SAFETY: the (image, query, head) slice of `out` belongs to this item.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(at), d) };
-                dst.copy_from_slice(&crow[..d]);
+                for (o, &x) in qrow.iter_mut().zip(&q[at..at + d]) {
+                    *o = x * scale;
+                }
+            } else {
+                qrow.fill(0.0);
             }
         }
-    });
-    out
+        let kt = &kt[head_item * kt_len..(head_item + 1) * kt_len];
+        let vp = &vp[head_item * vp_len..(head_item + 1) * vp_len];
+        // SAFETY: `supported()` was checked by `attention`; every tile reads and writes
+        // inside the buffers sized above (rows up to tiles·MR ≤ QUERY_BLOCK, columns up
+        // to n_pad and d_pad, depth d and n).
+        unsafe {
+            for j in (0..n_pad).step_by(NR) {
+                for t in 0..tiles {
+                    tile(
+                        qs.as_ptr().add(t * MR * d),
+                        d,
+                        kt.as_ptr().add(j),
+                        n_pad,
+                        d,
+                        scores.as_mut_ptr().add(t * MR * n_pad + j),
+                        n_pad,
+                    );
+                }
+            }
+            for row in scores.chunks_exact_mut(n_pad).take(tiles * MR) {
+                softmax(row, n);
+            }
+            for col in (0..d_pad).step_by(NR) {
+                for t in 0..tiles {
+                    tile(
+                        scores.as_ptr().add(t * MR * n_pad),
+                        n_pad,
+                        vp.as_ptr().add(col),
+                        d_pad,
+                        n,
+                        ctx.as_mut_ptr().add(t * MR * d_pad + col),
+                        d_pad,
+                    );
+                }
+            }
+        }
+        for (crow, dst) in ctx.chunks_exact(d_pad).zip(out.rows.iter_mut()) {
+            dst.copy_from_slice(&crow[..d]);
+        }
+    }
 }
 
 /// `c[MR, NR] = a[MR, depth] · b[depth, NR]`, rows of `a` `lda` apart, of `b` `ldb`, of `c`
@@ -264,17 +272,26 @@ unsafe fn tile(
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for p in 0..depth {
-        let b0 = _mm256_loadu_ps(b.add(p * ldb));
-        let b1 = _mm256_loadu_ps(b.add(p * ldb + 8));
+        // SAFETY: columns `0..NR` of row `p < depth` of `b` (in bounds: the contract above).
+        let (b0, b1) = unsafe {
+            (
+                _mm256_loadu_ps(b.add(p * ldb)),
+                _mm256_loadu_ps(b.add(p * ldb + 8)),
+            )
+        };
         for (i, acc) in acc.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*a.add(i * lda + p));
+            // SAFETY: element `p < depth` of row `i < MR` of `a` (the contract above).
+            let ai = _mm256_broadcast_ss(unsafe { &*a.add(i * lda + p) });
             acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
             acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(c.add(i * ldc), acc[0]);
-        _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
+        // SAFETY: columns `0..NR` of row `i < MR` of `c` (the contract above).
+        unsafe {
+            _mm256_storeu_ps(c.add(i * ldc), acc[0]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
+        }
     }
 }
 
@@ -297,27 +314,38 @@ pub(super) unsafe fn softmax(row: &mut [f32], n: usize) {
     let mut vsum = _mm256_setzero_ps();
     let full = n / 8 * 8;
     for j in (0..full).step_by(8) {
-        let p = row.as_mut_ptr().add(j);
-        let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), vmax));
-        _mm256_storeu_ps(p, e);
-        vsum = _mm256_add_ps(vsum, e);
+        // SAFETY: `j + 8 ≤ full ≤ n ≤ row.len()` (`row[..n]` above checked the last):
+        // eight f32 of `row`, loaded and stored back.
+        unsafe {
+            let p = row.as_mut_ptr().add(j);
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), vmax));
+            _mm256_storeu_ps(p, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
     }
     let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), vsum);
+    // SAFETY: `lanes` is eight f32: one unaligned 32-byte store.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vsum) };
     let mut sum: f32 = lanes.iter().sum();
     if full < n {
         let mut tail = [f32::NEG_INFINITY; 8];
         tail[..n - full].copy_from_slice(&row[full..n]);
-        let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vmax));
-        _mm256_storeu_ps(tail.as_mut_ptr(), e);
+        // SAFETY: `tail` is eight f32: one unaligned load and one store.
+        unsafe {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vmax));
+            _mm256_storeu_ps(tail.as_mut_ptr(), e);
+        }
         row[full..n].copy_from_slice(&tail[..n - full]);
         sum += tail[..n - full].iter().sum::<f32>();
     }
     row[n..].fill(0.0);
     let vsum = _mm256_set1_ps(sum);
     for j in (0..full).step_by(8) {
-        let p = row.as_mut_ptr().add(j);
-        _mm256_storeu_ps(p, _mm256_div_ps(_mm256_loadu_ps(p), vsum));
+        // SAFETY: as in the first loop: eight f32 of `row`, loaded and stored back.
+        unsafe {
+            let p = row.as_mut_ptr().add(j);
+            _mm256_storeu_ps(p, _mm256_div_ps(_mm256_loadu_ps(p), vsum));
+        }
     }
     for x in &mut row[full..n] {
         *x /= sum;
@@ -331,10 +359,11 @@ pub(super) unsafe fn softmax(_: &mut [f32], _: usize) {
 
 /// `exp` on eight lanes: Cephes' `expf` as in avx_mathfun (range reduction by ln 2 in two
 /// parts, a degree-5 polynomial, the power of two through the exponent bits). Inputs below
-/// −87.3 give 0 (they are scores far under the maximum), −∞ gives 0.
+/// −87.3 give 0 (they are scores far under the maximum), −∞ gives 0. Safe to call where AVX2
+/// and FMA are enabled (it touches no memory).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let too_small = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_LT_OQ);
     let x = _mm256_min_ps(x, _mm256_set1_ps(88.376_26));

@@ -33,15 +33,13 @@ pub enum Weights<'a> {
     Quantized(QuantizedWeights),
 }
 
-/// The quantized side of [`Weights`]: a source, a name prefix and the layers built so far
-/// (which [`super::linear::prepare`] repacks once the model is complete).
+/// The quantized side of [`Weights`]: a source and a name prefix.
 #[derive(Clone)]
 pub struct QuantizedWeights {
     source: Arc<dyn TensorSource>,
     prefix: String,
     device: Device,
     layout: WeightLayout,
-    built: Arc<Mutex<Vec<Linear>>>,
 }
 
 impl QuantizedWeights {
@@ -55,7 +53,6 @@ impl QuantizedWeights {
             prefix: String::new(),
             device: device.clone(),
             layout,
-            built: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -72,15 +69,7 @@ impl QuantizedWeights {
     }
 
     fn get_dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.get_q(name, shape)?.tensor.dequantize(&self.device)
-    }
-
-    /// Every linear layer built from these weights (all prefixes), in build order.
-    pub(crate) fn built_layers(&self) -> Vec<Linear> {
-        self.built
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.get_q(name, shape)?.dequantize(&self.device)
     }
 }
 
@@ -124,12 +113,7 @@ impl<'a> Weights<'a> {
                 } else {
                     None
                 };
-                let layer = Linear::quantized(weight, bias, q.layout == WeightLayout::Repacked)?;
-                q.built
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(layer.clone());
-                Ok(layer)
+                Linear::quantized(weight, bias, q.layout == WeightLayout::Repacked)
             }
         }
     }
@@ -161,17 +145,16 @@ impl<'a> Weights<'a> {
                 vb.get((vocab, hidden), "weight")?,
                 hidden,
             ))),
-            Self::Quantized(q) => {
-                let w = q.get_q("weight", &[vocab, hidden])?;
-                if matches!(w.tensor.dtype(), GgmlDType::F32 | GgmlDType::F16) {
-                    let t = w.tensor.dequantize(&q.device)?;
-                    return Ok(Embedding::dense(candle_nn::Embedding::new(t, hidden)));
+            Self::Quantized(q) => Ok(match q.get_q("weight", &[vocab, hidden])? {
+                QWeight::Interleaved(p) => Embedding::interleaved(p),
+                QWeight::Candle { tensor, .. }
+                    if matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16) =>
+                {
+                    let t = tensor.dequantize(&q.device)?;
+                    Embedding::dense(candle_nn::Embedding::new(t, hidden))
                 }
-                Ok(match w.packed {
-                    Some(p) => Embedding::interleaved(p),
-                    None => Embedding::quantized(w.tensor),
-                })
-            }
+                QWeight::Candle { tensor, .. } => Embedding::quantized(tensor),
+            }),
         }
     }
 }
@@ -184,10 +167,10 @@ impl TensorSource for TensorMap {
         let Some(w) = self.0.get(name) else {
             candle_core::bail!("tensor {name} is missing from the quantized weights");
         };
-        if w.tensor.shape().dims() != shape {
+        if w.shape().dims() != shape {
             candle_core::bail!(
                 "tensor {name} has shape {:?}, expected {shape:?}",
-                w.tensor.shape()
+                w.shape()
             );
         }
         Ok(w.clone())
