@@ -101,6 +101,11 @@ pub struct AskArgs {
     #[arg(long, value_name = "NAME")]
     pub session: Option<String>,
 
+    /// With --session: if another huatuo is answering in that session, fail at once instead
+    /// of waiting for it.
+    #[arg(long, requires = "session")]
+    pub no_wait: bool,
+
     /// Print one JSON object (answer, model, settings, images, token counts, timings)
     /// instead of the streamed answer.
     #[arg(long)]

@@ -45,8 +45,10 @@ fn main() -> ExitCode {
             } else {
                 "huatuo: error:"
             };
-            // One line: the cause chain joined with ": ", newlines flattened.
+            // One line: the cause chain joined with ": ", newlines flattened, and every other
+            // control character (from file names, server messages…) shown escaped.
             let message = format!("{err:#}").replace('\n', " ");
+            let message = huatuo::term::sanitize(&message);
             eprintln!("{prefix} {message}");
             ExitCode::from(2)
         }

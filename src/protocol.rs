@@ -18,6 +18,18 @@ use serde::{Deserialize, Serialize};
 /// The most images one turn may attach (cli.py:315 asserts `len(images) < 6`).
 pub const MAX_IMAGES_PER_TURN: usize = 5;
 
+/// Serialises a path as text, lossily when it is not UTF-8 (each invalid byte as U+FFFD), so
+/// a file name that is not UTF-8 never stops a record or a session from being written; see
+/// [`is_lossy`].
+pub fn lossy_path<S: serde::Serializer>(path: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+/// Whether [`lossy_path`] changes `path` (it is not UTF-8).
+pub fn is_lossy(path: &std::path::Path) -> bool {
+    path.to_str().is_none()
+}
+
 /// A value given by name (on the command line, in config.toml, in JSON) that is not one of
 /// the names allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -286,6 +298,7 @@ pub struct ModelSpec {
 /// One image of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRef {
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// Hex SHA-256 of the file's bytes when known (sessions record it, so a changed file
     /// can be noticed).
@@ -351,6 +364,7 @@ pub struct ModelInfo {
     /// What the user asked for (`7b`, a repo id or a path).
     pub source: String,
     /// The directory the weights were read from.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// The hub repo id and commit, when it came from the hub.
     pub repo: Option<String>,
@@ -432,6 +446,7 @@ pub struct ModelRecord {
     pub repo: Option<String>,
     pub revision: Option<String>,
     /// The directory the weights were read from.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     pub family: String,
     pub files: Vec<FileHash>,
@@ -442,6 +457,7 @@ pub struct ModelRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// The file as the user named it.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     pub sha256: Option<String>,
     /// The turn (1-based) that attached it.

@@ -83,6 +83,27 @@ pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// [`sanitize`] for text of several lines (a conversation shown on a terminal): newlines and
+/// tabs stay, every other control character is shown escaped.
+pub fn sanitize_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{7f}')
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let lines: Vec<String> = text
+        .split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(|part| sanitize(part).into_owned())
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect();
+    std::borrow::Cow::Owned(lines.join("\n"))
+}
+
 /// Drops control characters other than newline and tab, so that model output can never move
 /// the cursor, change colours or ring bells in a terminal, and pipes carry plain text.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {

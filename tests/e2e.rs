@@ -336,3 +336,46 @@ fn chat_saves_by_itself_and_continues() {
         "/save x renamed the dated session"
     );
 }
+
+/// Issue 15, finding 2, on a real terminal: an image named with a screen clear and a title
+/// change is captioned escaped by `ask`, and `sessions show` prints the question with escape
+/// sequences escaped; nothing clears the screen.
+#[test]
+fn untrusted_names_and_text_are_escaped_on_a_terminal() {
+    let home = tempfile::tempdir().expect("tmp");
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let image = home.path().join("x\u{1b}[2J\u{1b}]0;owned\u{7}.png");
+    std::fs::copy(fixture("images/cell.png"), &image).expect("copy");
+    let script = home.path().join("run.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "echo BEFORE; '{bin}' ask --model '{model}' --temperature 0 --max-new-tokens 4 --dtype f32 --session evil -i \"$(printf 'x\\033[2J\\033]0;owned\\007.png')\" \"$(printf 'Is \\033[2J it?')\"; '{bin}' sessions show evil; echo AFTER; sleep 60",
+            bin = bin.display(),
+            model = tiny_checkpoint("qwen2").display(),
+        ),
+    )
+    .expect("script");
+    let command = format!("cd '{}' && sh run.sh", home.path().display());
+    let env = [
+        (
+            "HUATUO_DATA_DIR",
+            home.path().join("data").display().to_string(),
+        ),
+        (
+            "HUATUO_CONFIG_DIR",
+            home.path().join("config").display().to_string(),
+        ),
+        ("TERM", "xterm-256color".to_string()),
+    ];
+    let tmux = Tmux::start(&command, &env);
+    let screen = tmux.wait_for("both commands", |s| s.contains("AFTER"));
+    assert!(
+        screen.contains("[img1] x\\x1b[2J\\x1b]0;owned\\x07.png"),
+        "the caption is escaped:\n{screen}"
+    );
+    assert!(
+        screen.contains("Is \\x1b[2J it?"),
+        "the question is escaped:\n{screen}"
+    );
+}

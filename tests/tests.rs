@@ -12,5 +12,6 @@ mod parity;
 mod preprocess;
 mod prompts;
 mod quant;
+mod safety;
 mod tui;
 mod util;

@@ -188,6 +188,22 @@ pub enum SessionError {
     },
     #[error("{path} is not a valid session file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("session {name} is in use by another huatuo (a turn is being answered); try again when it is done, or leave out --no-wait to wait for it")]
+    Busy { name: String },
+    #[error("{path} is {size} bytes: more than a session file can be ({MAX_SESSION_BYTES} bytes)")]
+    TooLarge { path: PathBuf, size: u64 },
+}
+
+/// The largest session file read: a long conversation with its records is a few hundred
+/// kilobytes, so 64 MiB is far beyond any real one and bounds the memory a file can take.
+pub const MAX_SESSION_BYTES: u64 = 64 << 20;
+
+/// An exclusive hold on one session for a whole turn (reading it, answering, writing it), so
+/// two turns asked at once cannot both build on the same history and lose one of them.
+/// Released when dropped (and by the system if the process dies).
+#[derive(Debug)]
+pub struct SessionLock {
+    _file: std::fs::File,
 }
 
 /// A line of `sessions` listing.
@@ -201,6 +217,9 @@ pub struct Summary {
     pub model: Option<String>,
     /// The first question, as typed.
     pub first_question: Option<String>,
+    /// Why the file could not be read, when it could not (it is listed, not skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<String>,
 }
 
 impl Summary {
@@ -212,12 +231,28 @@ impl Summary {
             updated: s.updated,
             model: s.turns.iter().rev().find_map(|t| t.model.clone()),
             first_question: s.turns.first().map(|t| t.text.clone()),
+            corrupt: None,
+        }
+    }
+
+    fn corrupt(name: String, why: &SessionError) -> Self {
+        Self {
+            name,
+            turns: 0,
+            images: 0,
+            updated: 0,
+            model: None,
+            first_question: None,
+            corrupt: Some(why.to_string()),
         }
     }
 
     /// `name · 2026-12-03 08:41 · 3 turns · 7b · "first question…"` (the question on one
     /// line, shortened).
     pub fn line(&self) -> String {
+        if let Some(why) = &self.corrupt {
+            return format!("{} · corrupt: {why}", self.name);
+        }
         let mut line = format!(
             "{} · {} · {} turn{}",
             self.name,
@@ -305,18 +340,69 @@ impl Store {
         Ok(self.dir.join(format!("{name}.json")))
     }
 
-    /// Loads `name`, or `None` if it does not exist yet.
+    /// Takes the lock of session `name` for a turn. If another process holds it, `wait`
+    /// says whether to wait for it (`on_wait` runs once, e.g. to say so) or to refuse.
+    pub fn lock(
+        &self,
+        name: &str,
+        wait: bool,
+        on_wait: impl FnOnce(),
+    ) -> Result<SessionLock, SessionError> {
+        validate_name(name)?;
+        let path = self.dir.join(format!(".{name}.lock"));
+        let io = |source| SessionError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match fs4::FileExt::try_lock(&file) {
+            // A filesystem without locks: proceed unlocked.
+            Ok(()) | Err(fs4::TryLockError::Error(_)) => Ok(SessionLock { _file: file }),
+            Err(fs4::TryLockError::WouldBlock) if !wait => Err(SessionError::Busy {
+                name: name.to_string(),
+            }),
+            Err(fs4::TryLockError::WouldBlock) => {
+                on_wait();
+                fs4::FileExt::lock(&file).map_err(io)?;
+                Ok(SessionLock { _file: file })
+            }
+        }
+    }
+
+    /// Loads `name`, or `None` if it does not exist yet. The file's name is the session's
+    /// identity: a `name` inside that differs is replaced by it.
     pub fn load(&self, name: &str) -> Result<Option<Session>, SessionError> {
         let path = self.path(name)?;
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(SessionError::Io { path, source }),
         };
-        let session: Session = serde_json::from_str(&text).map_err(|e| SessionError::Corrupt {
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if size > MAX_SESSION_BYTES {
+            return Err(SessionError::TooLarge { path, size });
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(file, MAX_SESSION_BYTES + 1),
+            &mut text,
+        )
+        .map_err(|source| SessionError::Io {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
+        let mut session: Session =
+            serde_json::from_str(&text).map_err(|e| SessionError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        session.name = name.to_string();
         if session.version > SESSION_VERSION {
             return Err(SessionError::Corrupt {
                 path,
@@ -389,8 +475,12 @@ impl Store {
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let name = name.strip_suffix(".json")?.to_string();
-                let s = self.load(&name).ok()??;
-                Some(Summary::of(name, &s))
+                validate_name(&name).ok()?;
+                match self.load(&name) {
+                    Ok(Some(s)) => Some(Summary::of(name, &s)),
+                    Ok(None) => None,
+                    Err(e) => Some(Summary::corrupt(name, &e)),
+                }
             })
             .collect();
         out.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.name.cmp(&b.name)));

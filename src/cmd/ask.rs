@@ -21,7 +21,7 @@ use crate::config::{Dirs, Settings};
 use crate::protocol::{
     Command, Completion, Event, FailureKind, ImageRef, ModelInfo, Record, Stop, MAX_IMAGES_PER_TURN,
 };
-use crate::term::{printable, TermFacts};
+use crate::term::{printable, sanitize, TermFacts};
 
 const LOAD_ID: u64 = 1;
 const ASK_ID: u64 = 2;
@@ -85,6 +85,15 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
     let sampling = super::sampling(&args.sampling, &settings)?;
     let spec = model_spec(&args.model, &args.runtime, &settings)?;
     let store = Store::new(dirs.sessions());
+    // One turn at a time per session, from reading its history to writing this turn.
+    let _lock = match &args.session {
+        Some(name) => Some(store.lock(name, !args.no_wait, || {
+            eprintln!(
+                "huatuo: session {name} is in use by another huatuo; waiting for its turn to end"
+            )
+        })?),
+        None => None,
+    };
     let mut session = match &args.session {
         Some(name) => Some(store.load(name)?.unwrap_or_else(|| Session::new(name))),
         None => None,
@@ -204,9 +213,14 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
         return Ok(());
     }
     if args.json {
+        let lossy_paths = record.as_ref().is_some_and(|r| {
+            crate::protocol::is_lossy(&r.model.path)
+                || r.images.iter().any(|i| crate::protocol::is_lossy(&i.path))
+        });
         let report = Report {
             answer: &completion.text,
             session: args.session.as_deref(),
+            lossy_paths,
             record: record.as_ref(),
         };
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
@@ -354,9 +368,9 @@ fn show_images(images: &[ImageRef]) {
             Some((w, h)) => println!(
                 "[img{}] {} ({w}×{h} cells)",
                 i + 1,
-                name.unwrap_or_default()
+                sanitize(&name.unwrap_or_default())
             ),
-            None => println!("[img{}] {}", i + 1, name.unwrap_or_default()),
+            None => println!("[img{}] {}", i + 1, sanitize(&name.unwrap_or_default())),
         }
     }
 }
@@ -375,6 +389,9 @@ fn says_kitty() -> bool {
 struct Report<'a> {
     answer: &'a str,
     session: Option<&'a str>,
+    /// Some path below is not UTF-8 and is shown lossily (invalid bytes as U+FFFD).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    lossy_paths: bool,
     #[serde(flatten)]
     record: Option<&'a Record>,
 }

@@ -1,14 +1,14 @@
 //! `huatuo sessions [list|show NAME|rm NAME]`: the conversations `ask --session` and the
 //! chat's `/save` keep under the data directory.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
 
 use crate::chat::session::{date_time, Store};
 use crate::cli::SessionsCommand;
 use crate::config::Dirs;
-use crate::term::sanitize;
+use crate::term::{sanitize, sanitize_text};
 
 pub fn run(command: Option<SessionsCommand>) -> Result<()> {
     let store = Store::new(Dirs::from_env()?.sessions());
@@ -27,6 +27,10 @@ pub fn run(command: Option<SessionsCommand>) -> Result<()> {
                     "NAME", "UPDATED", "TURNS", "IMAGES", "MODEL"
                 )?;
                 for s in list {
+                    if let Some(why) = &s.corrupt {
+                        writeln!(out, "{:<28} corrupt: {}", s.name, sanitize(why))?;
+                        continue;
+                    }
                     let question = s
                         .first_question
                         .as_deref()
@@ -46,7 +50,14 @@ pub fn run(command: Option<SessionsCommand>) -> Result<()> {
             }
         }
         SessionsCommand::Show { name, json: false } => {
-            write!(out, "{}", store.get(&name)?.to_markdown())?;
+            let md = store.get(&name)?.to_markdown();
+            // On a terminal, what people typed and models answered cannot drive it; piped, the
+            // text is as saved (JSON escapes it in --json).
+            if std::io::stdout().is_terminal() {
+                write!(out, "{}", sanitize_text(&md))?;
+            } else {
+                write!(out, "{md}")?;
+            }
         }
         SessionsCommand::Show { name, json: true } => {
             writeln!(out, "{}", serde_json::to_string_pretty(&store.get(&name)?)?)?;

@@ -109,6 +109,9 @@ fn save(
         ));
     }
     session.name = name.clone();
+    // Not while an `ask --session` of the same name is answering (the screen never waits:
+    // the next save tries again).
+    let _lock = store.lock(&name, false, || {}).map_err(|e| e.to_string())?;
     let path = store.save(session).map_err(|e| e.to_string())?;
     Ok((name, path))
 }
