@@ -92,9 +92,21 @@ pub struct AskArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// An image to ask about (PNG, JPEG, …); repeat for several, in order (at most 5).
+    /// An image to ask about (PNG, JPEG, DICOM, …); repeat for several, in order (at most 5).
+    /// A DICOM image may carry its own window and frame: `PATH@WINDOW`, `PATH@WINDOW:FRAME`
+    /// or `PATH@:FRAME` (e.g. `ct.dcm@lung`, `ct.dcm@40,400:3`).
     #[arg(short, long = "image", value_name = "PATH")]
     pub images: Vec<PathBuf>,
+
+    /// DICOM window for the images without their own: CENTER,WIDTH (e.g. 40,400 or
+    /// -600,1500) or a preset: brain, subdural, stroke, lung, mediastinum, abdomen, liver,
+    /// bone. Default: the file's window, else the frame's min-max.
+    #[arg(long, value_name = "W", allow_hyphen_values = true)]
+    pub window: Option<Window>,
+
+    /// DICOM frame (from 1) for the images without their own; default 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub frame: Option<u32>,
 
     /// Continue (or start) the saved conversation NAME: earlier turns and images are part of
     /// the prompt, and this turn is added to it.

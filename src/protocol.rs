@@ -296,7 +296,7 @@ pub struct ModelSpec {
 }
 
 /// One image of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRef {
     #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
@@ -304,6 +304,13 @@ pub struct ImageRef {
     /// can be noticed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// For a DICOM file: the window it is shown through (`C,W` or a preset name such as
+    /// `lung`); `None`: the file's own window, else the frame's min-max.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// For a multi-frame DICOM file: the frame (1-based); `None`: frame 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u32>,
 }
 
 /// Everything needed to answer one turn, as the reference's multi-turn `chat()` sees it
@@ -462,6 +469,11 @@ pub struct ImageRecord {
     pub sha256: Option<String>,
     /// The turn (1-based) that attached it.
     pub turn: usize,
+    /// The DICOM window and frame it was shown with, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u32>,
 }
 
 /// Token counts of a [`Record`].

@@ -690,6 +690,103 @@ fn ask_about_a_dicom_answers_as_about_its_png_rendering() {
     assert_eq!(answer(&dcm("ct_explicit_le.dcm")), answer(&png));
 }
 
+/// Issue 16, acceptance 2: `ask -i file.dcm --window lung` answers what the reference answers
+/// on the PNG rendering of the file through the lung window; two windows of the same slice in
+/// one question (`PATH@WINDOW`) are two different images, each as its PNG; the window and
+/// frame are kept in the session and its record.
+#[test]
+fn ask_with_a_window_answers_as_about_that_rendering() {
+    let home = tempfile::tempdir().expect("tmp");
+    let model = tiny_checkpoint("qwen2");
+    let file = dcm("ct_explicit_le.dcm");
+    let png_of = |window: &str| {
+        let png = home.path().join(format!("ct-{window}.png"));
+        let opts = ImageOptions {
+            window: Some(window.parse().expect("window")),
+            frame: None,
+        };
+        dicom::render_file(&file, &opts)
+            .expect("render")
+            .image
+            .save(&png)
+            .expect("save");
+        png
+    };
+    let ask = |args: &[&std::ffi::OsStr]| {
+        let out = huatuo(home.path())
+            .args(["ask", "--model"])
+            .arg(model)
+            .args([
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "12",
+                "--dtype",
+                "f32",
+            ])
+            .args(args)
+            .arg("What does the picture show?")
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).expect("utf-8"),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (lung_png, mediastinum_png) = (png_of("lung"), png_of("mediastinum"));
+    let (dicom_lung, stderr) = ask(&[
+        "-i".as_ref(),
+        file.as_os_str(),
+        "--window".as_ref(),
+        "lung".as_ref(),
+    ]);
+    let (png_lung, _) = ask(&["-i".as_ref(), lung_png.as_os_str()]);
+    assert_eq!(dicom_lung, png_lung);
+    assert!(
+        stderr.contains("frame 1 of 1") && stderr.contains("window lung"),
+        "{stderr}"
+    );
+
+    let both = format!("{}@mediastinum", file.display());
+    let lung = format!("{}@lung", file.display());
+    let (two_windows, _) = ask(&[
+        "-i".as_ref(),
+        lung.as_ref(),
+        "-i".as_ref(),
+        both.as_ref(),
+        "--session".as_ref(),
+        "windows".as_ref(),
+        "--json".as_ref(),
+    ]);
+    let (two_pngs, _) = ask(&[
+        "-i".as_ref(),
+        lung_png.as_os_str(),
+        "-i".as_ref(),
+        mediastinum_png.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let a: serde_json::Value = serde_json::from_str(&two_windows).expect("json");
+    let b: serde_json::Value = serde_json::from_str(&two_pngs).expect("json");
+    assert_eq!(a["answer"], b["answer"]);
+    assert_eq!(
+        a["tokens"]["images_encoded"].as_u64(),
+        Some(2),
+        "two images, not one cached"
+    );
+    assert_eq!(a["images"][0]["window"], "lung");
+    assert_eq!(a["images"][1]["window"], "mediastinum");
+    let session: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home.path().join("data/sessions/windows.json")).expect("saved"),
+    )
+    .expect("json");
+    assert_eq!(session["turns"][0]["images"][1]["window"], "mediastinum");
+}
+
 #[test]
 fn render_uses_the_checkpoints_preprocessor_settings() {
     // `huatuo render` has no checkpoint; its built-in settings are the CLIP-336 file's.

@@ -87,7 +87,10 @@ pub fn image(name: &str) -> ImageRef {
 }
 
 pub fn image_at(path: PathBuf) -> ImageRef {
-    ImageRef { path, sha256: None }
+    ImageRef {
+        path,
+        ..ImageRef::default()
+    }
 }
 
 /// The engine's next event, failing the test after [`TIMEOUT`].

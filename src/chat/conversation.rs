@@ -63,7 +63,7 @@ impl Session {
             .map(|image| {
                 Ok(ImageRef {
                     path: store.resolve(image)?,
-                    sha256: image.sha256.clone(),
+                    ..image.clone()
                 })
             })
             .collect::<Result<Vec<_>, ImageError>>()?;
@@ -73,7 +73,7 @@ impl Session {
             let (image, stored) = store.keep(image)?;
             sent.push(ImageRef {
                 path: stored,
-                sha256: image.sha256.clone(),
+                ..image.clone()
             });
             kept.push(image);
         }
@@ -124,6 +124,8 @@ impl Turn {
                         path: image.path.clone(),
                         sha256: image.sha256.clone(),
                         turn: i + 1,
+                        window: image.window.clone(),
+                        frame: image.frame,
                     })
                 })
                 .collect();
@@ -148,7 +150,10 @@ mod tests {
     fn image(dir: &Path, name: &str, bytes: &[u8]) -> ImageRef {
         let path = dir.join(name);
         std::fs::write(&path, bytes).expect("write image");
-        ImageRef { path, sha256: None }
+        ImageRef {
+            path,
+            ..ImageRef::default()
+        }
     }
 
     fn completion(answer: &str, stop: Stop) -> Completion {
@@ -193,6 +198,7 @@ mod tests {
         let sent = ImageRef {
             path: stored.clone(),
             sha256: Some(sha.into()),
+            ..ImageRef::default()
         };
         assert_eq!(req.images, vec![sent.clone()]);
         assert_eq!(req.sampling, overrides);
@@ -231,6 +237,7 @@ mod tests {
             .map(|i| ImageRef {
                 path: tmp.path().join(format!("{i}.png")),
                 sha256: None,
+                ..ImageRef::default()
             })
             .collect();
         let err = Session::new("s")

@@ -96,8 +96,8 @@ impl ImageStore {
             self.write(&image.path, &sha, &bytes)?
         };
         let kept = ImageRef {
-            path: image.path.clone(),
             sha256: Some(sha),
+            ..image.clone()
         };
         Ok((kept, stored))
     }
@@ -249,6 +249,7 @@ mod tests {
         ImageRef {
             path: path.to_path_buf(),
             sha256: None,
+            ..ImageRef::default()
         }
     }
 
@@ -287,6 +288,7 @@ mod tests {
         let shown = ImageRef {
             path: scan.clone(),
             sha256: Some("0".repeat(64)),
+            ..ImageRef::default()
         };
         let err = store.keep(&shown).expect_err("changed");
         assert!(matches!(err, ImageError::Changed(_)), "{err}");

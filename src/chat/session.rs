@@ -600,6 +600,7 @@ mod tests {
                 .map(|p| ImageRef {
                     path: PathBuf::from(p),
                     sha256: None,
+                    ..ImageRef::default()
                 })
                 .collect(),
             answer: answer.into(),

@@ -18,6 +18,7 @@ use crate::chat::images::ImageStore;
 use crate::chat::session::{self, Session, Store};
 use crate::cli::AskArgs;
 use crate::config::{Dirs, Settings};
+use crate::dicom::Window;
 use crate::protocol::{
     Command, Completion, Event, FailureKind, ImageRef, ModelInfo, Record, Stop, MAX_IMAGES_PER_TURN,
 };
@@ -79,7 +80,12 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
         // Before any file is read; the conversation core checks the same rule.
         return Err(TurnError::TooManyImages(args.images.len()).into());
     }
-    let images = args.images.iter().map(|p| attach(p)).collect();
+    let images = args
+        .images
+        .iter()
+        .map(|p| attach(p, args.window.as_ref(), args.frame))
+        .collect::<Result<Vec<_>>>()?;
+    describe_dicom(&images);
     let dirs = Dirs::from_env()?;
     let settings = Settings::load(&dirs.config_file())?;
     let sampling = super::sampling(&args.sampling, &settings)?;
@@ -270,12 +276,84 @@ fn read_prompt(words: &[String], facts: TermFacts) -> Result<String> {
     Ok(prompt)
 }
 
-/// An image named on the command line, by its absolute path; the conversation core reads,
-/// checks and hashes it.
-fn attach(path: &Path) -> ImageRef {
-    ImageRef {
-        path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+/// An image named on the command line, by its absolute path, with its DICOM window and frame:
+/// `PATH@WINDOW[:FRAME]` or `PATH@:FRAME` when `PATH` (without the suffix) is the file and the
+/// whole text is not, else the global `--window`/`--frame`. The conversation core reads,
+/// checks and hashes the file.
+fn attach(arg: &Path, window: Option<&Window>, frame: Option<u32>) -> Result<ImageRef> {
+    let (path, own) = split_view(arg)?;
+    let (own_window, own_frame) = own.unwrap_or_default();
+    Ok(ImageRef {
+        path: std::path::absolute(&path).unwrap_or(path),
         sha256: None,
+        window: own_window.or(window.cloned()).map(|w| w.to_string()),
+        frame: own_frame.or(frame),
+    })
+}
+
+/// Splits `PATH@WINDOW[:FRAME]` (only when that reading names an existing file and the whole
+/// argument does not).
+fn split_view(arg: &Path) -> Result<(std::path::PathBuf, Option<(Option<Window>, Option<u32>)>)> {
+    let whole = arg.to_path_buf();
+    let Some(text) = arg.to_str() else {
+        return Ok((whole, None));
+    };
+    let Some((file, view)) = text.rsplit_once('@') else {
+        return Ok((whole, None));
+    };
+    if whole.exists() || !Path::new(file).is_file() {
+        return Ok((whole, None));
+    }
+    let (window, frame) = match view.rsplit_once(':') {
+        Some((w, f)) => (w, Some(f)),
+        None => (view, None),
+    };
+    let window = match window {
+        "" => None,
+        w => Some(
+            w.parse::<Window>()
+                .map_err(|e| anyhow!("image {file}: window {w:?}: {e}"))?,
+        ),
+    };
+    let frame = match frame {
+        None => None,
+        Some(f) => match f.parse::<u32>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => bail!("image {file}: frame {f:?}: give a frame number from 1"),
+        },
+    };
+    Ok((std::path::PathBuf::from(file), Some((window, frame))))
+}
+
+/// For each DICOM image, one line on stderr with its safe technical facts (modality, size,
+/// frames, the window that applies) and any warning about text burned into the pixels; never
+/// an identifying tag.
+fn describe_dicom(images: &[ImageRef]) {
+    for image in images {
+        let Ok(dicom) = crate::dicom::open(&image.path) else {
+            continue; // not DICOM, or unreadable: the turn will say so
+        };
+        let name = sanitize(
+            &image
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+        )
+        .into_owned();
+        let frames = dicom.frames();
+        let mut line = format!("{name}: {}", dicom.meta());
+        line.push_str(&format!(
+            " · frame {} of {frames}",
+            image.frame.unwrap_or(1)
+        ));
+        if let Some(w) = &image.window {
+            line.push_str(&format!(" · window {w}"));
+        }
+        eprintln!("huatuo: {line}");
+        for warning in dicom.meta().warnings() {
+            eprintln!("huatuo: warning: {name}: {warning}");
+        }
     }
 }
 

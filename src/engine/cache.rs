@@ -47,6 +47,22 @@ impl ImageKey {
     pub fn of_file(path: &Path) -> std::io::Result<Self> {
         Ok(Self::of_bytes(&std::fs::read(path)?))
     }
+
+    /// The key of the file at `path` shown with `view` (a DICOM window and frame): the file's
+    /// key when the view is the default, else one that also covers the view.
+    pub fn of_view(path: &Path, view: &crate::dicom::ImageOptions) -> std::io::Result<Self> {
+        let mut bytes = std::fs::read(path)?;
+        if view.window.is_some() || view.frame.is_some() {
+            let window = view
+                .window
+                .as_ref()
+                .map(|w| w.to_string())
+                .unwrap_or_default();
+            let frame = view.frame.unwrap_or(1);
+            bytes.extend_from_slice(format!("\0view:{window}:{frame}").as_bytes());
+        }
+        Ok(Self::of_bytes(&bytes))
+    }
 }
 
 impl fmt::Debug for ImageKey {

@@ -11,7 +11,7 @@ use candle_core::Device;
 
 use super::cache::{self, Caches, FeatureCache, ImageKey, ImageSource, PromptImage};
 use crate::chat::{conversation, template};
-use crate::model::preprocess::{self, ProcessorConfig};
+use crate::model::preprocess::{self, ImageOptions, ProcessorConfig};
 use crate::model::quant::LoadOptions;
 use crate::model::sampling::Sampler;
 use crate::model::tokenizer::{AnswerStream, Tokenizer};
@@ -31,6 +31,8 @@ pub enum EngineError {
         path: PathBuf,
         source: preprocess::PreprocessError,
     },
+    #[error("image {}: {reason}", path.display())]
+    View { path: PathBuf, reason: String },
     #[error("{count} images in one turn: at most {MAX_IMAGES_PER_TURN} are allowed")]
     TooManyImages { count: usize },
     #[error(
@@ -308,13 +310,14 @@ impl Pipeline {
     /// already in the conversation costs a read and a hash, not a decode.
     pub(crate) fn prepare_images(
         &self,
-        paths: &[PathBuf],
+        images: &[(PathBuf, ImageOptions)],
         cache: &mut FeatureCache,
     ) -> Result<Vec<PromptImage>, EngineError> {
         let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(paths.len());
-        for path in paths {
-            let key = ImageKey::of_file(path).map_err(|e| EngineError::Image {
+        let mut out = Vec::with_capacity(images.len());
+        for (path, view) in images {
+            // Two windows of one DICOM slice are two images to the model.
+            let key = ImageKey::of_view(path, view).map_err(|e| EngineError::Image {
                 path: path.clone(),
                 source: read_error(path, e),
             })?;
@@ -323,8 +326,12 @@ impl Pipeline {
             } else if let Some(features) = cache.get(&key) {
                 ImageSource::Cached(features)
             } else {
-                let mut pixels = self.load_images(std::slice::from_ref(path))?;
-                ImageSource::Pixels(pixels.pop().unwrap_or_default())
+                let pixels = preprocess::preprocess_file_with(path, &self.processor, view)
+                    .map_err(|source| EngineError::Image {
+                        path: path.clone(),
+                        source,
+                    })?;
+                ImageSource::Pixels(pixels)
             };
             out.push(PromptImage { key, source });
         }

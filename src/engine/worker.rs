@@ -24,10 +24,11 @@ use super::cache::Caches;
 use super::faults::Faults;
 use super::pipeline::{Answer, EngineError, Pipeline};
 use super::{ResolveError, ResolvedModel, Resolver};
+use crate::model::preprocess::ImageOptions;
 use crate::model::ModelError;
 use crate::protocol::{
     Command, Completion, EngineBuild, Event, FailureKind, GenerateRequest, GenerationStats,
-    LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId, Stop, MAX_IMAGES_PER_TURN,
+    ImageRef, LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId, Stop, MAX_IMAGES_PER_TURN,
 };
 use crate::text::IMAGE_TOKEN_INDEX;
 
@@ -415,11 +416,11 @@ impl Worker {
             return Ok(completion);
         }
         let start = Instant::now();
-        let paths: Vec<PathBuf> = (request.history_images.iter())
+        let views = (request.history_images.iter())
             .chain(&request.images)
-            .map(|image| image.path.clone())
-            .collect();
-        let images = pipeline.prepare_images(&paths, &mut caches.features)?;
+            .map(image_view)
+            .collect::<Result<Vec<_>, _>>()?;
+        let images = pipeline.prepare_images(&views, &mut caches.features)?;
         let preprocess = start.elapsed();
         let (events, signals, faults) = (&self.events, &self.signals, self.faults);
         let _ = events.send(Event::Started {
@@ -477,11 +478,31 @@ fn failed(id: RequestId, kind: FailureKind, error: String, partial: &str) -> Eve
 }
 
 /// The error a [`Faults::fail_after_tokens`] fault raises: a model computation error.
+/// An image of a request as the pipeline reads it: its file and, for DICOM, the window and
+/// frame it is shown with (a window that does not parse is bad input naming the image).
+fn image_view(image: &ImageRef) -> Result<(PathBuf, ImageOptions), EngineError> {
+    let window = match &image.window {
+        None => None,
+        Some(w) => Some(w.parse().map_err(|e| EngineError::View {
+            path: image.path.clone(),
+            reason: format!("window {w:?}: {e}"),
+        })?),
+    };
+    Ok((
+        image.path.clone(),
+        ImageOptions {
+            window,
+            frame: image.frame,
+        },
+    ))
+}
+
 /// Which kind of failure an error is, so front ends can react: bad input can be fixed by the
 /// user's next request; a model problem needs another `Load`.
 fn failure_kind(error: &EngineError) -> FailureKind {
     match error {
         EngineError::Image { .. }
+        | EngineError::View { .. }
         | EngineError::TooManyImages { .. }
         | EngineError::ContextOverflow { .. }
         | EngineError::Sampling(_)

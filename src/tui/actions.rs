@@ -93,6 +93,7 @@ impl App {
             self.pending.push(ImageRef {
                 path: path.clone(),
                 sha256,
+                ..ImageRef::default()
             });
             effects.extend(self.read_image(path));
         }

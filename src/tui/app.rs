@@ -156,7 +156,7 @@ impl App {
             .iter()
             .map(|p| ImageRef {
                 path: p.clone(),
-                sha256: None,
+                ..ImageRef::default()
             })
             .collect();
         Self {
