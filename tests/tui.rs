@@ -1028,3 +1028,40 @@ fn a_filling_context_warns_and_a_full_one_says_so() {
     let screen = chat.render(100, 30).backend().to_string();
     assert!(screen.contains("(context full)"), "{screen}");
 }
+
+/// Issue 16 in the chat: `/image PATH --window W --frame N` attaches a DICOM image with its
+/// view; attaching it again with another window re-windows it (and a plain repeat says it is
+/// attached already); the request carries the view; a DICOM file without an extension is an
+/// image to paste; a bad window is one line.
+#[test]
+fn dicom_images_carry_their_window_and_frame() {
+    let mut chat = Chat::new();
+    let ct = fixture("dicom/ct_explicit_le.dcm");
+    chat.enter(&format!("/image {} --window lung", ct.display()));
+    assert_eq!(chat.app.pending.len(), 1);
+    assert_eq!(chat.app.pending[0].window.as_deref(), Some("lung"));
+    chat.enter(&format!(
+        "/image {} --window 40,400 --frame 1",
+        ct.display()
+    ));
+    assert_eq!(chat.app.pending.len(), 1, "re-windowed, not attached twice");
+    assert_eq!(chat.app.pending[0].window.as_deref(), Some("40,400"));
+    assert_eq!(chat.app.pending[0].frame, Some(1));
+    chat.enter(&format!("/image {}", ct.display()));
+    let last = chat.app.notices.last().expect("notice");
+    assert!(last.text.contains("already attached"), "{}", last.text);
+    chat.enter(&format!("/image {} --window sideways", ct.display()));
+    assert!(chat.app.notices.last().is_some_and(|n| n.error));
+    chat.send(ctrl('u'));
+    chat.enter("What is it?");
+    let (_, request) = chat.last_generate();
+    assert_eq!(request.images[0].window.as_deref(), Some("40,400"));
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bare = tmp.path().join("IM000001");
+    std::fs::copy(&ct, &bare).expect("copy");
+    assert!(huatuo::tui::paste::is_image_file(&bare));
+    assert!(!huatuo::tui::paste::is_image_file(&fixture(
+        "chat/qwen2.json"
+    )));
+}

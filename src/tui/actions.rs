@@ -69,6 +69,17 @@ impl App {
 
     /// Adds images to the next message, checking they exist and the per-turn limit.
     pub(crate) fn attach(&mut self, paths: Vec<PathBuf>) -> Vec<Effect> {
+        self.attach_viewed(paths, None, None)
+    }
+
+    /// [`App::attach`] with a DICOM window and frame for these images. An image already
+    /// attached gets the new window and frame (that is how one re-windows it).
+    pub(crate) fn attach_viewed(
+        &mut self,
+        paths: Vec<PathBuf>,
+        window: Option<String>,
+        frame: Option<u32>,
+    ) -> Vec<Effect> {
         let mut effects = Vec::new();
         for path in paths {
             if !path.is_file() {
@@ -83,7 +94,15 @@ impl App {
                 continue;
             }
             let path = std::fs::canonicalize(&path).unwrap_or(path);
-            if self.pending.iter().any(|a| a.path == path) {
+            if let Some(attached) = self.pending.iter_mut().find(|a| a.path == path) {
+                if window.is_some() || frame.is_some() {
+                    attached.window = window.clone().or(attached.window.take());
+                    attached.frame = frame.or(attached.frame);
+                    let label = format!("{}: {}", file_name(&path), view_label(attached));
+                    self.notice(label);
+                } else {
+                    self.notice(format!("{} is already attached", file_name(&path)));
+                }
                 continue;
             }
             let sha256 = match self.images.get(&path) {
@@ -93,7 +112,8 @@ impl App {
             self.pending.push(ImageRef {
                 path: path.clone(),
                 sha256,
-                ..ImageRef::default()
+                window: window.clone(),
+                frame,
             });
             effects.extend(self.read_image(path));
         }
@@ -154,7 +174,15 @@ impl App {
     /// Runs a parsed slash command.
     pub(crate) fn run_command(&mut self, slash: Slash) -> Vec<Effect> {
         match slash {
-            Slash::Image(arg) => self.attach(paste::argument_paths(&arg)),
+            Slash::Image(arg) => match split_view_flags(&arg) {
+                Ok((paths, window, frame)) => {
+                    self.attach_viewed(paste::argument_paths(paths), window, frame)
+                }
+                Err(e) => {
+                    self.error(e);
+                    Vec::new()
+                }
+            },
             Slash::Model(source) => {
                 let source = if source.starts_with('~') {
                     paste::expand_home(&source).display().to_string()
@@ -367,4 +395,50 @@ impl App {
         md.push_str(&format!("- seed: {}\n", p.seed));
         md
     }
+}
+
+/// `/image` arguments: the paths, then optional `--window W` (`C,W` or a preset) and
+/// `--frame N` for DICOM images.
+fn split_view_flags(arg: &str) -> Result<(&str, Option<String>, Option<u32>), String> {
+    let mut rest = arg.trim();
+    let (mut window, mut frame) = (None, None);
+    loop {
+        let Some(at) = rest.rfind(" --") else {
+            break;
+        };
+        let flag = &rest[at + 1..];
+        let (name, value) = flag.split_once(char::is_whitespace).unwrap_or((flag, ""));
+        let value = value.trim();
+        match name {
+            "--window" => {
+                value
+                    .parse::<crate::dicom::Window>()
+                    .map_err(|e| format!("/image --window {value:?}: {e}"))?;
+                window = Some(value.to_string());
+            }
+            "--frame" => match value.parse::<u32>() {
+                Ok(n) if n >= 1 => frame = Some(n),
+                _ => {
+                    return Err(format!(
+                        "/image --frame {value:?}: give a frame number from 1"
+                    ))
+                }
+            },
+            _ => break,
+        }
+        rest = rest[..at].trim_end();
+    }
+    Ok((rest, window, frame))
+}
+
+/// `window lung · frame 3` of an image shown through a DICOM view (empty otherwise).
+pub(crate) fn view_label(image: &ImageRef) -> String {
+    let mut parts = Vec::new();
+    if let Some(w) = &image.window {
+        parts.push(format!("window {w}"));
+    }
+    if let Some(f) = image.frame {
+        parts.push(format!("frame {f}"));
+    }
+    parts.join(" · ")
 }

@@ -44,8 +44,8 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "image",
         aliases: &["img"],
-        args: "PATH",
-        help: "attach an image to the next message (repeat for several)",
+        args: "PATH [--window W] [--frame N]",
+        help: "attach an image to the next message (repeat for several); DICOM: window (C,W or lung, brain, bone…) and frame; again with a new window re-windows it",
         arg: Arg::Required(Complete::ImagePath),
     },
     CommandSpec {

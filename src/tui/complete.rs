@@ -104,7 +104,10 @@ fn paths(typed: &str, images: bool) -> Vec<String> {
             let is_dir = e.path().is_dir();
             if is_dir {
                 Some(format!("{dir_typed}{name}/"))
-            } else if !images || paste::has_image_extension(Path::new(&name)) {
+            } else if !images
+                || paste::has_image_extension(Path::new(&name))
+                || paste::is_extensionless_dicom(&e.path())
+            {
                 Some(format!("{dir_typed}{name}"))
             } else {
                 None

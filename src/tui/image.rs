@@ -57,13 +57,27 @@ pub struct ImageMeta {
     pub sha256: String,
     /// `None` when the terminal cannot draw it (the label still shows).
     pub thumbnail: Option<Thumbnail>,
+    /// For a DICOM file, its safe technical facts (modality, size, frames…); never a tag that
+    /// identifies anyone.
+    pub dicom: Option<String>,
 }
 
 /// Reads `path`, decodes it and encodes a thumbnail with `picker`. The error is one line.
 pub fn load(path: &Path, picker: &Picker) -> Result<ImageMeta, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let sha256 = hex(&Sha256::digest(&bytes));
-    let image = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
+    let (image, dicom) = if crate::dicom::is_dicom(&bytes) {
+        // The thumbnail shows the file's own window (else min-max), frame 1.
+        let dicom = crate::dicom::from_bytes(path, &bytes).map_err(|e| e.to_string())?;
+        let facts = dicom.meta().to_string();
+        let rendering = dicom
+            .render(&crate::dicom::ImageOptions::default())
+            .map_err(|e| e.to_string())?;
+        (image::DynamicImage::ImageRgb8(rendering.image), Some(facts))
+    } else {
+        let image = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
+        (image, None)
+    };
     let (width, height) = (image.width(), image.height());
     let size = Resize::Fit(None).size_for(&image, picker.font_size(), THUMBNAIL_MAX);
     let size = Size::new(size.width.max(1), size.height.max(1));
@@ -75,6 +89,7 @@ pub fn load(path: &Path, picker: &Picker) -> Result<ImageMeta, String> {
         height,
         sha256,
         thumbnail,
+        dicom,
     })
 }
 

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 /// File name extensions of images the engine can read.
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"];
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "dcm", "dicom",
+];
 
 /// Whether `path` names an image by its extension (case-insensitive).
 pub fn has_image_extension(path: &Path) -> bool {
@@ -120,7 +122,19 @@ pub fn image_paths(text: &str) -> Option<Vec<PathBuf>> {
 
 /// An existing regular file with an image extension.
 pub fn is_image_file(path: &Path) -> bool {
-    has_image_extension(path) && path.is_file()
+    (has_image_extension(path) && path.is_file()) || is_extensionless_dicom(path)
+}
+
+/// A file without an extension that is DICOM by its first bytes (`IM000001` from a scanner).
+pub fn is_extensionless_dicom(path: &Path) -> bool {
+    if path.extension().is_some() || !path.is_file() {
+        return false;
+    }
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    crate::dicom::is_dicom(&head[..n])
 }
 
 /// The paths an `/image` argument names: the whole argument if it is a file, else its words.

@@ -65,6 +65,11 @@ pub fn install_panic_hook() {
     let previous = std::panic::take_hook();
     let ui_thread = std::thread::current().id();
     std::panic::set_hook(Box::new(move |info| {
+        // A DICOM decoder's panic is caught and reported as an unreadable file: the screen
+        // stays as it is.
+        if crate::dicom::guard::active() {
+            return;
+        }
         if std::thread::current().id() == ui_thread {
             leave();
             previous(info);

@@ -76,7 +76,11 @@ pub fn rows(app: &App, width: u16) -> Vec<Row> {
         ))));
         for attachment in &turn.images {
             image_no += 1;
-            let label = image_label(app, image_no, &attachment.path);
+            let mut label = image_label(app, image_no, &attachment.path);
+            let view = super::actions::view_label(attachment);
+            if !view.is_empty() {
+                label.push_str(&format!(" · {view}"));
+            }
             text_rows(
                 &mut out,
                 MdLine::plain(vec![Span::styled(label, theme.image_label)]),
@@ -108,9 +112,13 @@ pub fn rows(app: &App, width: u16) -> Vec<Row> {
 fn image_label(app: &App, number: usize, path: &std::path::Path) -> String {
     let name = file_name(path);
     match app.images.get(path) {
-        Some(ImageState::Ready(meta)) => {
-            format!("[img{number}] {name} · {}×{}", meta.width, meta.height)
-        }
+        Some(ImageState::Ready(meta)) => match &meta.dicom {
+            Some(facts) => format!(
+                "[img{number}] {name} · {}×{} · {facts}",
+                meta.width, meta.height
+            ),
+            None => format!("[img{number}] {name} · {}×{}", meta.width, meta.height),
+        },
         Some(ImageState::Failed(e)) => format!("[img{number}] {name} · unreadable: {e}"),
         Some(ImageState::Loading) => format!("[img{number}] {name} · reading…"),
         None => format!("[img{number}] {name}"),

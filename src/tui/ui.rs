@@ -120,7 +120,13 @@ fn info_line(app: &App) -> Option<Line<'static>> {
                 Some(ImageState::Loading) => " …".to_string(),
                 _ => String::new(),
             };
-            let label = format!("[img{}] {}{size}  ", first + i, file_name(&a.path));
+            let view = super::actions::view_label(a);
+            let view = if view.is_empty() {
+                view
+            } else {
+                format!(" · {view}")
+            };
+            let label = format!("[img{}] {}{size}{view}  ", first + i, file_name(&a.path));
             spans.push(Span::styled(label, theme.image_label));
         }
         return Some(Line::from(spans));
