@@ -7,22 +7,11 @@ use std::path::Path;
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-use crate::util::{fixture, tiny_checkpoint};
+use crate::util::{fixture, huatuo, tiny_checkpoint};
 
 /// The binary with huatuo's own directories in a temp dir, no colour, no config.
-fn huatuo(home: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("huatuo").expect("binary");
-    cmd.env("HUATUO_CONFIG_DIR", home.join("config"))
-        .env("HUATUO_DATA_DIR", home.join("data"))
-        .env("HF_HUB_CACHE", home.join("hub"))
-        .env_remove("NO_COLOR")
-        .env_remove("HUATUO_TEST_TOKEN_DELAY_MS");
-    cmd
-}
-
 fn greedy_args(model: &Path, max_new_tokens: u32) -> Vec<String> {
     vec![
         "ask".into(),

@@ -5,13 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use huatuo::dicom::{self, DicomError, ImageOptions, VoiFunction, Window, WindowSource};
 use huatuo::model::preprocess::{self, ProcessorConfig};
 use image::RgbImage;
 use serde_json::Value;
 
-use crate::util::{fixture, tiny_checkpoint};
+use crate::util::{fixture, huatuo, tiny_checkpoint};
 
 fn dcm(name: &str) -> PathBuf {
     fixture(&format!("dicom/{name}"))
@@ -133,15 +132,6 @@ fn case(name: &str) -> Value {
         .into_iter()
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("no case {name}"))
-}
-
-fn huatuo(home: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("huatuo").expect("binary");
-    cmd.env("HUATUO_CONFIG_DIR", home.join("config"))
-        .env("HUATUO_DATA_DIR", home.join("data"))
-        .env("HF_HUB_CACHE", home.join("hub"))
-        .env_remove("HUATUO_TEST_TOKEN_DELAY_MS");
-    cmd
 }
 
 #[test]

@@ -7,23 +7,12 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-use crate::util::{fixture, tiny_checkpoint};
-
-fn huatuo(home: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("huatuo").expect("binary");
-    cmd.env("HUATUO_CONFIG_DIR", home.join("config"))
-        .env("HUATUO_DATA_DIR", home.join("data"))
-        .env("HUATUO_CACHE_DIR", home.join("cache"))
-        .env("HF_HUB_CACHE", home.join("hub"))
-        .env_remove("HUATUO_TEST_TOKEN_DELAY_MS");
-    cmd
-}
+use crate::util::{fixture, huatuo, tiny_checkpoint};
 
 fn ask_args(max_new_tokens: u32) -> Vec<String> {
     vec![

@@ -132,6 +132,19 @@ pub fn loaded(family: &str, faults: Faults) -> EngineHandle {
     engine
 }
 
+/// The huatuo binary with every directory it writes under `home` (config, data, caches, the
+/// hub cache), so a test never touches the user's files, and no test hook inherited.
+pub fn huatuo(home: &Path) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("huatuo").expect("binary");
+    cmd.env("HUATUO_CONFIG_DIR", home.join("config"))
+        .env("HUATUO_DATA_DIR", home.join("data"))
+        .env("HUATUO_CACHE_DIR", home.join("cache"))
+        .env("HF_HUB_CACHE", home.join("hub"))
+        .env_remove("NO_COLOR")
+        .env_remove("HUATUO_TEST_TOKEN_DELAY_MS");
+    cmd
+}
+
 /// An empty directory `<prefix>-<pid>` under cargo's target tmp dir for this test process.
 ///
 /// Statics are never dropped, so a test process cannot delete what it wrote there; instead
