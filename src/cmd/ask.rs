@@ -281,8 +281,7 @@ fn read_prompt(words: &[String], facts: TermFacts) -> Result<String> {
 /// whole text is not, else the global `--window`/`--frame`. The conversation core reads,
 /// checks and hashes the file.
 fn attach(arg: &Path, window: Option<&Window>, frame: Option<u32>) -> Result<ImageRef> {
-    let (path, own) = split_view(arg)?;
-    let (own_window, own_frame) = own.unwrap_or_default();
+    let (path, own_window, own_frame) = split_view(arg)?;
     Ok(ImageRef {
         path: std::path::absolute(&path).unwrap_or(path),
         sha256: None,
@@ -293,16 +292,16 @@ fn attach(arg: &Path, window: Option<&Window>, frame: Option<u32>) -> Result<Ima
 
 /// Splits `PATH@WINDOW[:FRAME]` (only when that reading names an existing file and the whole
 /// argument does not).
-fn split_view(arg: &Path) -> Result<(std::path::PathBuf, Option<(Option<Window>, Option<u32>)>)> {
+fn split_view(arg: &Path) -> Result<(std::path::PathBuf, Option<Window>, Option<u32>)> {
     let whole = arg.to_path_buf();
     let Some(text) = arg.to_str() else {
-        return Ok((whole, None));
+        return Ok((whole, None, None));
     };
     let Some((file, view)) = text.rsplit_once('@') else {
-        return Ok((whole, None));
+        return Ok((whole, None, None));
     };
     if whole.exists() || !Path::new(file).is_file() {
-        return Ok((whole, None));
+        return Ok((whole, None, None));
     }
     let (window, frame) = match view.rsplit_once(':') {
         Some((w, f)) => (w, Some(f)),
@@ -322,7 +321,7 @@ fn split_view(arg: &Path) -> Result<(std::path::PathBuf, Option<(Option<Window>,
             _ => bail!("image {file}: frame {f:?}: give a frame number from 1"),
         },
     };
-    Ok((std::path::PathBuf::from(file), Some((window, frame))))
+    Ok((std::path::PathBuf::from(file), window, frame))
 }
 
 /// For each DICOM image, one line on stderr with its safe technical facts (modality, size,

@@ -402,10 +402,7 @@ impl App {
 fn split_view_flags(arg: &str) -> Result<(&str, Option<String>, Option<u32>), String> {
     let mut rest = arg.trim();
     let (mut window, mut frame) = (None, None);
-    loop {
-        let Some(at) = rest.rfind(" --") else {
-            break;
-        };
+    while let Some(at) = rest.rfind(" --") {
         let flag = &rest[at + 1..];
         let (name, value) = flag.split_once(char::is_whitespace).unwrap_or((flag, ""));
         let value = value.trim();

@@ -12,8 +12,10 @@ use crate::protocol::{Command, Event, RequestId};
 
 use super::image::ImageMeta;
 
-/// Something that happened.
+/// Something that happened. (An engine event carries a model's description and is the
+/// largest; messages are few and moved once, so they are not boxed.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Msg {
     /// A key press (or repeat); releases never arrive.
     Key(KeyEvent),
