@@ -21,6 +21,9 @@ impl App {
                 for a in self.pending.iter_mut().filter(|a| a.path == path) {
                     a.sha256 = Some(meta.sha256.clone());
                 }
+                for warning in &meta.warnings {
+                    self.notice(format!("{}: {warning}", file_name(&path)));
+                }
                 self.images.insert(path, ImageState::Ready(meta));
             }
             Err(e) => {

@@ -60,23 +60,30 @@ pub struct ImageMeta {
     /// For a DICOM file, its safe technical facts (modality, size, frames…); never a tag that
     /// identifies anyone.
     pub dicom: Option<String>,
+    /// Warnings about the pixels (text burned in that may identify the patient).
+    pub warnings: Vec<String>,
 }
 
 /// Reads `path`, decodes it and encodes a thumbnail with `picker`. The error is one line.
 pub fn load(path: &Path, picker: &Picker) -> Result<ImageMeta, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let sha256 = hex(&Sha256::digest(&bytes));
-    let (image, dicom) = if crate::dicom::is_dicom(&bytes) {
+    let (image, dicom, warnings) = if crate::dicom::is_dicom(&bytes) {
         // The thumbnail shows the file's own window (else min-max), frame 1.
         let dicom = crate::dicom::from_bytes(path, &bytes).map_err(|e| e.to_string())?;
         let facts = dicom.meta().to_string();
+        let warnings = dicom.meta().warnings();
         let rendering = dicom
             .render(&crate::dicom::ImageOptions::default())
             .map_err(|e| e.to_string())?;
-        (image::DynamicImage::ImageRgb8(rendering.image), Some(facts))
+        (
+            image::DynamicImage::ImageRgb8(rendering.image),
+            Some(facts),
+            warnings,
+        )
     } else {
         let image = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
-        (image, None)
+        (image, None, Vec::new())
     };
     let (width, height) = (image.width(), image.height());
     let size = Resize::Fit(None).size_for(&image, picker.font_size(), THUMBNAIL_MAX);
@@ -90,6 +97,7 @@ pub fn load(path: &Path, picker: &Picker) -> Result<ImageMeta, String> {
         sha256,
         thumbnail,
         dicom,
+        warnings,
     })
 }
 
@@ -133,6 +141,17 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/images")
             .join(name)
+    }
+
+    #[test]
+    fn dicom_thumbnails_carry_safe_facts_and_warnings() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/identifying.dcm");
+        let meta = load(&path, &Picker::halfblocks()).expect("load");
+        assert!(meta.thumbnail.is_some());
+        let facts = meta.dicom.expect("DICOM facts");
+        assert!(!facts.is_empty());
+        assert!(!meta.warnings.is_empty(), "burned-in text is warned about");
     }
 
     #[test]
