@@ -120,6 +120,20 @@ fn clean_token(token: &str) -> Option<String> {
     (!t.is_empty()).then(|| t.to_string())
 }
 
+/// Refuses a token no HTTP header can carry (a control character, e.g. a stray escape pasted
+/// with it): sent, it fails every attempt with a bare network error ("could not reach …"),
+/// which sends the user looking at the network instead of the token.
+fn check_token(token: Option<&str>) -> Result<(), HubError> {
+    let Some(token) = token else { return Ok(()) };
+    match token.chars().position(char::is_control) {
+        None => Ok(()),
+        Some(i) => Err(HubError::InvalidToken {
+            source_name: "HF_TOKEN, HUGGING_FACE_HUB_TOKEN or the token file",
+            position: i + 1,
+        }),
+    }
+}
+
 fn expand_tilde(path: &str, home: &Path) -> PathBuf {
     match path.strip_prefix('~') {
         Some("") => home.to_path_buf(),
@@ -246,6 +260,7 @@ pub fn resolve(
     if opts.offline {
         return cached;
     }
+    check_token(opts.token.as_deref())?;
     match download::pull(&cache, opts, revision, cached.is_ok(), progress) {
         Err(e) if e.allows_cache_fallback() => cached.map_err(|_| e),
         other => other,

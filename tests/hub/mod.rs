@@ -593,3 +593,23 @@ fn memory_preflight_refuses_with_a_suggestion() {
     )
     .is_ok());
 }
+
+/// A token with a control character (here an escape pasted with it) is named as invalid at
+/// once, without the token, instead of "could not reach … after 5 attempts".
+#[test]
+fn a_token_with_a_control_character_is_called_invalid() {
+    let h = Hub::new();
+    let secret = "hf_abc\u{1b}[201~def";
+    let opts = HubOptions {
+        token: Some(secret.into()),
+        ..h.opts()
+    };
+    let started = Instant::now();
+    let err = h.pull_with(&opts).expect_err("an invalid token");
+    let msg = err.to_string();
+    assert!(matches!(err, HubError::InvalidToken { .. }), "{err:?}");
+    assert!(msg.contains("token") && msg.contains("invalid"), "{msg}");
+    assert!(!msg.contains("hf_abc") && !msg.contains("def"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(2), "no retries");
+    assert!(h.server.requests().is_empty(), "nothing was sent");
+}
