@@ -386,3 +386,102 @@ fn both_q4k_layouts_hold_the_same_bytes_and_are_as_accurate() {
     eprintln!("q4k compact: max cosine distance to f32 {d:e}");
     assert!(d <= Q4K_MAX_COSINE_DISTANCE, "compact q4k: {d}");
 }
+
+/// Rewrites the header of `shard` through `edit`, keeping the data section as it is.
+fn edit_safetensors_header(shard: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let bytes = std::fs::read(shard).expect("read shard");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("header JSON");
+    edit(&mut header);
+    let mut text = serde_json::to_vec(&header).expect("JSON");
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(shard, out).expect("write shard");
+}
+
+/// Every file in `dir` (none when it does not exist).
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn try_load(dir: &Path, quant: Quant, cache: &Path) -> Result<LoadReport, String> {
+    let ckpt = Checkpoint::open(dir).map_err(|e| e.to_string())?;
+    let opts = LoadOptions {
+        dtype: candle_core::DType::F32,
+        quant,
+        cache_dir: cache.to_path_buf(),
+    };
+    Huatuo::load_with(&ckpt, &Device::Cpu, &opts, &|_| {})
+        .map(|(_, r)| r)
+        .map_err(|e| e.to_string())
+}
+
+/// Two tensors sharing bytes (overlapping data offsets) are refused by the dense loader;
+/// the quantized path refuses them too, before it writes anything (issue 15).
+#[test]
+fn overlapping_safetensors_offsets_are_refused_before_converting() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("overlap");
+    copy_dir(checkpoint(), &dir);
+    let shard = Checkpoint::open(&dir).expect("open").shards[0].clone();
+    edit_safetensors_header(&shard, |header| {
+        let map = header.as_object_mut().expect("object");
+        let mut norms: Vec<String> = map
+            .keys()
+            .filter(|k| k.ends_with("input_layernorm.weight"))
+            .cloned()
+            .collect();
+        norms.sort();
+        if norms.len() < 2 {
+            // One layer per shard: overlap a norm with the shard's first tensor of its size.
+            norms = map
+                .iter()
+                .filter(|(k, v)| {
+                    k.as_str() != "__metadata__" && v["shape"].as_array().map(Vec::len) == Some(1)
+                })
+                .map(|(k, _)| k.clone())
+                .take(2)
+                .collect();
+        }
+        assert!(norms.len() >= 2, "the test needs two vectors in the shard");
+        let offsets = map[&norms[0]]["data_offsets"].clone();
+        map[&norms[1]]["data_offsets"] = offsets;
+    });
+    let cache = tmp.path().join("cache");
+    let err = try_load(&dir, Quant::Q8_0, &cache).expect_err("overlap must be refused");
+    assert!(err.contains("overlaps"), "{err}");
+    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
+}
+
+/// A tensor whose shape disagrees with config.json is refused before the conversion, so no
+/// useless cache file is written (it used to be written whole, then rejected at load).
+#[test]
+fn shapes_are_checked_before_the_cache_file_is_written() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("shapes");
+    copy_dir(checkpoint(), &dir);
+    let config = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("read config")).expect("json");
+    let i = cfg["intermediate_size"]
+        .as_u64()
+        .expect("intermediate_size");
+    cfg["intermediate_size"] = (i + 256).into();
+    std::fs::write(&config, serde_json::to_vec(&cfg).expect("json")).expect("write config");
+    let cache = tmp.path().join("cache");
+    let err = try_load(&dir, Quant::Q8_0, &cache).expect_err("shape mismatch");
+    assert!(err.contains("mlp") && err.contains("shape"), "{err}");
+    assert!(err.contains("config.json"), "{err}");
+    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
+}

@@ -86,12 +86,17 @@ fn source_tensors(ckpt: &Checkpoint, quant: Quant) -> Result<Vec<SourceTensor>, 
         let entries: BTreeMap<String, serde_json::Value> =
             serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
         let mut tensors = Vec::new();
+        let mut extents = Vec::with_capacity(entries.len());
         for (name, value) in entries {
-            if name == "__metadata__" || !needed(ckpt, &name) {
+            if name == "__metadata__" {
                 continue;
             }
             let e: HeaderEntry = serde_json::from_value(value)
                 .map_err(|e| bad(format!("bad header entry {name}: {e}")))?;
+            extents.push((e.data_offsets.0, e.data_offsets.1, name.clone()));
+            if !needed(ckpt, &name) {
+                continue;
+            }
             let dtype = match e.dtype.as_str() {
                 "BF16" => SourceDType::Bf16,
                 "F16" => SourceDType::F16,
@@ -100,7 +105,7 @@ fn source_tensors(ckpt: &Checkpoint, quant: Quant) -> Result<Vec<SourceTensor>, 
             };
             let bytes = e.shape.iter().product::<usize>() * dtype.size();
             let (begin, end) = e.data_offsets;
-            if end - begin != bytes as u64 || 8 + header_len + end > file_len {
+            if end < begin || end - begin != bytes as u64 || 8 + header_len + end > file_len {
                 return Err(bad(format!(
                     "tensor {name} lies outside the file (truncated?)"
                 )));
@@ -115,10 +120,114 @@ fn source_tensors(ckpt: &Checkpoint, quant: Quant) -> Result<Vec<SourceTensor>, 
                 target,
             });
         }
+        check_extents(extents, file_len - 8 - header_len).map_err(bad)?;
+        for t in &tensors {
+            check_shape(ckpt, &t.name, &t.shape).map_err(bad)?;
+        }
         tensors.sort_by_key(|t| t.start);
         all.extend(tensors);
     }
     Ok(all)
+}
+
+/// The rule the safetensors crate (and so the dense loader) enforces on a shard's data
+/// offsets: the tensors tile the data section exactly, in some order, with no overlap and no
+/// gap. Overlapping tensors would share bytes (one tensor's edit changes another); checked
+/// here, before anything is written, so the quantized path accepts what the dense one does.
+fn check_extents(mut extents: Vec<(u64, u64, String)>, data_len: u64) -> Result<(), String> {
+    extents.sort();
+    let mut end = 0;
+    let mut previous: Option<&str> = None;
+    for (begin, stop, name) in &extents {
+        if *begin < end {
+            let other = previous.unwrap_or("the header");
+            return Err(format!(
+                "tensor {name} overlaps tensor {other} (data offsets {begin}..{stop})"
+            ));
+        }
+        if *begin > end {
+            return Err(format!(
+                "tensor {name} starts at {begin}, leaving a gap after byte {end} (data offsets \
+                 must be contiguous)"
+            ));
+        }
+        end = *stop;
+        previous = Some(name);
+    }
+    if end != data_len {
+        return Err(format!(
+            "the tensors cover {end} bytes of data but the file holds {data_len}"
+        ));
+    }
+    Ok(())
+}
+
+/// The shape the network will ask for `name` under the checkpoint's configs (the layout of
+/// `decoder.rs`, `clip.rs` and the projector), when it is one of the tensors it reads;
+/// `None` for a name it does not know (converted as it is).
+fn expected_shape(ckpt: &Checkpoint, name: &str) -> Option<Vec<usize>> {
+    let c = &ckpt.config;
+    let (h, i, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim(),
+        c.num_kv_heads() * c.head_dim(),
+    );
+    let v = &ckpt.vision;
+    let (vh, vi) = (v.hidden_size, v.intermediate_size);
+    if let Some(rest) = name.strip_prefix("model.vision_tower.vision_tower.vision_model.") {
+        let grid = v.image_size / v.patch_size.max(1);
+        return Some(match rest {
+            "embeddings.class_embedding" => vec![vh],
+            "embeddings.patch_embedding.weight" => {
+                vec![vh, v.num_channels, v.patch_size, v.patch_size]
+            }
+            "embeddings.position_embedding.weight" => vec![grid * grid + 1, vh],
+            _ => {
+                let (_, field) = rest.strip_prefix("encoder.layers.")?.split_once('.')?;
+                match field {
+                    "mlp.fc1.weight" => vec![vi, vh],
+                    "mlp.fc1.bias" => vec![vi],
+                    "mlp.fc2.weight" => vec![vh, vi],
+                    f if f.starts_with("self_attn.") && f.ends_with(".weight") => vec![vh, vh],
+                    f if f.ends_with(".bias") || f.ends_with(".weight") => vec![vh],
+                    _ => return None,
+                }
+            }
+        });
+    }
+    Some(match name {
+        "model.embed_tokens.weight" | "lm_head.weight" => vec![vocab, h],
+        "model.norm.weight" => vec![h],
+        "model.mm_projector.0.weight" => vec![h, c.mm_hidden_size],
+        "model.mm_projector.2.weight" => vec![h, h],
+        "model.mm_projector.0.bias" | "model.mm_projector.2.bias" => vec![h],
+        _ => {
+            let (_, field) = name.strip_prefix("model.layers.")?.split_once('.')?;
+            match field {
+                "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
+                "self_attn.q_proj.weight" => vec![q, h],
+                "self_attn.q_proj.bias" => vec![q],
+                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
+                "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
+                "self_attn.o_proj.weight" => vec![h, q],
+                "self_attn.o_proj.bias" => vec![h],
+                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![i, h],
+                "mlp.down_proj.weight" => vec![h, i],
+                _ => return None,
+            }
+        }
+    })
+}
+
+/// Refuses a tensor whose shape is not the one the network will ask for, before the
+/// conversion writes gigabytes that the load would then reject.
+fn check_shape(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<(), String> {
+    match expected_shape(ckpt, name) {
+        Some(want) if want != shape => Err(format!(
+            "tensor {name} has shape {shape:?} but config.json implies {want:?}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the network reads this tensor: the vision tower's layers after the selected
