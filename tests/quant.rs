@@ -485,3 +485,33 @@ fn shapes_are_checked_before_the_cache_file_is_written() {
     assert!(err.contains("config.json"), "{err}");
     assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
 }
+
+/// A conversion killed with `kill -9` leaves `<file>.tmp-<pid>-<nanos>` (gigabytes for the
+/// real models); the next load in that folder removes it once its writer is gone, and
+/// leaves a live writer's file alone (issue 15).
+#[cfg(target_os = "linux")]
+#[test]
+fn partial_files_of_killed_conversions_are_removed_by_the_next_load() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    let mut done = std::process::Command::new("true").spawn().expect("spawn");
+    let dead = done.id();
+    done.wait().expect("wait");
+    let mut alive = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("spawn");
+    let stale = cache.join(format!("x-0123.q8_0.tmp-{dead}-42"));
+    let live = cache.join(format!("x-0123.q4k.tmp-{}-42", alive.id()));
+    std::fs::write(&stale, vec![0u8; 1 << 20]).expect("write");
+    std::fs::write(&live, b"being written").expect("write");
+
+    let report = try_load(checkpoint(), Quant::Q8_0, &cache);
+    let live_kept = live.exists();
+    let _ = alive.kill();
+    let _ = alive.wait();
+    report.expect("load");
+    assert!(!stale.exists(), "a dead writer's partial file must go");
+    assert!(live_kept, "a live writer's partial file must stay");
+}

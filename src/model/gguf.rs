@@ -18,11 +18,18 @@
 //! - **Reading.** The file is memory-mapped; on a CPU the blocks the kernels read as they
 //!   are stay in its pages ([`read`]).
 //!
+//! - **Partial files.** A conversion writes `<file>.tmp-<pid>-<nanos>` (0.7–8 GB) and
+//!   renames it when done. This process removes its own on exit, including after Ctrl-C
+//!   ([`Partial`]); one left by a killed process (`kill -9`, a crash, power loss) is
+//!   removed by the next [`ensure`] in the same folder once its writer is gone, so it
+//!   never lingers nor counts against the free-space check.
+//!
 //! The conversion itself is [`super::gguf_write`].
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
@@ -68,6 +75,7 @@ pub fn ensure(
             reason: "quantized cache requested without a quantization".into(),
         });
     }
+    remove_dead_partials(cache_dir);
     let identity = source_identity(ckpt)?;
     let path = cache_path(ckpt, quant, cache_dir);
     let rebuilt_because = match check(&path, quant, &identity) {
@@ -305,6 +313,130 @@ pub(crate) fn read(
     Ok(TensorMap(map))
 }
 
+/// Partial cache files this process is writing, removed by [`remove_partial_files`].
+static WRITING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A partial cache file (`<target>.tmp-<pid>-<nanos>`) being written by this process: the
+/// name says whose it is, so [`remove_dead_partials`] can tell a live writer's file from a
+/// killed one's. Dropping it deletes the file unless it was renamed into place; exiting
+/// the process (returning from `main`, `process::exit` after Ctrl-C) deletes it too.
+pub(crate) struct Partial {
+    path: PathBuf,
+}
+
+impl Partial {
+    pub(crate) fn new(target: &Path) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let path = target.with_extension(format!("tmp-{}-{nanos}", std::process::id()));
+        install_exit_hook();
+        writing().push(path.clone());
+        Self { path }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        writing().retain(|p| p != &self.path);
+        // Gone already when it was renamed into place.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn writing() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    WRITING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Deletes every partial cache file this process is writing. Runs at process exit (see
+/// [`install_exit_hook`]); a conversion still running in another thread then writes into
+/// an unlinked file until the process ends.
+pub fn remove_partial_files() {
+    for path in writing().drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Registers [`remove_partial_files`] with the C library's `atexit`, once: it then runs
+/// however the process exits normally — `main` returning after Ctrl-C (`ask` returns
+/// `Interrupted`, the TUI quits), or `process::exit(130)` on a second Ctrl-C — where Rust
+/// runs no destructors of other threads' values. (`kill -9` runs nothing:
+/// [`remove_dead_partials`] cleans up after it.)
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn install_exit_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn at_exit() {
+        remove_partial_files();
+    }
+    extern "C" {
+        fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+    }
+    ONCE.call_once(|| {
+        // SAFETY: `atexit` only stores the pointer to a function that lives for the whole
+        // program; `at_exit` takes no arguments, does not unwind (it only locks a mutex,
+        // recovering from poisoning, and deletes files) and calls no `exit`.
+        unsafe {
+            atexit(at_exit);
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn install_exit_hook() {}
+
+/// `(pid, nanos)` of a partial cache file's name (`….tmp-<pid>-<nanos>`).
+fn partial_writer(name: &str) -> Option<u32> {
+    let (_, rest) = name.rsplit_once(".tmp-")?;
+    let (pid, nanos) = rest.split_once('-')?;
+    nanos.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Whether the process that named a partial file `path` after itself may still write it.
+/// Our own pid counts only for files this process registered (in a container every run may
+/// get the same pid). Elsewhere than Linux, where `/proc` may be missing, a file untouched
+/// for a day is taken as abandoned.
+fn writer_alive(pid: u32, path: &Path) -> bool {
+    if pid == std::process::id() {
+        return writing().iter().any(|p| p == path);
+    }
+    if cfg!(target_os = "linux") {
+        return Path::new("/proc").join(pid.to_string()).exists();
+    }
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    age.is_none_or(|a| a < std::time::Duration::from_secs(24 * 3600))
+}
+
+/// Deletes the partial cache files in `dir` whose writer is gone (killed mid-conversion);
+/// returns the bytes freed. Best effort: what cannot be listed or deleted stays.
+pub fn remove_dead_partials(dir: &Path) -> u64 {
+    let mut freed = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = partial_writer(&name) else {
+            continue;
+        };
+        let path = entry.path();
+        if writer_alive(pid, &path) {
+            continue;
+        }
+        let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if std::fs::remove_file(&path).is_ok() {
+            freed += len;
+        }
+    }
+    freed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +453,29 @@ mod tests {
             ))
         );
         assert_eq!(hub_snapshot(Path::new("/models/HuatuoGPT-Vision-7B")), None);
+    }
+
+    #[test]
+    fn partial_files_are_removed_at_exit_and_after_their_writer() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let partial = Partial::new(&dir.path().join("m.q8_0.gguf"));
+        std::fs::write(partial.path(), b"half").expect("write");
+        let name = partial.path().file_name().expect("name").to_string_lossy();
+        assert_eq!(partial_writer(&name), Some(std::process::id()));
+        assert_eq!(remove_dead_partials(dir.path()), 0, "its writer is alive");
+        assert!(partial.path().exists());
+        // What the exit hook runs (after Ctrl-C, `main` returns or `process::exit`s).
+        remove_partial_files();
+        assert!(!partial.path().exists());
+        // Our own pid on a file we did not register: a previous run's (containers reuse
+        // pids), so it is dead.
+        let stale = dir
+            .path()
+            .join(format!("m.q4k.tmp-{}-5", std::process::id()));
+        std::fs::write(&stale, b"old").expect("write");
+        assert_eq!(remove_dead_partials(dir.path()), 3);
+        assert!(!stale.exists());
+        assert_eq!(partial_writer("m.q4k.gguf"), None);
+        assert_eq!(partial_writer("m.tmp-x-1"), None);
     }
 }
