@@ -515,3 +515,28 @@ fn partial_files_of_killed_conversions_are_removed_by_the_next_load() {
     assert!(!stale.exists(), "a dead writer's partial file must go");
     assert!(live_kept, "a live writer's partial file must stay");
 }
+
+/// Random bytes written into a tensor's data (same size, header intact) used to load
+/// silently; the per-tensor checksums catch them and the file is rebuilt (issue 15).
+#[test]
+fn damaged_tensor_bytes_are_found_by_their_checksum_and_rebuilt() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let (_, report) = load(checkpoint(), Quant::Q8_0, cache.path());
+    let file = report.cache_file.expect("file");
+    assert_eq!(huatuo::model::gguf::verify_file(&file), Ok(()));
+    let clean = std::fs::read(&file).expect("read");
+    let mut bytes = clean.clone();
+    let at = bytes.len() - 4096; // inside the last tensors' data, past the header
+    for (i, b) in bytes[at..at + 16].iter_mut().enumerate() {
+        *b ^= 0x5a ^ i as u8;
+    }
+    std::fs::write(&file, &bytes).expect("write");
+    let why = huatuo::model::gguf::verify_file(&file).expect_err("damage found");
+    assert!(why.contains("checksum"), "{why}");
+
+    let (_, report) = load(checkpoint(), Quant::Q8_0, cache.path());
+    assert!(report.converted, "a damaged file must be rebuilt");
+    let because = report.rebuilt_because.expect("reason");
+    assert!(because.contains("checksum"), "{because}");
+    assert_eq!(std::fs::read(&file).expect("read"), clean);
+}

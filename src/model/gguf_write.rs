@@ -3,11 +3,12 @@
 //! another in row chunks read with positioned reads, each group of chunks quantized in
 //! parallel (one worker per core) and written in order, so memory stays at a few chunks
 //! whatever the model size; the file is written under a temporary name and renamed over the
-//! cache file only once complete and synced.
+//! cache file only once complete and synced, with a checksum of each tensor's bytes in its
+//! header.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -15,9 +16,10 @@ use std::sync::{Mutex, PoisonError};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::checkpoint::Checkpoint;
-use super::gguf::{Partial, ALIGNMENT, FORMAT_VERSION};
+use super::gguf::{Partial, ALIGNMENT, CHECKSUMS_KEY, FORMAT_VERSION};
 use super::quant::{tensor_type, ConvertProgress};
 use super::weights::{check_extents, check_shape};
 use super::ModelError;
@@ -231,7 +233,8 @@ fn write_file(
     };
     let file = File::create(tmp).map_err(io)?;
     let mut w = BufWriter::with_capacity(8 << 20, file);
-    write_header(&mut w, quant, identity, tensors).map_err(io)?;
+    let checksums_at = write_header(&mut w, quant, identity, tensors).map_err(io)?;
+    let mut checksums = Vec::with_capacity(tensors.len());
     let shards = ckpt
         .shards
         .iter()
@@ -249,7 +252,11 @@ fn write_file(
     let mut done_bytes = 0;
     for t in tensors {
         let shard = &shards[t.shard];
-        convert_tensor(t, shard, &mut w, &mut |n| {
+        let mut hashing = Hashing {
+            inner: &mut w,
+            hash: Xxh3::new(),
+        };
+        convert_tensor(t, shard, &mut hashing, &mut |n| {
             done_bytes += n;
             progress(ConvertProgress {
                 done_bytes,
@@ -263,33 +270,41 @@ fn write_file(
             },
             ConvertError::Candle(e) => ModelError::Candle(e),
         })?;
+        checksums.push(hashing.hash.digest());
         let pad = target_bytes(t).div_ceil(ALIGNMENT) * ALIGNMENT - target_bytes(t);
         w.write_all(&vec![0u8; pad as usize]).map_err(io)?;
     }
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    let mut file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    let values: Vec<u8> = checksums.iter().flat_map(|c| c.to_le_bytes()).collect();
+    file.seek(SeekFrom::Start(checksums_at)).map_err(io)?;
+    file.write_all(&values).map_err(io)?;
     file.sync_all().map_err(io)
 }
 
 /// GGUF v3 header: metadata, then the tensor table with offsets computed from the target
-/// types, then padding to the data alignment.
+/// types, then padding to the data alignment. The metadata `huatuo.checksums` (one u64 per
+/// tensor, in table order: [`super::gguf::checksum`] of its bytes) is written as zeros, to
+/// be filled in once the data is written; the returned offset is where its values start.
 fn write_header(
     w: &mut impl Write,
     quant: Quant,
     identity: &str,
     tensors: &[SourceTensor],
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     fn string(w: &mut impl Write, s: &str) -> std::io::Result<()> {
         w.write_all(&(s.len() as u64).to_le_bytes())?;
         w.write_all(s.as_bytes())
     }
     const TYPE_U32: u32 = 4;
     const TYPE_STRING: u32 = 8;
+    const TYPE_ARRAY: u32 = 9;
+    const TYPE_U64: u32 = 10;
     let mut written = 0u64;
     let mut out = Vec::new();
     out.extend_from_slice(&0x4655_4747u32.to_le_bytes());
     out.extend_from_slice(&3u32.to_le_bytes());
     out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    out.extend_from_slice(&5u64.to_le_bytes());
+    out.extend_from_slice(&6u64.to_le_bytes());
     let strings = [
         ("general.architecture", "huatuo"),
         ("huatuo.quant", quant.name()),
@@ -308,6 +323,12 @@ fn write_header(
         out.extend_from_slice(&TYPE_U32.to_le_bytes());
         out.extend_from_slice(&value.to_le_bytes());
     }
+    string(&mut out, CHECKSUMS_KEY)?;
+    out.extend_from_slice(&TYPE_ARRAY.to_le_bytes());
+    out.extend_from_slice(&TYPE_U64.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    let checksums_at = out.len() as u64;
+    out.extend(std::iter::repeat_n(0u8, 8 * tensors.len()));
     let mut offset = 0u64;
     for t in tensors {
         string(&mut out, &t.name)?;
@@ -323,7 +344,25 @@ fn write_header(
     written += out.len() as u64;
     let pad = written.div_ceil(ALIGNMENT) * ALIGNMENT - written;
     out.extend(std::iter::repeat_n(0u8, pad as usize));
-    w.write_all(&out)
+    w.write_all(&out)?;
+    Ok(checksums_at)
+}
+
+/// Passes bytes on while hashing them (one tensor's data, for its checksum).
+struct Hashing<'a, W> {
+    inner: &'a mut W,
+    hash: Xxh3,
+}
+
+impl<W: Write> Write for Hashing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The bytes of one converted chunk, or why it failed.
