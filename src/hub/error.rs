@@ -65,6 +65,21 @@ pub enum HubError {
     },
 
     #[error(
+        "{repo} (revision {revision}) is damaged in the cache at {}: {}; run `huatuo pull {}` \
+         to download the damaged files again",
+        dir.display(),
+        files.iter().map(|(f, why)| format!("{f} ({why})")).collect::<Vec<_>>().join(", "),
+        pull_args(repo, revision)
+    )]
+    Damaged {
+        repo: String,
+        revision: String,
+        dir: PathBuf,
+        /// Each damaged file and what is wrong with it.
+        files: Vec<(String, String)>,
+    },
+
+    #[error(
         "the hub refused access to {repo} (HTTP {status}{}): {}",
         if *token_sent { ", with a token" } else { ", without a token" },
         if *token_sent {

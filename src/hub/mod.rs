@@ -15,6 +15,7 @@ mod api;
 mod cache;
 mod download;
 mod error;
+mod integrity;
 pub mod manifest;
 pub mod memory;
 mod progress;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use cache::{is_commit_hash, list_cached, remove_cached, CachedModel, RepoCache};
 pub use error::HubError;
+pub use integrity::{verify_snapshot, FileCheck};
 pub use progress::{FnProgress, NoProgress, Progress};
 
 /// The 7B model's repository.

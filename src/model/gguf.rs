@@ -136,8 +136,37 @@ pub fn cache_path(ckpt: &Checkpoint, quant: Quant, cache_dir: &Path) -> PathBuf 
             }
         })
         .collect();
+    cache_dir.join(format!(
+        "{}.{}.gguf",
+        file_stem(&label, &slot),
+        quant.name()
+    ))
+}
+
+/// `<label>-<hash of the slot>`, where `label` is already made of safe characters.
+fn file_stem(label: &str, slot: &str) -> String {
     let hash = hex(&Sha256::digest(slot.as_bytes()))[..12].to_string();
-    cache_dir.join(format!("{label}-{hash}.{}.gguf", quant.name()))
+    format!("{label}-{hash}")
+}
+
+/// The cache files of hub repo `repo` in `cache_dir`, one per quantization converted
+/// (what `huatuo verify` checks besides the repo's own files).
+pub fn hub_cache_files(cache_dir: &Path, repo: &str) -> Vec<PathBuf> {
+    let stem = file_stem(&repo.replace('/', "--"), &format!("hub:{repo}"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(cache_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.strip_prefix(&stem)
+                    .is_some_and(|rest| rest.starts_with('.') && rest.ends_with(".gguf"))
+            })
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// `(org/name, revision)` of a Hugging Face cache snapshot directory.
