@@ -395,7 +395,7 @@ fn edit_safetensors_header(shard: &Path, edit: impl FnOnce(&mut serde_json::Valu
         serde_json::from_slice(&bytes[8..8 + n]).expect("header JSON");
     edit(&mut header);
     let mut text = serde_json::to_vec(&header).expect("JSON");
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
