@@ -80,6 +80,9 @@ pub enum Command {
         #[command(subcommand)]
         command: DevCommand,
     },
+    /// Re-hash a cached model's files against the hub's SHA-256 and check its quantized
+    /// cache files; exits 2 on damage (`huatuo pull` repairs it).
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -413,4 +416,17 @@ pub struct RenderArgs {
     /// Write the full-size rendering, before padding and resizing.
     #[arg(long)]
     pub original: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// `7b` (default), `34b` or a Hugging Face repo id (`org/name`).
+    #[arg(value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit) to check.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// One JSON object instead of a line per file.
+    #[arg(long)]
+    pub json: bool,
 }

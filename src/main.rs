@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Some(Command::Info(args)) => cmd::models::info(args),
         Some(Command::Bench(args)) => cmd::bench::run(args),
         Some(Command::Render(args)) => cmd::render::run(args),
+        Some(Command::Verify(args)) => cmd::verify::run(args, facts),
         #[cfg(feature = "test-support")]
         Some(Command::Dev { command }) => cmd::dev::run(command),
     };

@@ -386,3 +386,157 @@ fn both_q4k_layouts_hold_the_same_bytes_and_are_as_accurate() {
     eprintln!("q4k compact: max cosine distance to f32 {d:e}");
     assert!(d <= Q4K_MAX_COSINE_DISTANCE, "compact q4k: {d}");
 }
+
+/// Rewrites the header of `shard` through `edit`, keeping the data section as it is.
+fn edit_safetensors_header(shard: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let bytes = std::fs::read(shard).expect("read shard");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("header JSON");
+    edit(&mut header);
+    let mut text = serde_json::to_vec(&header).expect("JSON");
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(shard, out).expect("write shard");
+}
+
+/// Every file in `dir` (none when it does not exist).
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn try_load(dir: &Path, quant: Quant, cache: &Path) -> Result<LoadReport, String> {
+    let ckpt = Checkpoint::open(dir).map_err(|e| e.to_string())?;
+    let opts = LoadOptions {
+        dtype: candle_core::DType::F32,
+        quant,
+        cache_dir: cache.to_path_buf(),
+    };
+    Huatuo::load_with(&ckpt, &Device::Cpu, &opts, &|_| {})
+        .map(|(_, r)| r)
+        .map_err(|e| e.to_string())
+}
+
+/// Two tensors sharing bytes (overlapping data offsets) are refused by the dense loader;
+/// the quantized path refuses them too, before it writes anything (issue 15).
+#[test]
+fn overlapping_safetensors_offsets_are_refused_before_converting() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("overlap");
+    copy_dir(checkpoint(), &dir);
+    let shard = Checkpoint::open(&dir).expect("open").shards[0].clone();
+    edit_safetensors_header(&shard, |header| {
+        let map = header.as_object_mut().expect("object");
+        let mut norms: Vec<String> = map
+            .keys()
+            .filter(|k| k.ends_with("input_layernorm.weight"))
+            .cloned()
+            .collect();
+        norms.sort();
+        if norms.len() < 2 {
+            // One layer per shard: overlap a norm with the shard's first tensor of its size.
+            norms = map
+                .iter()
+                .filter(|(k, v)| {
+                    k.as_str() != "__metadata__" && v["shape"].as_array().map(Vec::len) == Some(1)
+                })
+                .map(|(k, _)| k.clone())
+                .take(2)
+                .collect();
+        }
+        assert!(norms.len() >= 2, "the test needs two vectors in the shard");
+        let offsets = map[&norms[0]]["data_offsets"].clone();
+        map[&norms[1]]["data_offsets"] = offsets;
+    });
+    let cache = tmp.path().join("cache");
+    let err = try_load(&dir, Quant::Q8_0, &cache).expect_err("overlap must be refused");
+    assert!(err.contains("overlaps"), "{err}");
+    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
+}
+
+/// A tensor whose shape disagrees with config.json is refused before the conversion, so no
+/// useless cache file is written (it used to be written whole, then rejected at load).
+#[test]
+fn shapes_are_checked_before_the_cache_file_is_written() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("shapes");
+    copy_dir(checkpoint(), &dir);
+    let config = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("read config")).expect("json");
+    let i = cfg["intermediate_size"]
+        .as_u64()
+        .expect("intermediate_size");
+    cfg["intermediate_size"] = (i + 256).into();
+    std::fs::write(&config, serde_json::to_vec(&cfg).expect("json")).expect("write config");
+    let cache = tmp.path().join("cache");
+    let err = try_load(&dir, Quant::Q8_0, &cache).expect_err("shape mismatch");
+    assert!(err.contains("mlp") && err.contains("shape"), "{err}");
+    assert!(err.contains("config.json"), "{err}");
+    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
+}
+
+/// A conversion killed with `kill -9` leaves `<file>.tmp-<pid>-<nanos>` (gigabytes for the
+/// real models); the next load in that folder removes it once its writer is gone, and
+/// leaves a live writer's file alone (issue 15).
+#[cfg(target_os = "linux")]
+#[test]
+fn partial_files_of_killed_conversions_are_removed_by_the_next_load() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    let mut done = std::process::Command::new("true").spawn().expect("spawn");
+    let dead = done.id();
+    done.wait().expect("wait");
+    let mut alive = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("spawn");
+    let stale = cache.join(format!("x-0123.q8_0.tmp-{dead}-42"));
+    let live = cache.join(format!("x-0123.q4k.tmp-{}-42", alive.id()));
+    std::fs::write(&stale, vec![0u8; 1 << 20]).expect("write");
+    std::fs::write(&live, b"being written").expect("write");
+
+    let report = try_load(checkpoint(), Quant::Q8_0, &cache);
+    let live_kept = live.exists();
+    let _ = alive.kill();
+    let _ = alive.wait();
+    report.expect("load");
+    assert!(!stale.exists(), "a dead writer's partial file must go");
+    assert!(live_kept, "a live writer's partial file must stay");
+}
+
+/// Random bytes written into a tensor's data (same size, header intact) used to load
+/// silently; the per-tensor checksums catch them and the file is rebuilt (issue 15).
+#[test]
+fn damaged_tensor_bytes_are_found_by_their_checksum_and_rebuilt() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let (_, report) = load(checkpoint(), Quant::Q8_0, cache.path());
+    let file = report.cache_file.expect("file");
+    assert_eq!(huatuo::model::gguf::verify_file(&file), Ok(()));
+    let clean = std::fs::read(&file).expect("read");
+    let mut bytes = clean.clone();
+    let at = bytes.len() - 4096; // inside the last tensors' data, past the header
+    for (i, b) in bytes[at..at + 16].iter_mut().enumerate() {
+        *b ^= 0x5a ^ i as u8;
+    }
+    std::fs::write(&file, &bytes).expect("write");
+    let why = huatuo::model::gguf::verify_file(&file).expect_err("damage found");
+    assert!(why.contains("checksum"), "{why}");
+
+    let (_, report) = load(checkpoint(), Quant::Q8_0, cache.path());
+    assert!(report.converted, "a damaged file must be rebuilt");
+    let because = report.rebuilt_because.expect("reason");
+    assert!(because.contains("checksum"), "{because}");
+    assert_eq!(std::fs::read(&file).expect("read"), clean);
+}

@@ -10,6 +10,7 @@ pub mod models;
 pub mod progress;
 pub mod render;
 pub mod sessions;
+pub mod verify;
 
 use std::path::Path;
 

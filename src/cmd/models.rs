@@ -79,7 +79,9 @@ fn shown(m: &CachedModel, all: bool) -> bool {
 }
 
 fn status(m: &CachedModel) -> String {
-    if m.complete {
+    if !m.damaged.is_empty() {
+        format!("damaged ({} files: `huatuo pull` repairs)", m.damaged.len())
+    } else if m.complete {
         "complete".to_string()
     } else if m.partial_bytes > 0 {
         format!("downloading ({} partial)", format_bytes(m.partial_bytes))

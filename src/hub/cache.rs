@@ -17,7 +17,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::manifest;
+use super::{integrity, manifest};
 use super::{HubError, Resolved};
 
 /// True for a full 40-hex-digit git commit id.
@@ -136,6 +136,15 @@ impl RepoCache {
                 missing,
             });
         }
+        let damaged = integrity::quick_check(self, &commit);
+        if !damaged.is_empty() {
+            return Err(HubError::Damaged {
+                repo: self.repo.clone(),
+                revision: revision.to_string(),
+                dir,
+                files: damaged,
+            });
+        }
         Ok(Resolved {
             dir,
             repo: Some(self.repo.clone()),
@@ -180,10 +189,13 @@ pub struct CachedModel {
     pub size_bytes: u64,
     /// Bytes of unfinished downloads (`.incomplete`).
     pub partial_bytes: u64,
-    /// The snapshot of `revision` holds every file inference needs.
+    /// The snapshot of `revision` holds every file inference needs, none of them damaged.
     pub complete: bool,
     /// What that snapshot lacks.
     pub missing: Vec<String>,
+    /// Its files whose size differs from the hub's (truncated) or that `huatuo verify`
+    /// found damaged, each with what is wrong; `huatuo pull` downloads them again.
+    pub damaged: Vec<String>,
     /// Its config.json describes a LLaVA checkpoint (what huatuo runs).
     pub is_llava: bool,
 }
@@ -252,12 +264,20 @@ fn describe(cache: &RepoCache) -> CachedModel {
         .cloned()
         .filter(|c| cache.snapshot(c).is_dir())
         .or_else(|| snapshots.last().map(|(_, s)| s.clone()));
-    let (missing, is_llava) = match &revision {
+    let (missing, damaged, is_llava) = match &revision {
         Some(c) => {
             let dir = cache.snapshot(c);
-            (manifest::missing_files(&dir), manifest::is_llava(&dir))
+            let damaged = integrity::quick_check(cache, c)
+                .into_iter()
+                .map(|(f, why)| format!("{f} ({why})"))
+                .collect();
+            (
+                manifest::missing_files(&dir),
+                damaged,
+                manifest::is_llava(&dir),
+            )
         }
-        None => (vec!["config.json".to_string()], false),
+        None => (vec!["config.json".to_string()], Vec::new(), false),
     };
     CachedModel {
         repo: cache.repo.clone(),
@@ -267,8 +287,9 @@ fn describe(cache: &RepoCache) -> CachedModel {
         snapshots: snapshots.into_iter().map(|(_, s)| s).collect(),
         size_bytes,
         partial_bytes,
-        complete: missing.is_empty(),
+        complete: missing.is_empty() && damaged.is_empty(),
         missing,
+        damaged,
         is_llava,
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::api::{Client, Failure, FileMeta, MAX_ATTEMPTS};
-use super::manifest;
+use super::{integrity, manifest};
 use super::{HubError, HubOptions, Progress, RepoCache, Resolved};
 
 /// Downloads what the cache lacks of `revision` and returns its snapshot. When the cache
@@ -86,14 +86,26 @@ impl Puller<'_> {
     /// Links what is already in `blobs/`, checks the free space for the rest, downloads it.
     fn fetch_all(&mut self, files: &[String]) -> Result<(), HubError> {
         let mut plan: Vec<(&str, FileMeta)> = Vec::new();
+        let records = integrity::load(self.cache);
         for file in files {
             if self.cache.pointer(self.commit, file).exists() {
-                continue;
+                if integrity::quick_problem(self.cache, &records, self.commit, file).is_none() {
+                    continue;
+                }
+                // Truncated, grown, or found damaged by `huatuo verify`: fetch it again.
+                integrity::discard(self.cache, self.commit, file)?;
             }
             let meta = self.client.file_meta(&self.cache.repo, self.commit, file)?;
-            if self.cache.blob(&meta.etag).is_file() {
-                self.cache.link(self.commit, file, &meta.etag)?;
-                continue;
+            let blob = self.cache.blob(&meta.etag);
+            if blob.is_file() {
+                let len = fs::metadata(&blob).map(|m| m.len()).ok();
+                let marked = records.get(&meta.etag).is_some_and(|r| r.damaged.is_some());
+                if len == Some(meta.size) && !marked {
+                    integrity::record_size(self.cache, &meta.etag, meta.size)?;
+                    self.cache.link(self.commit, file, &meta.etag)?;
+                    continue;
+                }
+                integrity::discard_blob(self.cache, &meta.etag)?;
             }
             plan.push((file, meta));
         }
@@ -123,7 +135,10 @@ impl Puller<'_> {
         if !blob.is_file() {
             let incomplete = self.cache.incomplete(&meta.etag);
             match self.download(file, &meta, &incomplete) {
-                Ok(()) => fs::rename(&incomplete, &blob).map_err(|e| HubError::io(&blob, e))?,
+                Ok(()) => {
+                    fs::rename(&incomplete, &blob).map_err(|e| HubError::io(&blob, e))?;
+                    integrity::record_size(self.cache, &meta.etag, meta.size)?;
+                }
                 Err(e) => {
                     if matches!(
                         e,
@@ -354,7 +369,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// Takes huggingface_hub's lock for one blob (`.locks/models--…/<etag>.lock`, flock), waiting
 /// while another process holds it. Filesystems without locks proceed unlocked, as Python's
 /// `WeakFileLock` does.
-fn lock(path: &Path) -> Result<File, HubError> {
+pub(crate) fn lock(path: &Path) -> Result<File, HubError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| HubError::io(dir, e))?;
     }

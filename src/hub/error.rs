@@ -21,6 +21,18 @@ pub enum HubError {
     #[error("`{revision}` is not a valid revision (a branch, tag or commit id)")]
     BadRevision { revision: String },
 
+    #[error(
+        "the Hugging Face token ({source_name}) is invalid: it contains a control character \
+         (at character {position}); copy it again from https://huggingface.co/settings/tokens \
+         (a token is printable text such as hf_…)"
+    )]
+    InvalidToken {
+        /// Where the token came from (`HF_TOKEN` or the token file), never the token.
+        source_name: &'static str,
+        /// 1-based position of the first bad character.
+        position: usize,
+    },
+
     #[error("`{id}` is not a valid hub repo id (expected org/name, e.g. FreedomIntelligence/HuatuoGPT-Vision-7B)")]
     BadRepoId { id: String },
 
@@ -50,6 +62,21 @@ pub enum HubError {
         revision: String,
         dir: PathBuf,
         missing: Vec<String>,
+    },
+
+    #[error(
+        "{repo} (revision {revision}) is damaged in the cache at {}: {}; run `huatuo pull {}` \
+         to download the damaged files again",
+        dir.display(),
+        files.iter().map(|(f, why)| format!("{f} ({why})")).collect::<Vec<_>>().join(", "),
+        pull_args(repo, revision)
+    )]
+    Damaged {
+        repo: String,
+        revision: String,
+        dir: PathBuf,
+        /// Each damaged file and what is wrong with it.
+        files: Vec<(String, String)>,
     },
 
     #[error(

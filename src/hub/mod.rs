@@ -15,6 +15,7 @@ mod api;
 mod cache;
 mod download;
 mod error;
+mod integrity;
 pub mod manifest;
 pub mod memory;
 mod progress;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use cache::{is_commit_hash, list_cached, remove_cached, CachedModel, RepoCache};
 pub use error::HubError;
+pub use integrity::{verify_snapshot, FileCheck};
 pub use progress::{FnProgress, NoProgress, Progress};
 
 /// The 7B model's repository.
@@ -118,6 +120,20 @@ fn clean_token(token: &str) -> Option<String> {
     let t = token.replace(['\r', '\n'], "");
     let t = t.trim();
     (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Refuses a token no HTTP header can carry (a control character, e.g. a stray escape pasted
+/// with it): sent, it fails every attempt with a bare network error ("could not reach …"),
+/// which sends the user looking at the network instead of the token.
+fn check_token(token: Option<&str>) -> Result<(), HubError> {
+    let Some(token) = token else { return Ok(()) };
+    match token.chars().position(char::is_control) {
+        None => Ok(()),
+        Some(i) => Err(HubError::InvalidToken {
+            source_name: "HF_TOKEN, HUGGING_FACE_HUB_TOKEN or the token file",
+            position: i + 1,
+        }),
+    }
 }
 
 fn expand_tilde(path: &str, home: &Path) -> PathBuf {
@@ -246,6 +262,7 @@ pub fn resolve(
     if opts.offline {
         return cached;
     }
+    check_token(opts.token.as_deref())?;
     match download::pull(&cache, opts, revision, cached.is_ok(), progress) {
         Err(e) if e.allows_cache_fallback() => cached.map_err(|_| e),
         other => other,

@@ -3,11 +3,12 @@
 //! another in row chunks read with positioned reads, each group of chunks quantized in
 //! parallel (one worker per core) and written in order, so memory stays at a few chunks
 //! whatever the model size; the file is written under a temporary name and renamed over the
-//! cache file only once complete and synced.
+//! cache file only once complete and synced, with a checksum of each tensor's bytes in its
+//! header.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -15,10 +16,12 @@ use std::sync::{Mutex, PoisonError};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::checkpoint::Checkpoint;
-use super::gguf::{ALIGNMENT, FORMAT_VERSION};
+use super::gguf::{Partial, ALIGNMENT, CHECKSUMS_KEY, FORMAT_VERSION};
 use super::quant::{tensor_type, ConvertProgress};
+use super::weights::{check_extents, check_shape};
 use super::ModelError;
 use crate::protocol::Quant;
 
@@ -86,12 +89,17 @@ fn source_tensors(ckpt: &Checkpoint, quant: Quant) -> Result<Vec<SourceTensor>, 
         let entries: BTreeMap<String, serde_json::Value> =
             serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
         let mut tensors = Vec::new();
+        let mut extents = Vec::with_capacity(entries.len());
         for (name, value) in entries {
-            if name == "__metadata__" || !needed(ckpt, &name) {
+            if name == "__metadata__" {
                 continue;
             }
             let e: HeaderEntry = serde_json::from_value(value)
                 .map_err(|e| bad(format!("bad header entry {name}: {e}")))?;
+            extents.push((e.data_offsets.0, e.data_offsets.1, name.clone()));
+            if !needed(ckpt, &name) {
+                continue;
+            }
             let dtype = match e.dtype.as_str() {
                 "BF16" => SourceDType::Bf16,
                 "F16" => SourceDType::F16,
@@ -100,7 +108,7 @@ fn source_tensors(ckpt: &Checkpoint, quant: Quant) -> Result<Vec<SourceTensor>, 
             };
             let bytes = e.shape.iter().product::<usize>() * dtype.size();
             let (begin, end) = e.data_offsets;
-            if end - begin != bytes as u64 || 8 + header_len + end > file_len {
+            if end < begin || end - begin != bytes as u64 || 8 + header_len + end > file_len {
                 return Err(bad(format!(
                     "tensor {name} lies outside the file (truncated?)"
                 )));
@@ -114,6 +122,10 @@ fn source_tensors(ckpt: &Checkpoint, quant: Quant) -> Result<Vec<SourceTensor>, 
                 start: 8 + header_len + begin,
                 target,
             });
+        }
+        check_extents(extents, file_len - 8 - header_len).map_err(bad)?;
+        for t in &tensors {
+            check_shape(ckpt, &t.name, &t.shape).map_err(bad)?;
         }
         tensors.sort_by_key(|t| t.start);
         all.extend(tensors);
@@ -202,17 +214,9 @@ pub(crate) fn convert(
             });
         }
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let tmp = path.with_extension(format!("tmp-{}-{nanos}", std::process::id()));
-    let result = write_file(ckpt, quant, identity, &tensors, &tmp, progress)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let tmp = Partial::new(path);
+    write_file(ckpt, quant, identity, &tensors, tmp.path(), progress)?;
+    std::fs::rename(tmp.path(), path).map_err(io(path))
 }
 
 fn write_file(
@@ -229,7 +233,8 @@ fn write_file(
     };
     let file = File::create(tmp).map_err(io)?;
     let mut w = BufWriter::with_capacity(8 << 20, file);
-    write_header(&mut w, quant, identity, tensors).map_err(io)?;
+    let checksums_at = write_header(&mut w, quant, identity, tensors).map_err(io)?;
+    let mut checksums = Vec::with_capacity(tensors.len());
     let shards = ckpt
         .shards
         .iter()
@@ -247,7 +252,11 @@ fn write_file(
     let mut done_bytes = 0;
     for t in tensors {
         let shard = &shards[t.shard];
-        convert_tensor(t, shard, &mut w, &mut |n| {
+        let mut hashing = Hashing {
+            inner: &mut w,
+            hash: Xxh3::new(),
+        };
+        convert_tensor(t, shard, &mut hashing, &mut |n| {
             done_bytes += n;
             progress(ConvertProgress {
                 done_bytes,
@@ -261,33 +270,41 @@ fn write_file(
             },
             ConvertError::Candle(e) => ModelError::Candle(e),
         })?;
+        checksums.push(hashing.hash.digest());
         let pad = target_bytes(t).div_ceil(ALIGNMENT) * ALIGNMENT - target_bytes(t);
         w.write_all(&vec![0u8; pad as usize]).map_err(io)?;
     }
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    let mut file = w.into_inner().map_err(|e| io(e.into_error()))?;
+    let values: Vec<u8> = checksums.iter().flat_map(|c| c.to_le_bytes()).collect();
+    file.seek(SeekFrom::Start(checksums_at)).map_err(io)?;
+    file.write_all(&values).map_err(io)?;
     file.sync_all().map_err(io)
 }
 
 /// GGUF v3 header: metadata, then the tensor table with offsets computed from the target
-/// types, then padding to the data alignment.
+/// types, then padding to the data alignment. The metadata `huatuo.checksums` (one u64 per
+/// tensor, in table order: [`super::gguf::checksum`] of its bytes) is written as zeros, to
+/// be filled in once the data is written; the returned offset is where its values start.
 fn write_header(
     w: &mut impl Write,
     quant: Quant,
     identity: &str,
     tensors: &[SourceTensor],
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     fn string(w: &mut impl Write, s: &str) -> std::io::Result<()> {
         w.write_all(&(s.len() as u64).to_le_bytes())?;
         w.write_all(s.as_bytes())
     }
     const TYPE_U32: u32 = 4;
     const TYPE_STRING: u32 = 8;
+    const TYPE_ARRAY: u32 = 9;
+    const TYPE_U64: u32 = 10;
     let mut written = 0u64;
     let mut out = Vec::new();
     out.extend_from_slice(&0x4655_4747u32.to_le_bytes());
     out.extend_from_slice(&3u32.to_le_bytes());
     out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    out.extend_from_slice(&5u64.to_le_bytes());
+    out.extend_from_slice(&6u64.to_le_bytes());
     let strings = [
         ("general.architecture", "huatuo"),
         ("huatuo.quant", quant.name()),
@@ -306,6 +323,12 @@ fn write_header(
         out.extend_from_slice(&TYPE_U32.to_le_bytes());
         out.extend_from_slice(&value.to_le_bytes());
     }
+    string(&mut out, CHECKSUMS_KEY)?;
+    out.extend_from_slice(&TYPE_ARRAY.to_le_bytes());
+    out.extend_from_slice(&TYPE_U64.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    let checksums_at = out.len() as u64;
+    out.extend(std::iter::repeat_n(0u8, 8 * tensors.len()));
     let mut offset = 0u64;
     for t in tensors {
         string(&mut out, &t.name)?;
@@ -321,7 +344,25 @@ fn write_header(
     written += out.len() as u64;
     let pad = written.div_ceil(ALIGNMENT) * ALIGNMENT - written;
     out.extend(std::iter::repeat_n(0u8, pad as usize));
-    w.write_all(&out)
+    w.write_all(&out)?;
+    Ok(checksums_at)
+}
+
+/// Passes bytes on while hashing them (one tensor's data, for its checksum).
+struct Hashing<'a, W> {
+    inner: &'a mut W,
+    hash: Xxh3,
+}
+
+impl<W: Write> Write for Hashing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The bytes of one converted chunk, or why it failed.

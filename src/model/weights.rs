@@ -13,9 +13,117 @@ use candle_nn::{LayerNorm, RmsNorm, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::checkpoint::Checkpoint;
 use super::linear::{Embedding, Linear, QWeight};
 use super::quant::{tensor_type, WeightLayout};
 use crate::protocol::Quant;
+
+/// The rule the safetensors crate (and so the dense loader) enforces on a shard's data
+/// offsets: the tensors tile the data section exactly, in some order, with no overlap and no
+/// gap. Overlapping tensors would share bytes (one tensor's edit changes another); checked
+/// here, before anything is written, so the quantized path accepts what the dense one does.
+pub(crate) fn check_extents(
+    mut extents: Vec<(u64, u64, String)>,
+    data_len: u64,
+) -> std::result::Result<(), String> {
+    extents.sort();
+    let mut end = 0;
+    let mut previous: Option<&str> = None;
+    for (begin, stop, name) in &extents {
+        if *begin < end {
+            let other = previous.unwrap_or("the header");
+            return Err(format!(
+                "tensor {name} overlaps tensor {other} (data offsets {begin}..{stop})"
+            ));
+        }
+        if *begin > end {
+            return Err(format!(
+                "tensor {name} starts at {begin}, leaving a gap after byte {end} (data offsets \
+                 must be contiguous)"
+            ));
+        }
+        end = *stop;
+        previous = Some(name);
+    }
+    if end != data_len {
+        return Err(format!(
+            "the tensors cover {end} bytes of data but the file holds {data_len}"
+        ));
+    }
+    Ok(())
+}
+
+/// The shape the network will ask for `name` under the checkpoint's configs (the layout of
+/// `decoder.rs`, `clip.rs` and the projector), when it is one of the tensors it reads;
+/// `None` for a name it does not know (converted as it is).
+fn expected_shape(ckpt: &Checkpoint, name: &str) -> Option<Vec<usize>> {
+    let c = &ckpt.config;
+    let (h, i, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim(),
+        c.num_kv_heads() * c.head_dim(),
+    );
+    let v = &ckpt.vision;
+    let (vh, vi) = (v.hidden_size, v.intermediate_size);
+    if let Some(rest) = name.strip_prefix("model.vision_tower.vision_tower.vision_model.") {
+        let grid = v.image_size / v.patch_size.max(1);
+        return Some(match rest {
+            "embeddings.class_embedding" => vec![vh],
+            "embeddings.patch_embedding.weight" => {
+                vec![vh, v.num_channels, v.patch_size, v.patch_size]
+            }
+            "embeddings.position_embedding.weight" => vec![grid * grid + 1, vh],
+            _ => {
+                let (_, field) = rest.strip_prefix("encoder.layers.")?.split_once('.')?;
+                match field {
+                    "mlp.fc1.weight" => vec![vi, vh],
+                    "mlp.fc1.bias" => vec![vi],
+                    "mlp.fc2.weight" => vec![vh, vi],
+                    f if f.starts_with("self_attn.") && f.ends_with(".weight") => vec![vh, vh],
+                    f if f.ends_with(".bias") || f.ends_with(".weight") => vec![vh],
+                    _ => return None,
+                }
+            }
+        });
+    }
+    Some(match name {
+        "model.embed_tokens.weight" | "lm_head.weight" => vec![vocab, h],
+        "model.norm.weight" => vec![h],
+        "model.mm_projector.0.weight" => vec![h, c.mm_hidden_size],
+        "model.mm_projector.2.weight" => vec![h, h],
+        "model.mm_projector.0.bias" | "model.mm_projector.2.bias" => vec![h],
+        _ => {
+            let (_, field) = name.strip_prefix("model.layers.")?.split_once('.')?;
+            match field {
+                "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
+                "self_attn.q_proj.weight" => vec![q, h],
+                "self_attn.q_proj.bias" => vec![q],
+                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
+                "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
+                "self_attn.o_proj.weight" => vec![h, q],
+                "self_attn.o_proj.bias" => vec![h],
+                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![i, h],
+                "mlp.down_proj.weight" => vec![h, i],
+                _ => return None,
+            }
+        }
+    })
+}
+
+/// Refuses a tensor whose shape is not the one the network will ask for, before the
+/// conversion writes gigabytes that the load would then reject.
+pub(crate) fn check_shape(
+    ckpt: &Checkpoint,
+    name: &str,
+    shape: &[usize],
+) -> std::result::Result<(), String> {
+    match expected_shape(ckpt, name) {
+        Some(want) if want != shape => Err(format!(
+            "tensor {name} has shape {shape:?} but config.json implies {want:?}"
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// A source of named quantized tensors.
 pub(crate) trait TensorSource: Send + Sync {

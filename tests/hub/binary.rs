@@ -260,3 +260,87 @@ fn ask_downloads_on_first_use() {
     assert!(second.status.success());
     assert_eq!(first.stdout, second.stdout);
 }
+
+/// `huatuo verify` re-hashes every file: a flipped byte (same size, so only the SHA-256
+/// shows it) and a truncated blob are both reported, it exits 2, `list` calls the model
+/// damaged, and `huatuo pull` downloads both again, after which `verify` passes (issue 15).
+#[test]
+fn verify_finds_a_flipped_byte_and_a_truncated_blob_and_pull_repairs_them() {
+    let h = Hub::new();
+    let pulled = h.huatuo().args(["pull", "7b"]).output().expect("run");
+    assert!(pulled.status.success());
+    let ok = h.huatuo().args(["verify", "7b"]).output().expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("sha256"));
+
+    let shards: Vec<String> = needed(&h.files)
+        .into_iter()
+        .filter(|f| f.ends_with(".safetensors"))
+        .collect();
+    assert!(shards.len() >= 2, "the test needs two shards: {shards:?}");
+    let blob = |f: &str| h.repo_dir().join("blobs").join(sha256_hex(&h.files[f]));
+    let mut bytes = std::fs::read(blob(&shards[0])).expect("read");
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(blob(&shards[0]), &bytes).expect("flip");
+    let len = h.files[&shards[1]].len() as u64;
+    std::fs::File::options()
+        .write(true)
+        .open(blob(&shards[1]))
+        .and_then(|f| f.set_len(len - 1))
+        .expect("truncate");
+
+    let bad = h.huatuo().args(["verify", "7b"]).output().expect("run");
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stdout}{stderr}");
+    for shard in &shards[..2] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("DAMAGED") && l.contains(shard.as_str())),
+            "{shard}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("SHA-256") && stdout.contains("truncated"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("huatuo pull 7b"), "{stderr}");
+    let json = h
+        .huatuo()
+        .args(["verify", "7b", "--json"])
+        .output()
+        .expect("run");
+    let report: Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(report["ok"], false);
+
+    let list = h.huatuo().args(["list", "--json"]).output().expect("run");
+    let list: Value = serde_json::from_slice(&list.stdout).expect("JSON");
+    assert_eq!(list[0]["complete"], false, "{list}");
+    let offline = h
+        .huatuo()
+        .args(["pull", "7b"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run");
+    assert_eq!(offline.status.code(), Some(2), "offline refuses damage");
+    assert!(String::from_utf8_lossy(&offline.stderr).contains("damaged"));
+
+    let repair = h.huatuo().args(["pull", "7b"]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&repair.stderr);
+    assert!(repair.status.success(), "{stderr}");
+    assert!(!stderr.contains("nothing to download"), "{stderr}");
+    let snapshot = h.repo_dir().join("snapshots").join(&h.sha);
+    assert_snapshot(&h, &snapshot);
+    let ok = h.huatuo().args(["verify", "7b"]).output().expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+}

@@ -110,6 +110,10 @@ impl Hub {
             ("HF_HOME", t.join("hf-home").display().to_string()),
             ("HUATUO_CONFIG_DIR", t.join("config").display().to_string()),
             ("HUATUO_DATA_DIR", t.join("data").display().to_string()),
+            (
+                "HUATUO_CACHE_DIR",
+                t.join("huatuo-cache").display().to_string(),
+            ),
         ]
     }
 }
@@ -592,4 +596,66 @@ fn memory_preflight_refuses_with_a_suggestion() {
         est.total_bytes
     )
     .is_ok());
+}
+
+/// A token with a control character (here an escape pasted with it) is named as invalid at
+/// once, without the token, instead of "could not reach … after 5 attempts".
+#[test]
+fn a_token_with_a_control_character_is_called_invalid() {
+    let h = Hub::new();
+    let secret = "hf_abc\u{1b}[201~def";
+    let opts = HubOptions {
+        token: Some(secret.into()),
+        ..h.opts()
+    };
+    let started = Instant::now();
+    let err = h.pull_with(&opts).expect_err("an invalid token");
+    let msg = err.to_string();
+    assert!(matches!(err, HubError::InvalidToken { .. }), "{err:?}");
+    assert!(msg.contains("token") && msg.contains("invalid"), "{msg}");
+    assert!(!msg.contains("hf_abc") && !msg.contains("def"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(2), "no retries");
+    assert!(h.server.requests().is_empty(), "nothing was sent");
+}
+
+/// A blob truncated after its download: the cache is no longer "complete" (`list`), an
+/// offline load refuses it by name instead of failing deep in the loader, and `pull`
+/// downloads that file again instead of saying there is nothing to download (issue 15).
+#[test]
+fn a_truncated_blob_is_noticed_and_repaired_by_pull() {
+    let h = Hub::new();
+    let r = h.pull().expect("pull");
+    let shard = shards(&h.files)[0].clone();
+    let blob = h
+        .repo_dir()
+        .join("blobs")
+        .join(sha256_hex(&h.files[&shard]));
+    let len = std::fs::metadata(&blob).expect("blob").len();
+    std::fs::File::options()
+        .write(true)
+        .open(&blob)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate");
+
+    let listed = hub::list_cached(&h.cache()).expect("list");
+    assert!(!listed[0].complete, "{listed:?}");
+    assert_eq!(listed[0].damaged.len(), 1, "{listed:?}");
+    assert!(listed[0].damaged[0].contains(&shard), "{listed:?}");
+    let offline = HubOptions {
+        offline: true,
+        ..h.opts()
+    };
+    let err = h
+        .pull_with(&offline)
+        .expect_err("a truncated shard must not load");
+    assert!(matches!(err, HubError::Damaged { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&shard) && msg.contains("truncated"), "{msg}");
+
+    h.server.clear_requests();
+    let again = h.pull().expect("repairing pull");
+    assert_eq!(again, r);
+    assert_eq!(h.gets(&shard).len(), 1, "the shard is downloaded again");
+    assert_snapshot(&h, &r.dir);
+    assert!(hub::list_cached(&h.cache()).expect("list")[0].complete);
 }
