@@ -26,7 +26,8 @@ use crate::text::IMAGE_TOKEN_INDEX;
 pub enum EngineError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("image {path}: {source}")]
+    /// Names the image once: most preprocessing errors already do (see [`image_message`]).
+    #[error("{}", image_message(path, source))]
     Image {
         path: PathBuf,
         source: preprocess::PreprocessError,
@@ -314,17 +315,26 @@ impl Pipeline {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(paths.len());
         for path in paths {
-            let key = ImageKey::of_file(path).map_err(|e| EngineError::Image {
+            let image_error = |source| EngineError::Image {
                 path: path.clone(),
-                source: read_error(path, e),
-            })?;
+                source,
+            };
+            // Read once (regular files only, size-capped), hashed and decoded from memory.
+            let bytes = preprocess::read_file(path).map_err(image_error)?;
+            let key = ImageKey::of_bytes(&bytes);
             let source = if !seen.insert(key) {
                 ImageSource::Repeat
             } else if let Some(features) = cache.get(&key) {
                 ImageSource::Cached(features)
             } else {
-                let mut pixels = self.load_images(std::slice::from_ref(path))?;
-                ImageSource::Pixels(pixels.pop().unwrap_or_default())
+                let pixels = preprocess::preprocess_bytes(
+                    path,
+                    &bytes,
+                    &self.processor,
+                    &preprocess::ImageOptions::default(),
+                )
+                .map_err(image_error)?;
+                ImageSource::Pixels(pixels)
             };
             out.push(PromptImage { key, source });
         }
@@ -423,16 +433,13 @@ impl Pipeline {
     }
 }
 
-/// The preprocessing error for a file that could not be read, as `load_rgb` reports it.
-fn read_error(path: &Path, e: std::io::Error) -> preprocess::PreprocessError {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => preprocess::PreprocessError::NotFound {
-            path: path.to_path_buf(),
-        },
-        _ => preprocess::PreprocessError::Read {
-            path: path.to_path_buf(),
-            source: e,
-        },
+/// An image error's text naming the path once: as the preprocessing error says it when that
+/// names the file, else `image PATH: ` and the cause.
+fn image_message(path: &Path, source: &preprocess::PreprocessError) -> String {
+    if source.names_file() {
+        source.to_string()
+    } else {
+        format!("image {}: {source}", path.display())
     }
 }
 
