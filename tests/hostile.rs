@@ -216,3 +216,136 @@ fn an_image_error_names_the_path_once() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.matches("broken.png").count(), 1, "{err}");
 }
+
+/// A copy of the tiny checkpoint with `edit` applied to its config.json.
+fn edited_config(home: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let model = tiny_copy("qwen2", home);
+    let path = model.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("config")).expect("json");
+    edit(&mut json);
+    std::fs::write(&path, json.to_string()).expect("write");
+    model
+}
+
+#[test]
+fn a_negative_rope_theta_is_refused_naming_the_file_and_key() {
+    let home = tempfile::tempdir().expect("tmp");
+    let model = edited_config(home.path(), |c| c["rope_theta"] = (-1.0).into());
+    let out = huatuo(home.path())
+        .args(ask_args(&model))
+        .arg("Hello")
+        .output()
+        .expect("run");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("config.json") && err.contains("rope_theta -1"),
+        "{err}"
+    );
+}
+
+/// NaN in the logits (here from NaN weights) stops generation with an error naming the
+/// model, instead of answering `!!!!` with exit 0.
+#[test]
+fn nan_logits_stop_generation_naming_the_model() {
+    let home = tempfile::tempdir().expect("tmp");
+    let model = tiny_copy("qwen2", home.path());
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model.join("model.safetensors.index.json")).expect("index"),
+    )
+    .expect("json");
+    let name = "model.norm.weight";
+    let shard = model.join(index["weight_map"][name].as_str().expect("final norm"));
+    let mut tensors =
+        candle_core::safetensors::load(&shard, &candle_core::Device::Cpu).expect("load");
+    let norm = &tensors[name];
+    let nan = (norm.ones_like().expect("ones") * f64::NAN).expect("nan");
+    tensors.insert(name.to_string(), nan);
+    candle_core::safetensors::save(&tensors, &shard).expect("save");
+    let out = huatuo(home.path())
+        .args(ask_args(&model))
+        .arg("Hello")
+        .output()
+        .expect("run");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains(&*model.display().to_string()) && err.contains("not finite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_types_in_generation_config_are_errors() {
+    let home = tempfile::tempdir().expect("tmp");
+    let model = tiny_copy("qwen2", home.path());
+    std::fs::write(model.join("generation_config.json"), r#"{"top_k": "many"}"#).expect("write");
+    let out = huatuo(home.path())
+        .args(ask_args(&model))
+        .arg("Hello")
+        .output()
+        .expect("run");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("generation_config.json") && err.contains("top_k"),
+        "{err}"
+    );
+}
+
+/// 16 MB on stdin reached 1.9 GB while being tokenized: now it is refused after reading
+/// 4 MiB + 1 bytes, and a prompt the engine's bound refuses is never tokenized.
+#[test]
+fn huge_prompts_are_refused_before_tokenizing() {
+    let home = tempfile::tempdir().expect("tmp");
+    let model = tiny_checkpoint("qwen2");
+    let big = home.path().join("big.txt");
+    std::fs::write(&big, "word ".repeat((16 << 20) / 5)).expect("write");
+    let report = home.path().join("time.txt");
+    let out = Process::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&report)
+        .arg(assert_cmd::cargo::cargo_bin("huatuo"))
+        .args(ask_args(model))
+        .arg("-")
+        .stdin(std::fs::File::open(&big).expect("open"))
+        .env("HUATUO_CONFIG_DIR", home.path().join("config"))
+        .env("HUATUO_DATA_DIR", home.path().join("data"))
+        .output()
+        .expect("run");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bytes"), "{err}");
+    let text = std::fs::read_to_string(&report).expect("report");
+    let kib: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("rss");
+    assert!(kib < BOMB_RSS_KIB, "peak RSS {kib} KiB");
+
+    // Under ask's bound, over the tiny model's: the engine says how long and the limit.
+    let out = huatuo(home.path())
+        .args(ask_args(model))
+        .arg("-")
+        .write_stdin("word ".repeat(600_000))
+        .output()
+        .expect("run");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the text is 2999999 bytes") && err.contains("context window"),
+        "{err}"
+    );
+}

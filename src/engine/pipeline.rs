@@ -46,6 +46,20 @@ pub enum EngineError {
         /// What the earlier turns take (`; earlier turns: 1: 640 (1 image), 2: 90`), or empty.
         earlier: String,
     },
+    /// Text that cannot fit the context window, refused before it is tokenized.
+    #[error(
+        "the text is {bytes} bytes, more than the {limit} bytes that could fit the context window of {context} positions: shorten it or start a new conversation"
+    )]
+    TextTooLong {
+        bytes: usize,
+        limit: usize,
+        context: usize,
+    },
+    /// The network produced NaN or an infinity: its configs or weights are broken.
+    #[error(
+        "model {model}: the logits for generated token {step} are not finite numbers (NaN or infinity); the checkpoint's config.json or weights are broken"
+    )]
+    NonFiniteLogits { model: PathBuf, step: usize },
     #[error("device {0:?} is not available: {1}")]
     Device(DevicePref, String),
     #[error("invalid sampling setting: {0}")]
@@ -102,6 +116,8 @@ pub struct Pipeline {
     quant: Quant,
     /// The quantized weights' cache file the model was read from.
     cache_file: Option<PathBuf>,
+    /// See [`Pipeline::max_text_bytes`].
+    max_text_bytes: usize,
 }
 
 impl Pipeline {
@@ -126,6 +142,7 @@ impl Pipeline {
         let processor = ProcessorConfig::from_file(&checkpoint.preprocessor_config)
             .map_err(ModelError::from)?;
         let defaults = crate::model::checkpoint::sampling_defaults(dir)?;
+        let max_text_bytes = text_bound(&tokenizer, checkpoint.config.context_length());
         let (model, cache_file) = if quant == Quant::None {
             (Huatuo::load(&checkpoint, &device, dtype)?, None)
         } else {
@@ -148,7 +165,17 @@ impl Pipeline {
             device,
             quant,
             cache_file,
+            max_text_bytes,
         })
+    }
+
+    /// The longest text (in UTF-8 bytes, history and turn together) that could fit the
+    /// context window: no token covers more bytes than the vocabulary's longest token string
+    /// (byte-level and SentencePiece strings spell each byte with at least one byte), so more
+    /// than `context_length × longest × 2` bytes (2 for what normalisation may shrink) is
+    /// refused before tokenizing it, which would take memory and time in proportion.
+    pub fn max_text_bytes(&self) -> usize {
+        self.max_text_bytes
     }
 
     /// The quantized weights' cache file the model was read from (`None` for dense weights).
@@ -199,6 +226,18 @@ impl Pipeline {
         history: &[Exchange],
         user: &str,
     ) -> Result<Vec<i64>, EngineError> {
+        let bytes = user.len()
+            + history
+                .iter()
+                .map(|e| e.user.len() + e.answer.len())
+                .sum::<usize>();
+        if bytes > self.max_text_bytes {
+            return Err(EngineError::TextTooLong {
+                bytes,
+                limit: self.max_text_bytes,
+                context: self.checkpoint.config.context_length(),
+            });
+        }
         let segments = template::segments(history, user);
         let tok = &self.tokenizer;
         let ids = template::prompt_ids(
@@ -380,6 +419,13 @@ impl Pipeline {
                     .squeeze(0)
                     .and_then(|r| r.to_vec1::<f32>())
                     .map_err(ModelError::from)?;
+                // A broken config (rope_theta = -1) or weights give NaN: never sample them.
+                if row.iter().any(|v| !v.is_finite()) {
+                    return Err(EngineError::NonFiniteLogits {
+                        model: self.checkpoint.dir.clone(),
+                        step: tokens.len() + 1,
+                    });
+                }
                 let next = sampler.next(&mut row, &tokens);
                 if tokens.is_empty() {
                     timings.first_token = start.elapsed();
@@ -431,6 +477,19 @@ impl Pipeline {
             images_from_cache,
         })
     }
+}
+
+/// [`Pipeline::max_text_bytes`] for a tokenizer and context window.
+fn text_bound(tokenizer: &Tokenizer, context_length: usize) -> usize {
+    let longest = tokenizer
+        .inner()
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    context_length.saturating_mul(longest).saturating_mul(2)
 }
 
 /// An image error's text naming the path once: as the preprocessing error says it when that
