@@ -5,8 +5,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageFormat, ImageReader, Rgb, RgbImage};
 
-use super::{PreprocessError, MAX_DECODED_BYTES, PILLOW_MAX_IMAGE_PIXELS};
-use crate::chat::images::{self, ImageError};
+use super::{PreprocessError, MAX_DECODED_BYTES, MAX_IMAGE_BYTES, PILLOW_MAX_IMAGE_PIXELS};
 use crate::dicom::{self, DicomError, ImageOptions};
 
 /// Decodes an image file to 8-bit RGB exactly as Pillow's `Image.open(path).convert('RGB')`
@@ -33,33 +32,49 @@ pub fn load_rgb_with(path: &Path, opts: &ImageOptions) -> Result<RgbImage, Prepr
     load_rgb_bytes(path, &read_file(path)?, opts)
 }
 
-/// Reads an image file by the one rule huatuo has for them ([`images::read_image`]): regular
-/// files only, at most [`images::MAX_IMAGE_BYTES`], so `/dev/zero` or a FIFO is an error at
-/// once instead of a read that never ends.
+/// Reads an image file by the one rule huatuo has for them (the rule of
+/// `chat::images::read_image`, which `model` may not import): regular files only, at most
+/// [`MAX_IMAGE_BYTES`], so `/dev/zero` or a FIFO is an error at once instead of a read that
+/// never ends. The file is looked at before it is opened, since opening a FIFO blocks.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, PreprocessError> {
-    // Opening a FIFO blocks until someone writes to it: look before opening.
-    let not_a_file = || PreprocessError::Read {
-        path: path.to_path_buf(),
-        source: std::io::Error::other("not a regular file"),
+    let read = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::NotFound => PreprocessError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => PreprocessError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
     };
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+    let not_a_file = || read(std::io::Error::other("not a regular file"));
+    if !std::fs::metadata(path).map_err(read)?.is_file() {
         return Err(not_a_file());
     }
-    images::read_image(path).map_err(|e| match e {
-        ImageError::NotFound(path) => PreprocessError::NotFound { path },
-        ImageError::Read { path, source } => PreprocessError::Read { path, source },
-        ImageError::NotAFile(_) => not_a_file(),
-        ImageError::TooLarge { path, size } => PreprocessError::FileTooLarge {
-            path,
-            size,
-            limit: images::MAX_IMAGE_BYTES,
-        },
-        // read_image reports nothing else; keep the message if that ever changes.
-        other => PreprocessError::Read {
+    let file = std::fs::File::open(path).map_err(read)?;
+    // Checked again on the open file: the path may have changed in between.
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    if meta.len() > MAX_IMAGE_BYTES {
+        return Err(PreprocessError::FileTooLarge {
             path: path.to_path_buf(),
-            source: std::io::Error::other(other.to_string()),
-        },
-    })
+            size: meta.len(),
+            limit: MAX_IMAGE_BYTES,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_IMAGE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(PreprocessError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            limit: MAX_IMAGE_BYTES,
+        });
+    }
+    Ok(bytes)
 }
 
 /// [`load_rgb_with`] on the bytes of the file at `path` (named in errors).

@@ -41,6 +41,10 @@ pub const PILLOW_MAX_IMAGE_PIXELS: u64 = 89_478_485;
 /// the model input is at most this many pixels a side, so its memory is bounded too.
 pub const MAX_OUTPUT_SIDE: u32 = 4096;
 
+/// The largest image file read, as `chat::images::MAX_IMAGE_BYTES` (a 16-bit 4k × 4k DICOM
+/// is 32 MB).
+pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
 /// The most memory one decoded image may take: the decoder's pixels plus their RGB copy.
 /// Within it, an image of any aspect ratio is preprocessed exactly, since the padded square
 /// of `expand2square` is never built ([`model_input`]).
@@ -69,7 +73,7 @@ pub enum PreprocessError {
         #[source]
         source: std::io::Error,
     },
-    /// A file larger than huatuo reads (`MAX_IMAGE_BYTES` of `chat::images`).
+    /// A file larger than huatuo reads ([`MAX_IMAGE_BYTES`]).
     #[error("image {}: {size} bytes is more than huatuo reads ({limit} bytes)", path.display())]
     FileTooLarge {
         /// The path as given.
