@@ -60,7 +60,8 @@ fn offending(dir: &str, needles: &[&str]) -> Vec<String> {
 #[test]
 fn protocol_and_text_are_plain() {
     for dir in ["protocol", "text"] {
-        let hits = offending(dir, &["crate::", "candle", "clap", "super::"]);
+        // (`super::` inside protocol/ is protocol itself.)
+        let hits = offending(dir, &["crate::", "candle", "clap", "super::super"]);
         assert!(
             hits.is_empty(),
             "{dir} must import nothing of huatuo: {hits:#?}"

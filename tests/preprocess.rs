@@ -427,3 +427,40 @@ fn resize_keeps_aspect_then_crops() {
     let err = pixel_values(&RgbImage::new(0, 5), &cfg).expect_err("empty");
     assert!(matches!(err, PreprocessError::EmptyImage { .. }), "{err:?}");
 }
+
+/// Past `MAX_OUTPUT_SIDE` the square is never built (issue 15); the bytes stay those of
+/// building it and resizing, for tall and wide images.
+#[test]
+fn long_images_give_the_bytes_of_padding_then_resizing() {
+    let cfg = config();
+    for (w, h) in [(3, 4500), (4500, 2)] {
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            Rgb([(x * 7 + y) as u8, (y * 3) as u8, (x ^ y) as u8])
+        });
+        let want = resize_and_crop(&expand_to_square(&img, cfg.background()), &cfg).expect("old");
+        let got = huatuo::model::preprocess::model_input(&img, &cfg).expect("new");
+        assert!(got == want, "{w}x{h}: streaming resize differs");
+    }
+}
+
+#[test]
+fn oversized_sizes_are_refused_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("preprocessor_config.json");
+    for (json, key) in [
+        (r#"{"crop_size": 100000, "size": 336}"#, "crop_size 100000"),
+        (
+            r#"{"crop_size": 336, "size": {"shortest_edge": 70000}}"#,
+            "size 70000",
+        ),
+    ] {
+        std::fs::write(&path, json).expect("write");
+        let err = ProcessorConfig::from_file(&path)
+            .expect_err(json)
+            .to_string();
+        assert!(
+            err.contains("preprocessor_config.json") && err.contains(key),
+            "{err}"
+        );
+    }
+}

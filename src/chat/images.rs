@@ -197,6 +197,14 @@ impl ImageStore {
 /// Reads an image file: regular files only (no FIFOs, devices or directories), at most
 /// [`MAX_IMAGE_BYTES`].
 pub fn read_image(path: &Path) -> Result<Vec<u8>, ImageError> {
+    // Checked before opening: opening a FIFO blocks until someone writes to it.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Err(ImageError::NotAFile(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ImageError::NotFound(path.to_path_buf()))
+        }
+        _ => {}
+    }
     let file = std::fs::File::open(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => ImageError::NotFound(path.to_path_buf()),
         _ => ImageError::Read {
@@ -317,6 +325,18 @@ mod tests {
     fn only_regular_files_are_read() {
         let tmp = tempfile::tempdir().expect("tmp");
         let err = read_image(tmp.path()).expect_err("a directory");
+        assert!(matches!(err, ImageError::NotAFile(_)), "{err}");
+        // A FIFO is refused without opening it (which would block forever).
+        let fifo = tmp.path().join("fifo.png");
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let err = read_image(&fifo).expect_err("a FIFO");
+            assert!(matches!(err, ImageError::NotAFile(_)), "{err}");
+        }
+        let err = read_image(Path::new("/dev/zero")).expect_err("a device");
         assert!(matches!(err, ImageError::NotAFile(_)), "{err}");
         let err = read_image(&tmp.path().join("none.png")).expect_err("missing");
         assert_eq!(

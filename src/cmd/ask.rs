@@ -260,10 +260,22 @@ fn read_prompt(words: &[String], facts: TermFacts) -> Result<String> {
         if stdin_only && facts.stdin_tty {
             bail!("`-` reads the prompt from stdin, but stdin is a terminal: pipe the text in");
         }
+        // Never more than the engine could take: 4 MiB cannot fit any supported model's
+        // context window (4096 positions of tokens shorter than 512 bytes), and reading and
+        // tokenizing more would cost memory in proportion. The engine then applies the
+        // loaded model's own, smaller bound before tokenizing (`Pipeline::max_text_bytes`).
+        const MAX_PROMPT_BYTES: usize = 4 << 20;
+        let limit = MAX_PROMPT_BYTES;
         let mut bytes = Vec::new();
         std::io::stdin()
+            .take(limit as u64 + 1)
             .read_to_end(&mut bytes)
             .context("cannot read the prompt from stdin")?;
+        if bytes.len() + args_text.len() > limit {
+            bail!(
+                "the prompt is more than {limit} bytes, more than any model's context window can take: shorten it"
+            );
+        }
         piped = String::from_utf8(bytes)
             .map_err(|_| anyhow!("stdin is not UTF-8 text: convert it first (e.g. iconv)"))?;
     }
@@ -329,8 +341,16 @@ fn split_view(arg: &Path) -> Result<(std::path::PathBuf, Option<Window>, Option<
 /// an identifying tag.
 fn describe_dicom(images: &[ImageRef]) {
     for image in images {
-        let Ok(dicom) = crate::dicom::open(&image.path) else {
-            continue; // not DICOM, or unreadable: the turn will say so
+        // Regular files only, bounded (never /dev/zero or a FIFO); not DICOM, or
+        // unreadable: the turn itself will say so.
+        let Ok(bytes) = crate::chat::images::read_image(&image.path) else {
+            continue;
+        };
+        if !crate::dicom::is_dicom(&bytes) {
+            continue;
+        }
+        let Ok(dicom) = crate::dicom::from_bytes(&image.path, &bytes) else {
+            continue;
         };
         let name = sanitize(
             &image

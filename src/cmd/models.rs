@@ -129,7 +129,8 @@ pub fn list(args: ListArgs) -> Result<()> {
         writeln!(
             out,
             "{:<width$}  {:<5}  {:<8}  {:>9}  {}",
-            m.repo,
+            // Folder names of the cache are not huatuo's: shown escaped.
+            crate::term::sanitize(&m.repo),
             short,
             rev,
             format_bytes(m.size_bytes),

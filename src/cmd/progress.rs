@@ -39,7 +39,7 @@ impl Progress for BarProgress {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
         bar.set_style(style);
-        bar.set_message(tail(file, 28));
+        bar.set_message(tail(&crate::term::sanitize(file), 28));
         bar.set_position(already);
         bar.reset_eta();
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -56,7 +56,7 @@ impl Progress for BarProgress {
         if let Some(bar) = self.bar.take() {
             // One line per finished file above the live bar, then the bar goes away.
             let size = crate::hub::format_bytes(bar.length().unwrap_or(0));
-            bar.println(format!("{file} ({size})"));
+            bar.println(format!("{} ({size})", crate::term::sanitize(file)));
             bar.finish_and_clear();
         }
     }

@@ -17,8 +17,10 @@ pub fn run(args: RenderArgs) -> Result<()> {
         window: args.window,
         frame: args.frame,
     };
-    let rgb = match std::fs::read(&args.image) {
-        Ok(bytes) if dicom::is_dicom(&bytes) => {
+    // Regular files only, size-capped: `/dev/zero` or a FIFO is refused, not read forever.
+    let bytes = preprocess::read_file(&args.image)?;
+    let rgb = match bytes {
+        bytes if dicom::is_dicom(&bytes) => {
             let rendering = dicom::from_bytes(&args.image, &bytes)?.render(&opts)?;
             eprintln!("{}: {}", args.image.display(), rendering.summary());
             for warning in rendering.meta.warnings() {
@@ -26,8 +28,8 @@ pub fn run(args: RenderArgs) -> Result<()> {
             }
             rendering.image
         }
-        // Not DICOM, or unreadable: the image decoder reports it (naming the file).
-        _ => preprocess::load_rgb_with(&args.image, &opts)?,
+        // Not DICOM: the image decoder reports what is wrong (naming the file).
+        bytes => preprocess::load_rgb_bytes(&args.image, &bytes, &opts)?,
     };
     let out = if args.original {
         rgb

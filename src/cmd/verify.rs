@@ -69,10 +69,15 @@ pub fn run(args: VerifyArgs, facts: TermFacts) -> Result<()> {
                 None => writeln!(
                     out,
                     "ok       {} ({}, {how})",
-                    f.file,
+                    crate::term::sanitize(&f.file),
                     format_bytes(f.bytes)
                 )?,
-                Some(why) => writeln!(out, "DAMAGED  {}: {why}", f.file)?,
+                Some(why) => writeln!(
+                    out,
+                    "DAMAGED  {}: {}",
+                    crate::term::sanitize(&f.file),
+                    crate::term::sanitize(why)
+                )?,
             }
         }
         for (path, problem) in &quantized {

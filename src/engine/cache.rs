@@ -48,20 +48,20 @@ impl ImageKey {
         Ok(Self::of_bytes(&std::fs::read(path)?))
     }
 
-    /// The key of the file at `path` shown with `view` (a DICOM window and frame): the file's
+    /// The key of a file's `bytes` shown with `view` (a DICOM window and frame): the bytes'
     /// key when the view is the default, else one that also covers the view.
-    pub fn of_view(path: &Path, view: &crate::dicom::ImageOptions) -> std::io::Result<Self> {
-        let mut bytes = std::fs::read(path)?;
-        if view.window.is_some() || view.frame.is_some() {
-            let window = view
-                .window
-                .as_ref()
-                .map(|w| w.to_string())
-                .unwrap_or_default();
-            let frame = view.frame.unwrap_or(1);
-            bytes.extend_from_slice(format!("\0view:{window}:{frame}").as_bytes());
+    pub fn of_view(bytes: &[u8], view: &crate::dicom::ImageOptions) -> Self {
+        if view.window.is_none() && view.frame.is_none() {
+            return Self::of_bytes(bytes);
         }
-        Ok(Self::of_bytes(&bytes))
+        let window = (view.window.as_ref())
+            .map(|w| w.to_string())
+            .unwrap_or_default();
+        let frame = view.frame.unwrap_or(1);
+        let mut hasher = Sha256::new();
+        hasher.update(bytes);
+        hasher.update(format!("\0view:{window}:{frame}").as_bytes());
+        Self(hasher.finalize().into())
     }
 }
 

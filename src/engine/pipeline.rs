@@ -26,7 +26,8 @@ use crate::text::IMAGE_TOKEN_INDEX;
 pub enum EngineError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("image {path}: {source}")]
+    /// Names the image once: most preprocessing errors already do (see [`image_message`]).
+    #[error("{}", image_message(path, source))]
     Image {
         path: PathBuf,
         source: preprocess::PreprocessError,
@@ -47,6 +48,20 @@ pub enum EngineError {
         /// What the earlier turns take (`; earlier turns: 1: 640 (1 image), 2: 90`), or empty.
         earlier: String,
     },
+    /// Text that cannot fit the context window, refused before it is tokenized.
+    #[error(
+        "the text is {bytes} bytes, more than the {limit} bytes that could fit the context window of {context} positions: shorten it or start a new conversation"
+    )]
+    TextTooLong {
+        bytes: usize,
+        limit: usize,
+        context: usize,
+    },
+    /// The network produced NaN or an infinity: its configs or weights are broken.
+    #[error(
+        "model {model}: the logits for generated token {step} are not finite numbers (NaN or infinity); the checkpoint's config.json or weights are broken"
+    )]
+    NonFiniteLogits { model: PathBuf, step: usize },
     #[error("device {0:?} is not available: {1}")]
     Device(DevicePref, String),
     #[error("invalid sampling setting: {0}")]
@@ -103,6 +118,8 @@ pub struct Pipeline {
     quant: Quant,
     /// The quantized weights' cache file the model was read from.
     cache_file: Option<PathBuf>,
+    /// See [`Pipeline::max_text_bytes`].
+    max_text_bytes: usize,
 }
 
 impl Pipeline {
@@ -127,6 +144,7 @@ impl Pipeline {
         let processor = ProcessorConfig::from_file(&checkpoint.preprocessor_config)
             .map_err(ModelError::from)?;
         let defaults = crate::model::checkpoint::sampling_defaults(dir)?;
+        let max_text_bytes = text_bound(&tokenizer, checkpoint.config.context_length());
         let (model, cache_file) = if quant == Quant::None {
             (Huatuo::load(&checkpoint, &device, dtype)?, None)
         } else {
@@ -149,7 +167,17 @@ impl Pipeline {
             device,
             quant,
             cache_file,
+            max_text_bytes,
         })
+    }
+
+    /// The longest text (in UTF-8 bytes, history and turn together) that could fit the
+    /// context window: no token covers more bytes than the vocabulary's longest token string
+    /// (byte-level and SentencePiece strings spell each byte with at least one byte), so more
+    /// than `context_length × longest × 2` bytes (2 for what normalisation may shrink) is
+    /// refused before tokenizing it, which would take memory and time in proportion.
+    pub fn max_text_bytes(&self) -> usize {
+        self.max_text_bytes
     }
 
     /// The quantized weights' cache file the model was read from (`None` for dense weights).
@@ -200,6 +228,18 @@ impl Pipeline {
         history: &[Exchange],
         user: &str,
     ) -> Result<Vec<i64>, EngineError> {
+        let bytes = user.len()
+            + history
+                .iter()
+                .map(|e| e.user.len() + e.answer.len())
+                .sum::<usize>();
+        if bytes > self.max_text_bytes {
+            return Err(EngineError::TextTooLong {
+                bytes,
+                limit: self.max_text_bytes,
+                context: self.checkpoint.config.context_length(),
+            });
+        }
         let segments = template::segments(history, user);
         let tok = &self.tokenizer;
         let ids = template::prompt_ids(
@@ -316,21 +356,21 @@ impl Pipeline {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(images.len());
         for (path, view) in images {
-            // Two windows of one DICOM slice are two images to the model.
-            let key = ImageKey::of_view(path, view).map_err(|e| EngineError::Image {
+            let image_error = |source| EngineError::Image {
                 path: path.clone(),
-                source: read_error(path, e),
-            })?;
+                source,
+            };
+            // Read once (regular files only, size-capped), hashed and decoded from memory.
+            let bytes = preprocess::read_file(path).map_err(image_error)?;
+            // Two windows of one DICOM slice are two images to the model.
+            let key = ImageKey::of_view(&bytes, view);
             let source = if !seen.insert(key) {
                 ImageSource::Repeat
             } else if let Some(features) = cache.get(&key) {
                 ImageSource::Cached(features)
             } else {
-                let pixels = preprocess::preprocess_file_with(path, &self.processor, view)
-                    .map_err(|source| EngineError::Image {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let pixels = preprocess::preprocess_bytes(path, &bytes, &self.processor, view)
+                    .map_err(image_error)?;
                 ImageSource::Pixels(pixels)
             };
             out.push(PromptImage { key, source });
@@ -377,6 +417,13 @@ impl Pipeline {
                     .squeeze(0)
                     .and_then(|r| r.to_vec1::<f32>())
                     .map_err(ModelError::from)?;
+                // A broken config (rope_theta = -1) or weights give NaN: never sample them.
+                if row.iter().any(|v| !v.is_finite()) {
+                    return Err(EngineError::NonFiniteLogits {
+                        model: self.checkpoint.dir.clone(),
+                        step: tokens.len() + 1,
+                    });
+                }
                 let next = sampler.next(&mut row, &tokens);
                 if tokens.is_empty() {
                     timings.first_token = start.elapsed();
@@ -430,16 +477,26 @@ impl Pipeline {
     }
 }
 
-/// The preprocessing error for a file that could not be read, as `load_rgb` reports it.
-fn read_error(path: &Path, e: std::io::Error) -> preprocess::PreprocessError {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => preprocess::PreprocessError::NotFound {
-            path: path.to_path_buf(),
-        },
-        _ => preprocess::PreprocessError::Read {
-            path: path.to_path_buf(),
-            source: e,
-        },
+/// [`Pipeline::max_text_bytes`] for a tokenizer and context window.
+fn text_bound(tokenizer: &Tokenizer, context_length: usize) -> usize {
+    let longest = tokenizer
+        .inner()
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    context_length.saturating_mul(longest).saturating_mul(2)
+}
+
+/// An image error's text naming the path once: as the preprocessing error says it when that
+/// names the file, else `image PATH: ` and the cause.
+fn image_message(path: &Path, source: &preprocess::PreprocessError) -> String {
+    if source.names_file() {
+        source.to_string()
+    } else {
+        format!("image {}: {source}", path.display())
     }
 }
 

@@ -506,8 +506,11 @@ fn failure_kind(error: &EngineError) -> FailureKind {
         | EngineError::TooManyImages { .. }
         | EngineError::ContextOverflow { .. }
         | EngineError::Sampling(_)
+        | EngineError::TextTooLong { .. }
         | EngineError::Model(ModelError::ImageCount { .. }) => FailureKind::BadInput,
-        EngineError::Device(..) | EngineError::NotLoaded => FailureKind::Model,
+        EngineError::Device(..) | EngineError::NotLoaded | EngineError::NonFiniteLogits { .. } => {
+            FailureKind::Model
+        }
         EngineError::Model(_) => FailureKind::Internal,
     }
 }

@@ -90,11 +90,29 @@ pub fn sampling_defaults(dir: &Path) -> Result<SamplingParams, ModelError> {
         return Ok(p);
     }
     let gen: serde_json::Value = read_json(&path)?;
-    if let Some(k) = gen.get("top_k").and_then(serde_json::Value::as_u64) {
-        p.top_k = k as usize;
+    // A value of the wrong type is an error, not silently the reference's default.
+    let bad = |key: &str, want: &str, got: &serde_json::Value| ModelError::BadConfig {
+        path: path.clone(),
+        reason: format!("{key} must be {want}, got {got}"),
+    };
+    match gen.get("top_k") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(v) => {
+            let k = v
+                .as_u64()
+                .ok_or_else(|| bad("top_k", "a non-negative integer", v))?;
+            p.top_k = usize::try_from(k).map_err(|_| bad("top_k", "a smaller integer", v))?;
+        }
     }
-    if let Some(tp) = gen.get("top_p").and_then(serde_json::Value::as_f64) {
-        p.top_p = tp as f32;
+    match gen.get("top_p") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(v) => {
+            let tp = v
+                .as_f64()
+                .filter(|tp| *tp > 0.0 && *tp <= 1.0)
+                .ok_or_else(|| bad("top_p", "a number in (0, 1]", v))?;
+            p.top_p = tp as f32;
+        }
     }
     Ok(p)
 }
@@ -152,6 +170,19 @@ mod tests {
         assert_eq!((p.top_k, p.top_p), (20, 0.8));
         // Only top_k/top_p: cli.py passes its own temperature to generate().
         assert_eq!(p.temperature, reference.temperature);
+        for (json, key) in [
+            (r#"{"top_k": "many"}"#, "top_k"),
+            (r#"{"top_k": -3}"#, "top_k"),
+            (r#"{"top_p": "high"}"#, "top_p"),
+            (r#"{"top_p": 7}"#, "top_p"),
+        ] {
+            std::fs::write(dir.path().join("generation_config.json"), json).expect("write");
+            let err = sampling_defaults(dir.path()).expect_err(json).to_string();
+            assert!(
+                err.contains("generation_config.json") && err.contains(key),
+                "{json}: {err}"
+            );
+        }
         std::fs::write(dir.path().join("generation_config.json"), "{").expect("write");
         let err = sampling_defaults(dir.path()).expect_err("broken");
         assert!(err.to_string().contains("generation_config.json"), "{err}");

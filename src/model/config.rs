@@ -150,6 +150,13 @@ impl LlavaConfig {
                 self.num_kv_heads()
             )));
         }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            // A non-positive base makes every rotary frequency NaN, and so every logit.
+            return Err(bad(format!(
+                "rope_theta {} must be a positive finite number",
+                self.rope_theta
+            )));
+        }
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(bad("rope_scaling is not supported".into()));
         }

@@ -66,7 +66,8 @@ pub struct ImageMeta {
 
 /// Reads `path`, decodes it and encodes a thumbnail with `picker`. The error is one line.
 pub fn load(path: &Path, picker: &Picker) -> Result<ImageMeta, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    // Regular files only, bounded in size: never /dev/zero or a FIFO.
+    let bytes = crate::chat::images::read_image(path).map_err(|e| e.to_string())?;
     let sha256 = hex(&Sha256::digest(&bytes));
     let (image, dicom, warnings) = if crate::dicom::is_dicom(&bytes) {
         // The thumbnail shows the file's own window (else min-max), frame 1.

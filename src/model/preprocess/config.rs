@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{resize_output_hw, PreprocessError, RESAMPLE_BICUBIC};
+use super::{resize_output_hw, PreprocessError, MAX_OUTPUT_SIDE, RESAMPLE_BICUBIC};
 
 /// The resize target of `CLIPImageProcessor` (`size` in preprocessor_config.json).
 ///
@@ -253,6 +253,31 @@ impl ProcessorConfig {
         }
         if self.do_center_crop && (self.crop_size.height == 0 || self.crop_size.width == 0) {
             return Err("crop_size must be positive".into());
+        }
+        // Each side is allocated (a crop larger than the image pads it): bound them.
+        let sides = match self.size {
+            ResizeTarget::ShortestEdge(n) => [n, n],
+            ResizeTarget::Exact { height, width } => [height, width],
+        };
+        let checks = [
+            ("size", self.do_resize, sides),
+            (
+                "crop_size",
+                self.do_center_crop,
+                [self.crop_size.height, self.crop_size.width],
+            ),
+        ];
+        for (key, used, sides) in checks {
+            if let Some(n) = sides
+                .iter()
+                .find(|&&n| n > MAX_OUTPUT_SIDE)
+                .filter(|_| used)
+            {
+                return Err(format!(
+                    "{key} {n} is more than {MAX_OUTPUT_SIDE} pixels, the largest side huatuo \
+                     accepts (CLIP's is 336)"
+                ));
+            }
         }
         if self.do_rescale && !self.rescale_factor.is_finite() {
             return Err("rescale_factor must be a finite number".into());

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageFormat, ImageReader, Rgb, RgbImage};
 
-use super::{PreprocessError, PILLOW_MAX_IMAGE_PIXELS};
+use super::{PreprocessError, MAX_DECODED_BYTES, MAX_IMAGE_BYTES, PILLOW_MAX_IMAGE_PIXELS};
 use crate::dicom::{self, DicomError, ImageOptions};
 
 /// Decodes an image file to 8-bit RGB exactly as Pillow's `Image.open(path).convert('RGB')`
@@ -29,17 +29,62 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, PreprocessError> {
 /// DICOM image. Asking for a window, or a frame other than 1, of any other image is an error
 /// naming the file; so is a window on a colour DICOM image.
 pub fn load_rgb_with(path: &Path, opts: &ImageOptions) -> Result<RgbImage, PreprocessError> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    load_rgb_bytes(path, &read_file(path)?, opts)
+}
+
+/// Reads an image file by the one rule huatuo has for them (the rule of
+/// `chat::images::read_image`, which `model` may not import): regular files only, at most
+/// [`MAX_IMAGE_BYTES`], so `/dev/zero` or a FIFO is an error at once instead of a read that
+/// never ends. The file is looked at before it is opened, since opening a FIFO blocks.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, PreprocessError> {
+    let read = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::NotFound => PreprocessError::NotFound {
             path: path.to_path_buf(),
         },
         _ => PreprocessError::Read {
             path: path.to_path_buf(),
-            source: e,
+            source,
         },
-    })?;
-    if dicom::is_dicom(&bytes) {
-        return Ok(dicom::from_bytes(path, &bytes)?.render(opts)?.image);
+    };
+    let not_a_file = || read(std::io::Error::other("not a regular file"));
+    if !std::fs::metadata(path).map_err(read)?.is_file() {
+        return Err(not_a_file());
+    }
+    let file = std::fs::File::open(path).map_err(read)?;
+    // Checked again on the open file: the path may have changed in between.
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(not_a_file());
+    }
+    if meta.len() > MAX_IMAGE_BYTES {
+        return Err(PreprocessError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            limit: MAX_IMAGE_BYTES,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_IMAGE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(PreprocessError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            limit: MAX_IMAGE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// [`load_rgb_with`] on the bytes of the file at `path` (named in errors).
+pub fn load_rgb_bytes(
+    path: &Path,
+    bytes: &[u8],
+    opts: &ImageOptions,
+) -> Result<RgbImage, PreprocessError> {
+    if dicom::is_dicom(bytes) {
+        return Ok(dicom::from_bytes(path, bytes)?.render(opts)?.image);
     }
     let not_dicom = |option| DicomError::NotDicom {
         path: path.to_path_buf(),
@@ -51,14 +96,14 @@ pub fn load_rgb_with(path: &Path, opts: &ImageOptions) -> Result<RgbImage, Prepr
     if opts.frame.is_some_and(|f| f != 1) {
         return Err(not_dicom("frame").into());
     }
-    let format = image::guess_format(&bytes).map_err(|_| PreprocessError::Unsupported {
+    let format = image::guess_format(bytes).map_err(|_| PreprocessError::Unsupported {
         path: path.to_path_buf(),
-        reason: describe_unknown(&bytes),
+        reason: describe_unknown(bytes),
     })?;
     match format {
-        ImageFormat::Jpeg => decode_jpeg(path, &bytes),
+        ImageFormat::Jpeg => decode_jpeg(path, bytes),
         ImageFormat::Png | ImageFormat::Bmp | ImageFormat::Tiff | ImageFormat::WebP => {
-            decode_other(path, &bytes, format)
+            decode_other(path, bytes, format)
         }
         other => Err(PreprocessError::Unsupported {
             path: path.to_path_buf(),
@@ -97,6 +142,27 @@ fn check_size(path: &Path, width: u64, height: u64) -> Result<(), PreprocessErro
     Ok(())
 }
 
+/// Refuses an image whose decoder buffer (`decoded_per_pixel` bytes a pixel) plus its RGB
+/// copy would take more than [`MAX_DECODED_BYTES`].
+fn check_memory(
+    path: &Path,
+    width: u64,
+    height: u64,
+    decoded_per_pixel: u64,
+) -> Result<(), PreprocessError> {
+    let bytes = width * height * (decoded_per_pixel + 3);
+    if bytes > MAX_DECODED_BYTES {
+        return Err(PreprocessError::TooMuchMemory {
+            path: path.to_path_buf(),
+            width,
+            height,
+            bytes,
+            limit: MAX_DECODED_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// PNG, BMP, TIFF, WebP through the `image` crate, then Pillow's mode conversion.
 fn decode_other(
     path: &Path,
@@ -113,10 +179,14 @@ fn decode_other(
             reason: other.to_string(),
         },
     };
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
+    let decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
         .map_err(corrupt)?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    let per_pixel = u64::from(image::ImageDecoder::color_type(&decoder).bytes_per_pixel());
+    drop(decoder);
     check_size(path, u64::from(w), u64::from(h))?;
+    check_memory(path, u64::from(w), u64::from(h), per_pixel)?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.no_limits(); // bounded by check_size, like Pillow
     let decoded = reader.decode().map_err(corrupt)?;
@@ -196,6 +266,7 @@ impl BufRead for EofWatch<'_> {
 /// Why a JPEG decode stopped.
 enum JpegFailure {
     TooLarge(u64, u64),
+    TooMuchMemory(u64, u64, u64),
     Other(String),
 }
 
@@ -226,6 +297,10 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PreprocessError> {
                 return Err(JpegFailure::TooLarge(w as u64, h as u64));
             }
             let components = dec.components().len();
+            let bytes = (w as u64) * (h as u64) * (components as u64 + 3);
+            if bytes > MAX_DECODED_BYTES {
+                return Err(JpegFailure::TooMuchMemory(w as u64, h as u64, bytes));
+            }
             let mut started = match components {
                 1 | 3 => dec.rgb().map_err(io)?,
                 4 => dec
@@ -257,6 +332,15 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<RgbImage, PreprocessError> {
                 width,
                 height,
                 limit: 2 * PILLOW_MAX_IMAGE_PIXELS,
+            })
+        }
+        Ok(Err(JpegFailure::TooMuchMemory(width, height, bytes))) => {
+            return Err(PreprocessError::TooMuchMemory {
+                path: path.to_path_buf(),
+                width,
+                height,
+                bytes,
+                limit: MAX_DECODED_BYTES,
             })
         }
         Ok(Err(JpegFailure::Other(reason))) => return Err(corrupt(reason)),

@@ -21,6 +21,7 @@
 
 mod config;
 mod decode;
+mod padded;
 mod resample;
 
 use std::path::{Path, PathBuf};
@@ -29,12 +30,25 @@ use image::{Rgb, RgbImage};
 
 pub use crate::dicom::ImageOptions;
 pub use config::{CropSize, ProcessorConfig, ResizeTarget};
-pub use decode::{load_rgb, load_rgb_with};
+pub use decode::{load_rgb, load_rgb_bytes, load_rgb_with, read_file};
 pub use resample::pillow_resize_bicubic;
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS` (`1024 * 1024 * 1024 // 4 // 3`); Pillow refuses images
 /// with more than twice as many pixels (`DecompressionBombError`), and so do we.
 pub const PILLOW_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// The largest `size` / `crop_size` side a preprocessor config may ask for (CLIP's is 336):
+/// the model input is at most this many pixels a side, so its memory is bounded too.
+pub const MAX_OUTPUT_SIDE: u32 = 4096;
+
+/// The largest image file read, as `chat::images::MAX_IMAGE_BYTES` (a 16-bit 4k × 4k DICOM
+/// is 32 MB).
+pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
+/// The most memory one decoded image may take: the decoder's pixels plus their RGB copy.
+/// Within it, an image of any aspect ratio is preprocessed exactly, since the padded square
+/// of `expand2square` is never built ([`model_input`]).
+pub const MAX_DECODED_BYTES: u64 = 1 << 30;
 
 /// `PILImageResampling.BICUBIC`, the only filter the CLIP processors of HuatuoGPT-Vision use.
 pub const RESAMPLE_BICUBIC: u32 = 3;
@@ -49,7 +63,8 @@ pub enum PreprocessError {
         /// The path as given.
         path: PathBuf,
     },
-    /// The file exists but could not be read (permissions, a directory, an I/O error).
+    /// The file exists but could not be read (permissions, an I/O error), or is not a
+    /// regular file (a directory, a FIFO, a device such as /dev/zero), which is never read.
     #[error("cannot read image {}: {source}", path.display())]
     Read {
         /// The path as given.
@@ -57,6 +72,35 @@ pub enum PreprocessError {
         /// The underlying I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// A file larger than huatuo reads ([`MAX_IMAGE_BYTES`]).
+    #[error("image {}: {size} bytes is more than huatuo reads ({limit} bytes)", path.display())]
+    FileTooLarge {
+        /// The path as given.
+        path: PathBuf,
+        /// The file's size.
+        size: u64,
+        /// The largest size read.
+        limit: u64,
+    },
+    /// Within the pixel limit, but its decoded pixels would take more than
+    /// [`MAX_DECODED_BYTES`] (a 16-bit colour image, say).
+    #[error(
+        "image {}: {width}x{height} pixels would take {bytes} bytes once decoded, more than \
+         huatuo's {limit}; downscale it or convert it to 8-bit RGB first",
+        path.display()
+    )]
+    TooMuchMemory {
+        /// The path as given.
+        path: PathBuf,
+        /// Width in pixels.
+        width: u64,
+        /// Height in pixels.
+        height: u64,
+        /// Decoder buffer plus RGB copy.
+        bytes: u64,
+        /// [`MAX_DECODED_BYTES`].
+        limit: u64,
     },
     /// The bytes are not an image format we can decode.
     #[error(
@@ -127,6 +171,17 @@ pub enum PreprocessError {
         /// Height in pixels.
         height: u32,
     },
+}
+
+impl PreprocessError {
+    /// Whether the message names the image file (every error from reading or decoding one
+    /// does), so that a caller adding the path would say it twice.
+    pub fn names_file(&self) -> bool {
+        !matches!(
+            self,
+            Self::Config { .. } | Self::Settings { .. } | Self::EmptyImage { .. }
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -219,7 +274,11 @@ pub fn resize_and_crop(img: &RgbImage, cfg: &ProcessorConfig) -> Result<RgbImage
 /// Returns `3 × H × W` values, `(H, W)` = [`ProcessorConfig::output_hw`] (336×336 for
 /// HuatuoGPT-Vision). Call it on the output of [`expand_to_square`].
 pub fn pixel_values(img: &RgbImage, cfg: &ProcessorConfig) -> Result<Vec<f32>, PreprocessError> {
-    let img = resize_and_crop(img, cfg)?;
+    Ok(normalize(&resize_and_crop(img, cfg)?, cfg))
+}
+
+/// The rescale and normalize steps of [`pixel_values`] on its resized and cropped image.
+fn normalize(img: &RgbImage, cfg: &ProcessorConfig) -> Vec<f32> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let plane = w * h;
     let mut out = vec![0f32; 3 * plane];
@@ -238,7 +297,7 @@ pub fn pixel_values(img: &RgbImage, cfg: &ProcessorConfig) -> Result<Vec<f32>, P
             out[c * plane + i] = v;
         }
     }
-    Ok(out)
+    out
 }
 
 /// [`load_rgb`], [`expand_to_square`] with [`ProcessorConfig::background`], then
@@ -254,15 +313,74 @@ pub fn preprocess_file_with(
     opts: &ImageOptions,
 ) -> Result<Vec<f32>, PreprocessError> {
     let rgb = load_rgb_with(path, opts)?;
-    let square = expand_to_square(&rgb, cfg.background());
-    pixel_values(&square, cfg)
+    Ok(normalize(&model_input(&rgb, cfg)?, cfg))
+}
+
+/// [`preprocess_file_with`] on a file already read (`bytes`, from `path`): what the engine
+/// uses after hashing the bytes, so each file is read once.
+pub fn preprocess_bytes(
+    path: &Path,
+    bytes: &[u8],
+    cfg: &ProcessorConfig,
+    opts: &ImageOptions,
+) -> Result<Vec<f32>, PreprocessError> {
+    let rgb = load_rgb_bytes(path, bytes, opts)?;
+    Ok(normalize(&model_input(&rgb, cfg)?, cfg))
 }
 
 /// The uint8 RGB image the model's normaliser receives: [`expand_to_square`] with the
 /// config's background, then [`resize_and_crop`] (336×336 for HuatuoGPT-Vision). What
 /// `huatuo render` writes.
+///
+/// The padded square is never built, so memory stays proportional to the image and the
+/// output whatever the aspect ratio (a 1×100000 image would pad to 30 GB), and the bytes
+/// are those of `resize_and_crop(&expand_to_square(img, ..), cfg)`: the resize is computed
+/// by `padded.rs`; without `do_resize`, a crop of a large square is cut from it directly, and
+/// a config that keeps the whole square is refused once it is more than
+/// [`MAX_OUTPUT_SIDE`] a side.
 pub fn model_input(img: &RgbImage, cfg: &ProcessorConfig) -> Result<RgbImage, PreprocessError> {
-    resize_and_crop(&expand_to_square(img, cfg.background()), cfg)
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(PreprocessError::EmptyImage {
+            width: w,
+            height: h,
+        });
+    }
+    cfg.validate()
+        .map_err(|reason| PreprocessError::Settings { reason })?;
+    let side = w.max(h);
+    let background = cfg.background();
+    if side <= MAX_OUTPUT_SIDE {
+        // Small enough to build: the reference's own steps.
+        return resize_and_crop(&expand_to_square(img, background), cfg);
+    }
+    let out = if cfg.do_resize {
+        let (oh, ow) = resize_output_hw(side, side, cfg.size);
+        padded::resize_square_padded(img, background, ow, oh)
+    } else if cfg.do_center_crop {
+        // The crop (at most MAX_OUTPUT_SIDE) lies inside the square: cut it out directly.
+        let (ch, cw) = (cfg.crop_size.height, cfg.crop_size.width);
+        return Ok(padded::square_region(
+            img,
+            background,
+            (side - cw) / 2,
+            (side - ch) / 2,
+            cw,
+            ch,
+        ));
+    } else {
+        return Err(PreprocessError::Settings {
+            reason: format!(
+                "without do_resize or do_center_crop the model input is the whole padded \
+                 {side}x{side} image, more than {MAX_OUTPUT_SIDE} pixels a side"
+            ),
+        });
+    };
+    Ok(if cfg.do_center_crop {
+        center_crop(&out, cfg.crop_size.height, cfg.crop_size.width)
+    } else {
+        out
+    })
 }
 
 /// transformers' `center_crop` on a channels-last uint8 image: crop

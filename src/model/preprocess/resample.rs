@@ -6,7 +6,7 @@ use image::RgbImage;
 /// Resample.c: "8 bits for result. Filter can have negative areas. In one cases the sum of
 /// the coefficients will be negative, in the other it will be more than 1.0. That is why we
 /// need two extra bits for overflow and int type."
-const PRECISION_BITS: u32 = 32 - 8 - 2;
+pub(super) const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// Resample.c `bicubic_filter` (a = -0.5), support 2.
 fn bicubic_filter(x: f64) -> f64 {
@@ -24,14 +24,14 @@ const BICUBIC_SUPPORT: f64 = 2.0;
 
 /// Fixed-point taps for one axis: for output index `i`, source `[start_i, start_i + len_i)`
 /// weighted by `k[i * ksize ..][..len_i]`.
-struct Taps {
-    ksize: usize,
-    bounds: Vec<(usize, usize)>,
-    k: Vec<i32>,
+pub(super) struct Taps {
+    pub(super) ksize: usize,
+    pub(super) bounds: Vec<(usize, usize)>,
+    pub(super) k: Vec<i32>,
 }
 
 /// Resample.c `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `[0, in_size)`.
-fn precompute_coeffs(in_size: u32, out_size: u32) -> Taps {
+pub(super) fn precompute_coeffs(in_size: u32, out_size: u32) -> Taps {
     // box[] is float in C; in0 = 0, in1 = in_size (exact in f32 for any real image).
     let in0 = 0.0f64;
     let in1 = f64::from(in_size as f32);
@@ -69,7 +69,7 @@ fn precompute_coeffs(in_size: u32, out_size: u32) -> Taps {
 }
 
 /// Resample.c `clip8`: `clip8_lookups[in >> PRECISION_BITS]`, i.e. clamp to 0..=255.
-fn clip8(v: i64) -> u8 {
+pub(super) fn clip8(v: i64) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
