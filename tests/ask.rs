@@ -9,23 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{fixture, huatuo, tiny_checkpoint};
+use crate::util::{fixture, greedy_args, huatuo, tiny_checkpoint};
 
 /// The binary with huatuo's own directories in a temp dir, no colour, no config.
-fn greedy_args(model: &Path, max_new_tokens: u32) -> Vec<String> {
-    vec![
-        "ask".into(),
-        "--model".into(),
-        model.display().to_string(),
-        "--temperature".into(),
-        "0".into(),
-        "--max-new-tokens".into(),
-        max_new_tokens.to_string(),
-        "--dtype".into(),
-        "f32".into(),
-    ]
-}
-
 fn chat_reference(family: &str) -> Value {
     let text = std::fs::read_to_string(fixture(&format!("chat/{family}.json"))).expect("fixture");
     serde_json::from_str(&text).expect("json")

@@ -12,21 +12,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::util::{fixture, huatuo, tiny_checkpoint};
-
-fn ask_args(max_new_tokens: u32) -> Vec<String> {
-    vec![
-        "ask".into(),
-        "--model".into(),
-        tiny_checkpoint("qwen2").display().to_string(),
-        "--temperature".into(),
-        "0".into(),
-        "--max-new-tokens".into(),
-        max_new_tokens.to_string(),
-        "--dtype".into(),
-        "f32".into(),
-    ]
-}
+use crate::util::{fixture, greedy_args, huatuo, tiny_checkpoint};
 
 /// Finding 2: a file name carrying a clipboard write (OSC 52) and a screen clear reaches the
 /// error line on stderr and the session listing only escaped.
@@ -35,7 +21,7 @@ fn escape_sequences_in_names_are_shown_escaped() {
     let home = tempfile::tempdir().expect("tmp");
     let evil = "scan\u{1b}]52;c;aGk=\u{7}\u{1b}[2J.png";
     let out = huatuo(home.path())
-        .args(ask_args(4))
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
         .arg("--image")
         .arg(home.path().join(evil))
         .arg("Hi")
@@ -51,7 +37,7 @@ fn escape_sequences_in_names_are_shown_escaped() {
 
     // A first question with escape sequences, listed by `huatuo sessions`.
     let out = huatuo(home.path())
-        .args(ask_args(4))
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
         .args(["--session", "evil", "What \u{1b}]0;owned\u{7} is it?"])
         .output()
         .expect("run");
@@ -79,7 +65,7 @@ fn two_turns_in_one_session_wait_for_each_other() {
             .env("HUATUO_CACHE_DIR", home.path().join("cache"))
             .env("HF_HUB_CACHE", home.path().join("hub"))
             .env("HUATUO_TEST_TOKEN_DELAY_MS", "150")
-            .args(ask_args(8))
+            .args(greedy_args(tiny_checkpoint("qwen2"), 8))
             .args(["--session", "same"])
             .args(extra)
             .arg(question)
@@ -141,7 +127,7 @@ fn a_path_that_is_not_utf8_works() {
     let image: PathBuf = home.path().join(name);
     std::fs::copy(fixture("images/cell.png"), &image).expect("copy");
     let out = huatuo(home.path())
-        .args(ask_args(4))
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
         .args(["--json", "--session", "bytes"])
         .arg("--image")
         .arg(&image)
@@ -158,7 +144,7 @@ fn a_path_that_is_not_utf8_works() {
     let shown = v["images"][0]["path"].as_str().expect("path");
     assert!(shown.ends_with("scan-\u{fffd}\u{fffd}.png"), "{shown}");
     let out = huatuo(home.path())
-        .args(ask_args(4))
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
         .args(["--session", "bytes", "And now?"])
         .output()
         .expect("run");
@@ -199,7 +185,7 @@ fn sessions_are_their_files() {
     });
     std::fs::write(dir.join("mine.json"), session.to_string()).expect("write");
     let out = huatuo(home.path())
-        .args(ask_args(4))
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
         .args(["--session", "mine", "Hi"])
         .output()
         .expect("run");
@@ -230,7 +216,7 @@ fn sessions_are_their_files() {
     let huge = std::fs::File::create(dir.join("huge.json")).expect("create");
     huge.set_len(200 << 20).expect("a sparse 200 MB file");
     let out = huatuo(home.path())
-        .args(ask_args(4))
+        .args(greedy_args(tiny_checkpoint("qwen2"), 4))
         .args(["--session", "huge", "Hi"])
         .output()
         .expect("run");

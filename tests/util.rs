@@ -145,6 +145,21 @@ pub fn huatuo(home: &Path) -> assert_cmd::Command {
     cmd
 }
 
+/// `ask` on `model`, greedy, at most `max_new_tokens`, in f32.
+pub fn greedy_args(model: &Path, max_new_tokens: u32) -> Vec<String> {
+    vec![
+        "ask".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--temperature".into(),
+        "0".into(),
+        "--max-new-tokens".into(),
+        max_new_tokens.to_string(),
+        "--dtype".into(),
+        "f32".into(),
+    ]
+}
+
 /// An empty directory `<prefix>-<pid>` under cargo's target tmp dir for this test process.
 ///
 /// Statics are never dropped, so a test process cannot delete what it wrote there; instead

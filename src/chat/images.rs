@@ -9,31 +9,21 @@
 //! SHA-256; otherwise the turn is refused with one line naming the image.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::model::preprocess::PreprocessError;
 use crate::protocol::ImageRef;
-
-/// The largest image file huatuo reads (a 16-bit 4k × 4k DICOM is 32 MB; whole-slide
-/// pathology images are not read as one picture).
-pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
 
 /// Why an image cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("image not found: {}", .0.display())]
-    NotFound(PathBuf),
-    #[error("image {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("image {}: not a regular file", .0.display())]
-    NotAFile(PathBuf),
-    #[error("image {}: {size} bytes is more than huatuo reads ({MAX_IMAGE_BYTES} bytes)", path.display())]
-    TooLarge { path: PathBuf, size: u64 },
+    /// Not a regular file, too large, missing or unreadable (the one rule of
+    /// `model::preprocess::read_file`).
+    #[error(transparent)]
+    Read(#[from] PreprocessError),
     #[error(
         "image {}: the file changed since it was attached (its SHA-256 is not the one shown); attach it again",
         .0.display()
@@ -194,45 +184,11 @@ impl ImageStore {
     }
 }
 
-/// Reads an image file: regular files only (no FIFOs, devices or directories), at most
-/// [`MAX_IMAGE_BYTES`].
+/// Reads an image file by the one rule every reader follows: regular files only (no FIFOs,
+/// devices or directories, checked before opening), bounded in size
+/// ([`crate::model::preprocess::read_file`]).
 pub fn read_image(path: &Path) -> Result<Vec<u8>, ImageError> {
-    // Checked before opening: opening a FIFO blocks until someone writes to it.
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => return Err(ImageError::NotAFile(path.to_path_buf())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ImageError::NotFound(path.to_path_buf()))
-        }
-        _ => {}
-    }
-    let file = std::fs::File::open(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ImageError::NotFound(path.to_path_buf()),
-        _ => ImageError::Read {
-            path: path.to_path_buf(),
-            source,
-        },
-    })?;
-    let meta = file.metadata().map_err(|source| ImageError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(ImageError::NotAFile(path.to_path_buf()));
-    }
-    if meta.len() > MAX_IMAGE_BYTES {
-        return Err(ImageError::TooLarge {
-            path: path.to_path_buf(),
-            size: meta.len(),
-        });
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_IMAGE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| ImageError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(bytes)
+    Ok(crate::model::preprocess::read_file(path)?)
 }
 
 /// Lowercase hex of `bytes`.
@@ -325,7 +281,7 @@ mod tests {
     fn only_regular_files_are_read() {
         let tmp = tempfile::tempdir().expect("tmp");
         let err = read_image(tmp.path()).expect_err("a directory");
-        assert!(matches!(err, ImageError::NotAFile(_)), "{err}");
+        assert!(err.to_string().ends_with("not a regular file"), "{err}");
         // A FIFO is refused without opening it (which would block forever).
         let fifo = tmp.path().join("fifo.png");
         if std::process::Command::new("mkfifo")
@@ -334,10 +290,10 @@ mod tests {
             .is_ok_and(|s| s.success())
         {
             let err = read_image(&fifo).expect_err("a FIFO");
-            assert!(matches!(err, ImageError::NotAFile(_)), "{err}");
+            assert!(err.to_string().ends_with("not a regular file"), "{err}");
         }
         let err = read_image(Path::new("/dev/zero")).expect_err("a device");
-        assert!(matches!(err, ImageError::NotAFile(_)), "{err}");
+        assert!(err.to_string().ends_with("not a regular file"), "{err}");
         let err = read_image(&tmp.path().join("none.png")).expect_err("missing");
         assert_eq!(
             err.to_string(),

@@ -272,7 +272,7 @@ impl Summary {
 }
 
 /// At most `max` characters of `s`, with `…` when cut.
-fn short(s: &str, max: usize) -> String {
+pub fn short(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {

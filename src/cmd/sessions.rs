@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
 
-use crate::chat::session::{date_time, Store};
+use crate::chat::session::{date_time, short, Store};
 use crate::cli::SessionsCommand;
 use crate::config::Dirs;
 use crate::term::{sanitize, sanitize_text};
@@ -43,8 +43,8 @@ pub fn run(command: Option<SessionsCommand>) -> Result<()> {
                         date_time(s.updated),
                         s.turns,
                         s.images,
-                        sanitize(&shorten(s.model.as_deref().unwrap_or("-"), 16)),
-                        sanitize(&shorten(&question, 60)),
+                        sanitize(&short(s.model.as_deref().unwrap_or("-"), 16)),
+                        sanitize(&short(&question, 60)),
                     )?;
                 }
             }
@@ -74,15 +74,4 @@ pub fn run(command: Option<SessionsCommand>) -> Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// At most `max` characters of `s`, with `…` when cut.
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max - 1).collect();
-        out.push('…');
-        out
-    }
 }

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 
 use candle_core::Tensor;
 use sha2::{Digest, Sha256};
@@ -41,11 +40,6 @@ impl ImageKey {
     pub fn of_pixels(pixels: &[f32]) -> Self {
         let bytes: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
         Self::of_bytes(&bytes)
-    }
-
-    /// The key of the file at `path`; the error is the one reading it gave.
-    pub fn of_file(path: &Path) -> std::io::Result<Self> {
-        Ok(Self::of_bytes(&std::fs::read(path)?))
     }
 
     /// The key of a file's `bytes` shown with `view` (a DICOM window and frame): the bytes'
@@ -520,7 +514,8 @@ mod tests {
     /// The tiny Qwen2 checkpoint (tests/util.rs builds the same), written under a temp dir.
     fn tiny_model() -> (tempfile::TempDir, Huatuo) {
         let dir = tempfile::tempdir().unwrap();
-        let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers/qwen2");
+        let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tokenizers/qwen2");
         crate::tiny::write_checkpoint(&crate::tiny::TinySpec::qwen2(1), &tok, dir.path()).unwrap();
         let ckpt = crate::model::Checkpoint::open(dir.path()).unwrap();
         let model = Huatuo::load(&ckpt, &Device::Cpu, DType::F32).unwrap();
