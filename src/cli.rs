@@ -83,6 +83,76 @@ pub enum Command {
     /// Re-hash a cached model's files against the hub's SHA-256 and check its quantized
     /// cache files; exits 2 on damage (`huatuo pull` repairs it).
     Verify(VerifyArgs),
+    /// Serve the model over an OpenAI-compatible API (/v1/chat/completions, /v1/models,
+    /// /health) for tools such as Open WebUI, aichat, the openai package or curl.
+    Serve(ServeArgs),
+}
+
+/// `huatuo serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Address to listen on; the default answers this machine only. Use 0.0.0.0 to answer
+    /// the network (then set --api-key).
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub host: String,
+
+    /// Port to listen on (0: any free port; the URL is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Require this key (`Authorization: Bearer KEY`) on /v1 requests; also HUATUO_API_KEY.
+    #[arg(long, value_name = "KEY", env = "HUATUO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// The model's name in /v1/models and requests (default: the short name or repo id as
+    /// given, a directory's own name).
+    #[arg(long, value_name = "NAME")]
+    pub served_model_name: Option<String>,
+
+    /// What to do with a non-empty system message: refuse it with 400 (HuatuoGPT-Vision was
+    /// trained without one), or prepend it to the first user turn (the response and its
+    /// record then say the prompt is not the reference's).
+    #[arg(long, value_enum, default_value = "refuse", value_name = "WHAT")]
+    pub system_prompt: SystemPrompt,
+
+    /// Accept images named by local paths or file:// URLs (read from this machine's disk).
+    #[arg(long)]
+    pub allow_file_images: bool,
+
+    /// Accept http(s) image URLs (fetched by this server, up to 64 MiB each).
+    #[arg(long)]
+    pub allow_remote_images: bool,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// `serve --system-prompt` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SystemPrompt {
+    Refuse,
+    Prepend,
+}
+
+/// A remote engine to answer instead of a local model.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// Answer through an OpenAI-compatible server (vLLM, SGLang, llama-server, `huatuo
+    /// serve`) instead of a local model, e.g. http://gpu-box:8000/v1; --model then names a
+    /// served model (default: the first it lists). Also HUATUO_ENDPOINT or `endpoint` in
+    /// config.toml.
+    #[arg(long, value_name = "URL", env = "HUATUO_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// The server's API key, sent as a Bearer token and never printed; also HUATUO_API_KEY
+    /// or OPENAI_API_KEY.
+    #[arg(long, value_name = "KEY", env = "HUATUO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +164,9 @@ pub struct AskArgs {
 
     #[command(flatten)]
     pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 
     /// An image to ask about (PNG, JPEG, DICOM, …); repeat for several, in order (at most 5).
     /// A DICOM image may carry its own window and frame: `PATH@WINDOW`, `PATH@WINDOW:FRAME`
@@ -141,6 +214,9 @@ pub struct AskArgs {
 pub struct ChatArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 
     /// An image to attach to the first message; repeat for several (at most 5).
     #[arg(short, long = "image", value_name = "PATH")]
@@ -215,6 +291,7 @@ impl SamplingArgs {
             repetition_penalty: self.repetition_penalty,
             max_new_tokens: self.max_new_tokens,
             seed: self.seed,
+            ..SamplingOverrides::default()
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct Settings {
     pub theme: Option<String>,
     /// Weight quantization (issue 6).
     pub quant: Option<String>,
+    /// An OpenAI-compatible server to answer instead of a local model (`--endpoint`).
+    pub endpoint: Option<String>,
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
@@ -95,6 +97,7 @@ impl Settings {
             repetition_penalty: self.repetition_penalty,
             max_new_tokens: self.max_new_tokens,
             seed: self.seed,
+            ..SamplingOverrides::default()
         }
     }
 

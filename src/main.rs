@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => cmd::bench::run(args),
         Some(Command::Render(args)) => cmd::render::run(args),
         Some(Command::Verify(args)) => cmd::verify::run(args, facts),
+        Some(Command::Serve(args)) => cmd::serve::run(args),
         #[cfg(feature = "test-support")]
         Some(Command::Dev { command }) => cmd::dev::run(command),
     };

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{engine_for, model_spec, Interrupted};
+use super::Interrupted;
 use crate::chat::conversation::TurnError;
 use crate::chat::images::ImageStore;
 use crate::chat::session::{self, Session, Store};
@@ -89,7 +89,8 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
     let dirs = Dirs::from_env()?;
     let settings = Settings::load(&dirs.config_file())?;
     let sampling = super::sampling(&args.sampling, &settings)?;
-    let spec = model_spec(&args.model, &args.runtime, &settings)?;
+    let remote = super::remote(&args.remote, &settings)?;
+    let spec = super::spec_for(remote.as_ref(), &args.model, &args.runtime, &settings)?;
     let store = Store::new(dirs.sessions());
     // One turn at a time per session, from reading its history to writing this turn.
     let _lock = match &args.session {
@@ -121,7 +122,7 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
     turn.interrupted = true;
 
     let interrupts = install_interrupt_handler();
-    let engine = engine_for(facts.stderr_tty);
+    let engine = super::engine_with(remote.as_ref(), facts.stderr_tty);
     engine.send(Command::Load {
         id: LOAD_ID,
         spec: spec.clone(),

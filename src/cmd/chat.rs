@@ -54,8 +54,9 @@ pub fn run(args: ChatArgs, facts: TermFacts) -> Result<()> {
         }
         (None, false) => None,
     };
+    let remote = super::remote(&args.remote, &settings)?;
     let config = AppConfig {
-        spec: super::model_spec(&args.model, &args.runtime, &settings)?,
+        spec: super::spec_for(remote.as_ref(), &args.model, &args.runtime, &settings)?,
         sampling: super::sampling(&args.sampling, &settings)?,
         theme,
         sessions,
@@ -64,7 +65,7 @@ pub fn run(args: ChatArgs, facts: TermFacts) -> Result<()> {
     };
     // Download progress must come as engine events for the chat's progress bar: a bar drawn
     // on stderr would scribble over the screen.
-    let engine = super::engine_for(false);
+    let engine = super::engine_with(remote.as_ref(), false);
     let exit = tui::run(tui::Options { config, engine }).context("chat")?;
     match exit {
         Exit::Quit => Ok(()),

@@ -9,6 +9,7 @@ pub mod dev;
 pub mod models;
 pub mod progress;
 pub mod render;
+pub mod serve;
 pub mod sessions;
 pub mod verify;
 
@@ -16,8 +17,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::cli::{ModelArgs, RuntimeArgs, SamplingArgs};
+use crate::cli::{ModelArgs, RemoteArgs, RuntimeArgs, SamplingArgs};
 use crate::config::{Dirs, Settings};
+use crate::engine::remote::Remote;
 use crate::engine::{Engine, EngineHandle, ResolveError, ResolvedModel, Resolver};
 use crate::hub::{self, memory::WeightFormat};
 use crate::model::decoder::PREFILL_CHUNK;
@@ -77,6 +79,50 @@ pub fn model_spec(
 /// stderr; otherwise (the full-screen chat, scripts) they are reported as engine events.
 pub fn engine_for(draw_download_bar: bool) -> EngineHandle {
     Engine::spawn(hub_resolver(draw_download_bar))
+}
+
+/// The remote engine the user chose: `--endpoint`, else HUATUO_ENDPOINT (through clap), else
+/// config.toml's `endpoint`; the key from `--api-key`/HUATUO_API_KEY, else OPENAI_API_KEY.
+pub fn remote(args: &RemoteArgs, settings: &Settings) -> Result<Option<Remote>> {
+    let Some(endpoint) = args
+        .endpoint
+        .clone()
+        .or_else(|| settings.endpoint.clone())
+        .filter(|e| !e.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("OPENAI_API_KEY").ok());
+    Remote::new(&endpoint, key)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The engine for a front end: the remote one when an endpoint is set, else the local model
+/// worker ([`engine_for`]).
+pub fn engine_with(remote: Option<&Remote>, draw_download_bar: bool) -> EngineHandle {
+    match remote {
+        Some(r) => Engine::spawn_remote(r.clone()),
+        None => engine_for(draw_download_bar),
+    }
+}
+
+/// What to load: [`model_spec`] locally; with an endpoint, the served model `--model` names
+/// (empty: the first the server lists).
+pub fn spec_for(
+    remote: Option<&Remote>,
+    args: &ModelArgs,
+    runtime: &RuntimeArgs,
+    settings: &Settings,
+) -> Result<ModelSpec> {
+    let mut spec = model_spec(args, runtime, settings)?;
+    if remote.is_some() {
+        spec.source = args.model.clone().unwrap_or_default();
+    }
+    Ok(spec)
 }
 
 /// Resolves `7b`, `34b`, repo ids (downloading what is missing into the shared Hugging Face

@@ -13,6 +13,7 @@
 pub mod cache;
 mod faults;
 mod pipeline;
+pub mod remote;
 mod worker;
 
 use std::path::PathBuf;
@@ -122,6 +123,24 @@ impl Engine {
         Self::spawn_with_faults(resolver, Faults::from_env())
     }
 
+    /// Spawns a worker that answers through a remote OpenAI-compatible endpoint instead of a
+    /// local model (see [`remote`]): the same commands and events.
+    pub fn spawn_remote(remote: remote::Remote) -> EngineHandle {
+        let (command_tx, command_rx) = mpsc::channel();
+        let (event_tx, event_rx) = mpsc::channel();
+        let signals = Arc::new(Signals::default());
+        let worker = remote::RemoteWorker::new(remote, event_tx.clone(), Arc::clone(&signals));
+        Self::handle(
+            std::thread::Builder::new()
+                .name("huatuo-remote".into())
+                .spawn(move || worker.run(command_rx)),
+            command_tx,
+            event_tx,
+            event_rx,
+            signals,
+        )
+    }
+
     /// [`Engine::spawn`] with injected faults (only builds with the `test-support` feature
     /// can make any).
     pub fn spawn_with_faults(resolver: Resolver, faults: Faults) -> EngineHandle {
@@ -132,6 +151,16 @@ impl Engine {
         let spawned = std::thread::Builder::new()
             .name("huatuo-engine".into())
             .spawn(move || worker.run(command_rx));
+        Self::handle(spawned, command_tx, event_tx, event_rx, signals)
+    }
+
+    fn handle(
+        spawned: std::io::Result<JoinHandle<()>>,
+        command_tx: Sender<Command>,
+        event_tx: Sender<Event>,
+        event_rx: Receiver<Event>,
+        signals: Arc<Signals>,
+    ) -> EngineHandle {
         let (thread, dead) = match spawned {
             Ok(thread) => (Some(thread), None),
             Err(e) => (

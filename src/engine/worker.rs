@@ -54,12 +54,12 @@ impl Signals {
         self.set().insert(id);
     }
 
-    fn forget(&self, id: RequestId) {
+    pub(super) fn forget(&self, id: RequestId) {
         self.set().remove(&id);
     }
 
     /// Whether request `id` must stop now.
-    fn stop_requested(&self, id: RequestId) -> bool {
+    pub(super) fn stop_requested(&self, id: RequestId) -> bool {
         self.shutdown.load(Ordering::SeqCst) || self.set().contains(&id)
     }
 }

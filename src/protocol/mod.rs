@@ -15,6 +15,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod openai;
 mod record;
 pub use record::{ImageRecord, ModelRecord, Record, TimingRecord, TokenRecord};
 
@@ -183,7 +184,7 @@ impl SamplingParams {
             top_p: o.top_p.unwrap_or(self.top_p),
             repetition_penalty: o.repetition_penalty.unwrap_or(self.repetition_penalty),
             max_new_tokens: o.max_new_tokens.unwrap_or(self.max_new_tokens),
-            min_new_tokens: self.min_new_tokens,
+            min_new_tokens: o.min_new_tokens.unwrap_or(self.min_new_tokens),
             seed: o.seed.unwrap_or(self.seed),
         }
     }
@@ -231,6 +232,11 @@ pub struct SamplingOverrides {
     pub max_new_tokens: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Not a user setting of the TUI or `ask`: API clients' `min_tokens` and `ignore_eos`
+    /// (end-of-sequence suppressed until this many tokens, as transformers'
+    /// `min_new_tokens`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_new_tokens: Option<usize>,
 }
 
 impl From<&SamplingParams> for SamplingOverrides {
@@ -243,6 +249,7 @@ impl From<&SamplingParams> for SamplingOverrides {
             repetition_penalty: Some(p.repetition_penalty),
             max_new_tokens: Some(p.max_new_tokens),
             seed: Some(p.seed),
+            min_new_tokens: None,
         }
     }
 }
@@ -257,6 +264,7 @@ impl SamplingOverrides {
             repetition_penalty: self.repetition_penalty.or(lower.repetition_penalty),
             max_new_tokens: self.max_new_tokens.or(lower.max_new_tokens),
             seed: self.seed.or(lower.seed),
+            min_new_tokens: self.min_new_tokens.or(lower.min_new_tokens),
         }
     }
 

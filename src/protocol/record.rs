@@ -25,6 +25,10 @@ pub struct Record {
     pub stop: Stop,
     pub tokens: TokenRecord,
     pub timings: TimingRecord,
+    /// Set when the prompt is not the reference's (e.g. `huatuo serve --system-prompt
+    /// prepend` put a system message into the first turn): what differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_note: Option<String>,
 }
 
 /// The model of a [`Record`].
@@ -119,6 +123,7 @@ impl Record {
                 prefill_tokens_per_s: s.prefill_tokens_per_s,
                 decode_tokens_per_s: s.decode_tokens_per_s,
             },
+            prompt_note: None,
         }
     }
 }
