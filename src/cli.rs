@@ -104,7 +104,12 @@ pub struct ServeArgs {
     pub port: u16,
 
     /// Require this key (`Authorization: Bearer KEY`) on /v1 requests; also HUATUO_API_KEY.
-    #[arg(long, value_name = "KEY", env = "HUATUO_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "HUATUO_API_KEY",
+        hide_env_values = true
+    )]
     pub api_key: Option<String>,
 
     /// The model's name in /v1/models and requests (default: the short name or repo id as
@@ -151,7 +156,12 @@ pub struct RemoteArgs {
     pub endpoint: Option<String>,
     /// The server's API key, sent as a Bearer token and never printed; also HUATUO_API_KEY
     /// or OPENAI_API_KEY.
-    #[arg(long, value_name = "KEY", env = "HUATUO_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "HUATUO_API_KEY",
+        hide_env_values = true
+    )]
     pub api_key: Option<String>,
 }
 

@@ -14,5 +14,6 @@ mod preprocess;
 mod prompts;
 mod quant;
 mod safety;
+mod serve;
 mod tui;
 mod util;

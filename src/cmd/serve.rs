@@ -294,10 +294,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
 fn served_name(source: &str) -> String {
     let path = Path::new(source);
     if path.is_dir() {
-        if let Some(name) = path.canonicalize().ok().and_then(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        }) {
+        if let Some(name) = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        {
             return name;
         }
     }
@@ -479,7 +480,8 @@ fn models(shared: &Shared) -> Result<String, ApiError> {
             }),
         }],
     };
-    serde_json::to_string(&list).map_err(|e| ApiError::of_failure(FailureKind::Internal, e.to_string()))
+    serde_json::to_string(&list)
+        .map_err(|e| ApiError::of_failure(FailureKind::Internal, e.to_string()))
 }
 
 fn read_body(request: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
@@ -587,10 +589,12 @@ fn chat(request: tiny_http::Request, body: &[u8], shared: &Shared) {
             log(
                 id,
                 &format!(
-                    "200 {}{} images, {} prompt + {} tokens, {:?}",
+                    "200 {}{} images ({} from cache), {} prompt ({} reused) + {} tokens, {:?}",
                     if prepared.stream { "stream, " } else { "" },
                     prepared.images,
+                    completion.stats.images_from_cache,
                     completion.stats.prompt.total,
+                    completion.stats.reused_positions,
                     completion.stats.generated_tokens,
                     completion.stop
                 ),
@@ -635,8 +639,12 @@ fn prepare(
     info: &ModelInfo,
     dir: &Path,
 ) -> Result<Prepared, ApiError> {
-    let req: ChatRequest = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad("invalid_json", format!("the request is not valid JSON for a chat completion: {e}")))?;
+    let req: ChatRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(
+            "invalid_json",
+            format!("the request is not valid JSON for a chat completion: {e}"),
+        )
+    })?;
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad("invalid_n", "n must be 1"));
     }
@@ -751,7 +759,13 @@ fn prepare(
         });
     }
     let (request, turn) = session
-        .next_turn(&text, images, &overrides, &shared.served, &ImageStore::transient())
+        .next_turn(
+            &text,
+            images,
+            &overrides,
+            &shared.served,
+            &ImageStore::transient(),
+        )
         .map_err(|e| ApiError::bad("invalid_image", e.to_string()))?;
     Ok(Prepared {
         request,
@@ -834,11 +848,13 @@ fn image(
     // in the request (never by a path of this server).
     preprocess::load_rgb_bytes(Path::new(&what), &bytes, &ImageOptions::default())
         .map_err(|e| ApiError::bad("invalid_image", e.to_string()))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ApiError::of_failure(FailureKind::Internal, format!("cannot keep the image: {e}")))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        ApiError::of_failure(FailureKind::Internal, format!("cannot keep the image: {e}"))
+    })?;
     let path = dir.join(format!("image-{image_no}"));
-    std::fs::write(&path, &bytes)
-        .map_err(|e| ApiError::of_failure(FailureKind::Internal, format!("cannot keep the image: {e}")))?;
+    std::fs::write(&path, &bytes).map_err(|e| {
+        ApiError::of_failure(FailureKind::Internal, format!("cannot keep the image: {e}"))
+    })?;
     Ok(ImageRef {
         path,
         ..ImageRef::default()
@@ -850,7 +866,10 @@ fn fetch(url: &str) -> Result<Vec<u8>, String> {
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let mut response = agent.get(url).call().map_err(|e| format!("cannot fetch it: {e}"))?;
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("cannot fetch it: {e}"))?;
     response
         .body_mut()
         .with_config()
@@ -905,19 +924,19 @@ fn whole(
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                let e = ApiError::of_failure(FailureKind::Internal, "the model worker stopped".into());
-                let _ = write_chunk(&mut out, e.body().as_bytes()).and_then(|()| end_chunks(&mut out));
+                let e =
+                    ApiError::of_failure(FailureKind::Internal, "the model worker stopped".into());
+                let _ =
+                    write_chunk(&mut out, e.body().as_bytes()).and_then(|()| end_chunks(&mut out));
                 return Outcome::Failed(e);
             }
         };
         match event {
-            Event::Token { .. } => {
-                if last.elapsed() >= HEARTBEAT {
-                    if write_chunk(&mut out, b" ").is_err() {
-                        return Outcome::Gone;
-                    }
-                    last = Instant::now();
+            Event::Token { .. } if last.elapsed() >= HEARTBEAT => {
+                if write_chunk(&mut out, b" ").is_err() {
+                    return Outcome::Gone;
                 }
+                last = Instant::now();
             }
             Event::Finished { completion, .. } => {
                 let info = lock(&shared.state).info.clone();
@@ -949,7 +968,8 @@ fn whole(
             Event::Failed { kind, error, .. } => {
                 // The status is sent already: the error object is the body.
                 let e = ApiError::of_failure(kind, error);
-                let _ = write_chunk(&mut out, e.body().as_bytes()).and_then(|()| end_chunks(&mut out));
+                let _ =
+                    write_chunk(&mut out, e.body().as_bytes()).and_then(|()| end_chunks(&mut out));
                 return Outcome::Failed(e);
             }
             _ => {}
@@ -985,7 +1005,10 @@ fn stream(
         huatuo: ext,
     };
     let send = |out: &mut Box<dyn Write + Send>, value: &Chunk| -> std::io::Result<()> {
-        let line = format!("data: {}\n\n", serde_json::to_string(value).unwrap_or_default());
+        let line = format!(
+            "data: {}\n\n",
+            serde_json::to_string(value).unwrap_or_default()
+        );
         write_chunk(out, line.as_bytes())
     };
     let first = chunk(

@@ -283,7 +283,11 @@ impl RemoteWorker {
         Ok(info)
     }
 
-    fn generate(&mut self, id: RequestId, request: &GenerateRequest) -> Result<Completion, Failure> {
+    fn generate(
+        &mut self,
+        id: RequestId,
+        request: &GenerateRequest,
+    ) -> Result<Completion, Failure> {
         let Some(served) = &self.served else {
             return Err(Failure::new(FailureKind::Model, "no model is loaded"));
         };
@@ -380,22 +384,23 @@ impl RemoteWorker {
                 // Dropping `lines` closes the connection when its reader next wakes.
                 return Ok(cancelled(params, emitted));
             }
-            let line = match lines.recv_timeout(Duration::from_millis(50)) {
-                Ok(Ok(line)) => line,
-                Ok(Err(e)) => {
-                    return Err(cut(
+            let line =
+                match lines.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Ok(line)) => line,
+                    Ok(Err(e)) => {
+                        return Err(cut(
+                            &emitted,
+                            format!("the answer from {endpoint} was cut off: {e}"),
+                        ))
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return Err(cut(
                         &emitted,
-                        format!("the answer from {endpoint} was cut off: {e}"),
-                    ))
-                }
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(cut(
-                        &emitted,
-                        format!("the answer from {endpoint} ended before it was complete (no [DONE])"),
-                    ))
-                }
-            };
+                        format!(
+                            "the answer from {endpoint} ended before it was complete (no [DONE])"
+                        ),
+                    )),
+                };
             let Some(data) = line.strip_prefix("data:") else {
                 continue; // comments, `event:` and `id:` lines, blank separators
             };
@@ -455,7 +460,10 @@ impl RemoteWorker {
             }
         }
         let text = py_strip(&raw).to_string();
-        if let Some(rest) = text.strip_prefix(emitted.as_str()).filter(|r| !r.is_empty()) {
+        if let Some(rest) = text
+            .strip_prefix(emitted.as_str())
+            .filter(|r| !r.is_empty())
+        {
             let _ = self.events.send(Event::Token {
                 id,
                 text: rest.to_string(),
@@ -468,7 +476,9 @@ impl RemoteWorker {
         let generated = usage.map_or(chunks, |u| u.completion_tokens);
         let prompt_total = usage.map_or(0, |u| u.prompt_tokens);
         let ttft = first_token.map_or(start.elapsed(), |t| t - start);
-        let decode = first_token.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let decode = first_token
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
         Ok(Completion {
             text,
             history_text,

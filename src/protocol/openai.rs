@@ -292,10 +292,7 @@ pub fn parse_data_url(url: &str) -> Result<(String, Vec<u8>), DataUrlError> {
         return Err(DataUrlError::NotBase64);
     }
     // Clients wrap long base64 lines; whitespace is not data.
-    let clean: Vec<u8> = data
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
+    let clean: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&clean)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(&clean))
