@@ -251,10 +251,11 @@ impl RemoteWorker {
             path: PathBuf::new(),
             repo: None,
             revision: None,
-            family: "remote".into(),
-            dtype: "remote".into(),
+            // Not told by an OpenAI-compatible server.
+            family: "unknown".into(),
+            dtype: "unknown".into(),
             device: "remote".into(),
-            quantization: "remote".into(),
+            quantization: "unknown".into(),
             context_length: own
                 .map(|o| o.context_length)
                 .or(entry.max_model_len)
@@ -384,23 +385,24 @@ impl RemoteWorker {
                 // Dropping `lines` closes the connection when its reader next wakes.
                 return Ok(cancelled(params, emitted));
             }
-            let line =
-                match lines.recv_timeout(Duration::from_millis(50)) {
-                    Ok(Ok(line)) => line,
-                    Ok(Err(e)) => {
-                        return Err(cut(
-                            &emitted,
-                            format!("the answer from {endpoint} was cut off: {e}"),
-                        ))
-                    }
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return Err(cut(
+            let line = match lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(line)) => line,
+                Ok(Err(e)) => {
+                    return Err(cut(
+                        &emitted,
+                        format!("the answer from {endpoint} was cut off: {e}"),
+                    ))
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(cut(
                         &emitted,
                         format!(
                             "the answer from {endpoint} ended before it was complete (no [DONE])"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let Some(data) = line.strip_prefix("data:") else {
                 continue; // comments, `event:` and `id:` lines, blank separators
             };

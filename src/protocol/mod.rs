@@ -410,6 +410,17 @@ pub struct ModelInfo {
     pub engine: EngineBuild,
 }
 
+impl ModelInfo {
+    /// How it runs, for status lines: `qwen2 f32 cpu`, or for a remote engine `remote
+    /// <endpoint>`.
+    pub fn describe(&self) -> String {
+        match &self.engine.endpoint {
+            Some(endpoint) => format!("remote {endpoint}"),
+            None => format!("{} {} {}", self.family, self.dtype, self.device),
+        }
+    }
+}
+
 /// One file and its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileHash {

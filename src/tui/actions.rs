@@ -380,6 +380,9 @@ impl App {
         let p = &self.params();
         md.push_str("## Generation settings\n\n");
         let model = match &self.model {
+            Some(info) if info.engine.endpoint.is_some() => {
+                format!("{} ({})", info.source, info.describe())
+            }
             Some(info) => format!(
                 "{} ({}, {}, {}, quantization {})",
                 info.source, info.family, info.dtype, info.device, info.quantization

@@ -56,11 +56,12 @@ impl App {
                 if self.loading.as_ref().is_some_and(|l| l.id == id) {
                     self.loading = None;
                     self.notice(format!(
-                        "Model ready: {} ({}, {}, {})",
+                        "Model ready: {} ({})",
                         short_model_name(&info.source),
-                        info.family,
-                        info.dtype,
-                        info.device
+                        match info.engine.endpoint {
+                            Some(_) => info.describe(),
+                            None => format!("{}, {}, {}", info.family, info.dtype, info.device),
+                        }
                     ));
                     self.model = Some(info);
                 }

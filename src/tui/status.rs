@@ -34,8 +34,8 @@ pub fn segments(app: &App) -> Vec<Segment> {
         }
         (Some(info), None) => {
             let name = short_model_name(&info.source);
-            let mut long = format!("{name} · {} {} {}", info.family, info.dtype, info.device);
-            if info.quantization != "none" && !info.quantization.is_empty() {
+            let mut long = format!("{name} · {}", info.describe());
+            if !["none", "", "unknown"].contains(&info.quantization.as_str()) {
                 long.push(' ');
                 long.push_str(&info.quantization);
             }
