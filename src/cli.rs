@@ -86,6 +86,41 @@ pub enum Command {
     /// Serve the model over an OpenAI-compatible API (/v1/chat/completions, /v1/models,
     /// /health) for tools such as Open WebUI, aichat, the openai package or curl.
     Serve(ServeArgs),
+    /// Write the model in another format: `llava-hf`, the transformers
+    /// LlavaForConditionalGeneration checkpoint that vLLM, SGLang and LMDeploy serve.
+    Export(ExportArgs),
+}
+
+/// `huatuo export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The format to write (only `llava-hf`).
+    #[arg(long, value_enum, default_value = "llava-hf")]
+    pub format: ExportFormat,
+    /// `7b` (default), `34b`, a Hugging Face repo id or a checkpoint directory.
+    #[arg(short, long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// Use only files already in the cache.
+    #[arg(long)]
+    pub offline: bool,
+    /// Write f32 weights instead of bf16 (twice the size; bf16 is the checkpoint's own).
+    #[arg(long)]
+    pub f32: bool,
+    /// Largest shard, in MB.
+    #[arg(long, value_name = "MB", default_value_t = 5000)]
+    pub shard_size_mb: u64,
+    /// The directory to write (must not exist, or be empty).
+    #[arg(value_name = "OUT_DIR")]
+    pub out: PathBuf,
+}
+
+/// `export --format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    LlavaHf,
 }
 
 /// `huatuo serve`.

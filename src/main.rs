@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Some(Command::Render(args)) => cmd::render::run(args),
         Some(Command::Verify(args)) => cmd::verify::run(args, facts),
         Some(Command::Serve(args)) => cmd::serve::run(args),
+        Some(Command::Export(args)) => cmd::export::run(args, facts),
         #[cfg(feature = "test-support")]
         Some(Command::Dev { command }) => cmd::dev::run(command),
     };

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod decoder;
+pub mod export;
 pub mod gguf;
 pub mod gguf_write;
 pub mod kv_attention;
