@@ -89,6 +89,51 @@ pub enum Command {
     /// Write the model in another format: `llava-hf`, the transformers
     /// LlavaForConditionalGeneration checkpoint that vLLM, SGLang and LMDeploy serve.
     Export(ExportArgs),
+    /// Run the paper's benchmark on the authors' evaluation data (their prompt and scorer),
+    /// locally or against --endpoint; resumable; `--score` scores an eval.py output file.
+    Eval(EvalArgs),
+}
+
+/// `huatuo eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The authors' medical_multimodel_evaluation_data.json (images.zip unpacked beside it).
+    #[arg(long, value_name = "PATH", required_unless_present = "score")]
+    pub data: Option<PathBuf>,
+
+    /// Score an output file of the authors' eval.py (their items with `model_output`)
+    /// instead of running a model.
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub score: Option<PathBuf>,
+
+    /// Where results.jsonl, summary.json and results.json go; running again with the same
+    /// folder resumes (default: huatuo-eval-DATE in the current folder).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Only these datasets (comma-separated names as in the data, e.g. SLAKE_test,VQA-RAD_test).
+    #[arg(long, value_name = "A,B")]
+    pub datasets: Option<String>,
+
+    /// Only the first N scored items (after --datasets).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+
+    /// Requests in flight with --endpoint (a GPU engine batches them); locally one at a time.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub concurrency: usize,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// `huatuo export`.

@@ -18,6 +18,7 @@ pub mod cmd;
 pub mod config;
 pub mod dicom;
 pub mod engine;
+pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod protocol;

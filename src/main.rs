@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Some(Command::Verify(args)) => cmd::verify::run(args, facts),
         Some(Command::Serve(args)) => cmd::serve::run(args),
         Some(Command::Export(args)) => cmd::export::run(args, facts),
+        Some(Command::Eval(args)) => cmd::eval::run(args, facts),
         #[cfg(feature = "test-support")]
         Some(Command::Dev { command }) => cmd::dev::run(command),
     };

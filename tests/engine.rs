@@ -368,11 +368,26 @@ fn missing_history_image_is_bad_input() {
 #[test]
 fn limits_are_bad_input() {
     let engine = loaded("qwen2", Faults::default());
-    let six = vec![image("cell.png"); 6];
-    let run = generate(&engine, 2, request(&[], &[], "Compare", &six, greedy(4)));
+    // A single question takes up to 6 images (the reference's inference()), a turn of a
+    // conversation up to 5 (its chat()).
+    let seven = vec![image("cell.png"); 7];
+    let run = generate(&engine, 2, request(&[], &[], "Compare", &seven, greedy(4)));
     let (kind, error, _) = run.failure();
     assert_eq!(kind, FailureKind::BadInput);
-    assert!(error.contains("6 images in one turn"), "{error}");
+    assert!(error.contains("7 images in one turn: at most 6"), "{error}");
+    let six = vec![image("cell.png"); 6];
+    let earlier = [Exchange {
+        user: "Hi".into(),
+        answer: "Hello".into(),
+    }];
+    let run = generate(
+        &engine,
+        6,
+        request(&earlier, &[], "Compare", &six, greedy(4)),
+    );
+    let (kind, error, _) = run.failure();
+    assert_eq!(kind, FailureKind::BadInput);
+    assert!(error.contains("6 images in one turn: at most 5"), "{error}");
 
     let long = "word ".repeat(5000);
     let run = generate(

@@ -359,6 +359,7 @@ fn bad_requests_get_error_objects_and_the_server_lives_on() {
     let server = Server::start("qwen2", 4, &[], &[]).ready();
     let cell = fixture("images/cell.png");
     let six: Vec<&Path> = vec![cell.as_path(); 6];
+    let seven: Vec<&Path> = vec![cell.as_path(); 7];
     let bad_image = json!({"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}},
         {"type": "text", "text": "What is it?"}]});
@@ -377,8 +378,18 @@ fn bad_requests_get_error_objects_and_the_server_lives_on() {
             "invalid_image",
             "message 1, image 1",
         ),
+        // A single question may carry 6 images, as the reference's inference(); a turn of a
+        // conversation 5, as its chat().
         (
-            json!({"messages": [user("Six?", &six)]}).to_string(),
+            json!({"messages": [user("Seven?", &seven)]}).to_string(),
+            400,
+            "too_many_images",
+            "at most 6",
+        ),
+        (
+            json!({"messages": [user("Hi", &[]), {"role": "assistant", "content": "Hello"},
+                user("Six?", &six)]})
+            .to_string(),
             400,
             "too_many_images",
             "at most 5",
@@ -916,4 +927,60 @@ fn an_unreachable_endpoint_is_one_clear_line() {
         stderr.contains("cannot reach") && stderr.contains(&url),
         "{stderr}"
     );
+}
+
+/// `huatuo eval --endpoint` with two requests in flight answers every item as the local
+/// engine does (the reference's answers of tests/fixtures/eval).
+#[test]
+fn eval_through_the_endpoint_with_requests_in_flight() {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("eval/reference_qwen2.json")).expect("fixture"),
+    )
+    .expect("json");
+    let server = Server::start("qwen2", 16, &[], &[]).ready();
+    let home = tempfile::tempdir().expect("tmp");
+    let out = home.path().join("run");
+    let result = huatuo(home.path())
+        .args(["eval", "--data"])
+        .arg(fixture("eval/data.json"))
+        .args(["--endpoint", &server.url, "--concurrency", "2"])
+        .args(["--temperature", "0", "--max-new-tokens", "16", "--output"])
+        .arg(&out)
+        .output()
+        .expect("eval");
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(out.join("results.jsonl"))
+        .expect("results")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("line"))
+        .collect();
+    let items = reference["items"].as_array().expect("items");
+    assert_eq!(lines.len(), items.len());
+    for (line, want) in lines.iter().zip(items) {
+        assert_eq!(line["index"], want["index"]);
+        assert_eq!(
+            line["model_output"], want["model_output"],
+            "item {}",
+            want["index"]
+        );
+    }
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("s"))
+            .expect("json");
+    assert_eq!(summary["model"]["engine"]["endpoint"], server.url.as_str());
+    // Every item was one request to the server.
+    let start = Instant::now();
+    while server.log_text().matches(": 200 ").count() < items.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.log_text().matches(": 200 ").count(), items.len());
 }

@@ -6,6 +6,7 @@ mod dicom;
 mod e2e;
 mod engine;
 mod engine_cache;
+mod eval;
 mod export;
 mod hostile;
 mod hub;

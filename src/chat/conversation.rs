@@ -12,7 +12,7 @@
 
 use crate::protocol::{
     Completion, GenerateRequest, ImageRecord, ImageRef, ModelInfo, Record, SamplingOverrides,
-    SamplingParams, Stop, MAX_IMAGES_PER_TURN,
+    SamplingParams, Stop, MAX_IMAGES_INFERENCE, MAX_IMAGES_PER_TURN,
 };
 
 use super::images::{ImageError, ImageStore};
@@ -57,6 +57,32 @@ impl Session {
         if images.len() > MAX_IMAGES_PER_TURN {
             return Err(TurnError::TooManyImages(images.len()));
         }
+        self.turn(text, images, sampling, model, store)
+    }
+
+    /// The reference's one-shot `inference(text, images)` (cli.py:236-284), which `huatuo
+    /// eval` asks as eval.py does: a single turn with at most [`MAX_IMAGES_INFERENCE`] images,
+    /// the ones after them dropped as the reference drops them. (Unreadable images are the
+    /// caller's to leave out first, as the reference leaves them out before counting.)
+    pub fn inference(
+        text: &str,
+        images: Vec<ImageRef>,
+        sampling: &SamplingOverrides,
+        model: &str,
+        store: &ImageStore,
+    ) -> Result<(GenerateRequest, Turn), TurnError> {
+        let images = images.into_iter().take(MAX_IMAGES_INFERENCE).collect();
+        Session::new("").turn(text, images, sampling, model, store)
+    }
+
+    fn turn(
+        &self,
+        text: &str,
+        images: Vec<ImageRef>,
+        sampling: &SamplingOverrides,
+        model: &str,
+        store: &ImageStore,
+    ) -> Result<(GenerateRequest, Turn), TurnError> {
         let (history, earlier) = self.history();
         let history_images = earlier
             .iter()

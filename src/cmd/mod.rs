@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chat;
 #[cfg(feature = "test-support")]
 pub mod dev;
+pub mod eval;
 pub mod export;
 pub mod models;
 pub mod progress;

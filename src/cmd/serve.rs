@@ -42,7 +42,7 @@ use crate::protocol::openai::{
 };
 use crate::protocol::{
     Command, Completion, Event, FailureKind, GenerateRequest, ImageRef, ModelInfo, RequestId,
-    SamplingOverrides, MAX_IMAGES_PER_TURN,
+    SamplingOverrides, MAX_IMAGES_INFERENCE, MAX_IMAGES_PER_TURN,
 };
 
 const LOAD_ID: RequestId = 1;
@@ -667,6 +667,12 @@ fn prepare(
     let mut system = Vec::new();
     let mut turns: Vec<(String, Vec<ImageRef>, Option<String>)> = Vec::new();
     let mut image_no = 0usize;
+    let single = req.messages.iter().filter(|m| m.role == "user").count() == 1;
+    let limit = if single {
+        MAX_IMAGES_INFERENCE
+    } else {
+        MAX_IMAGES_PER_TURN
+    };
     for (i, message) in req.messages.iter().enumerate() {
         let (text, urls) = message.content.split();
         let n = i + 1;
@@ -695,10 +701,10 @@ fn prepare(
                 if turns.last().is_some_and(|t| t.2.is_none()) {
                     return Err(ApiError::bad("invalid_message", format!("message {n}: two user messages in a row (the conversation must alternate user and assistant)")));
                 }
-                if urls.len() > MAX_IMAGES_PER_TURN {
+                if urls.len() > limit {
                     return Err(ApiError::bad(
                         "too_many_images",
-                        format!("message {n}: {} images: at most {MAX_IMAGES_PER_TURN} per message (the model sees 576 positions per image)", urls.len()),
+                        format!("message {n}: {} images: at most {limit} per message ({MAX_IMAGES_INFERENCE} in a single question, as the reference's inference(); {MAX_IMAGES_PER_TURN} per turn of a conversation, as its chat(); the model sees 576 positions per image)", urls.len()),
                     ));
                 }
                 let mut images = Vec::with_capacity(urls.len());

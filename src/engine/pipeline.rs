@@ -16,9 +16,7 @@ use crate::model::quant::LoadOptions;
 use crate::model::sampling::Sampler;
 use crate::model::tokenizer::{AnswerStream, Tokenizer};
 use crate::model::{Checkpoint, Huatuo, ModelError};
-use crate::protocol::{
-    DType, DevicePref, Exchange, Quant, SamplingParams, Stop, MAX_IMAGES_PER_TURN,
-};
+use crate::protocol::{DType, DevicePref, Exchange, Quant, SamplingParams, Stop};
 use crate::text::IMAGE_TOKEN_INDEX;
 
 /// What went wrong, naming the file, flag or limit involved.
@@ -34,8 +32,8 @@ pub enum EngineError {
     },
     #[error("image {}: {reason}", path.display())]
     View { path: PathBuf, reason: String },
-    #[error("{count} images in one turn: at most {MAX_IMAGES_PER_TURN} are allowed")]
-    TooManyImages { count: usize },
+    #[error("{count} images in one turn: at most {limit} are allowed")]
+    TooManyImages { count: usize, limit: usize },
     #[error(
         "the prompt needs {total} positions ({text} text tokens + {images} images × {per_image}) but the context window is {limit}{earlier}: shorten the text, attach fewer images, drop the oldest turns (/drop N in the chat) or start a new conversation"
     )]
@@ -213,8 +211,12 @@ impl Pipeline {
         user: &str,
         new_images: usize,
     ) -> Result<(Vec<i64>, String), EngineError> {
-        if new_images > MAX_IMAGES_PER_TURN {
-            return Err(EngineError::TooManyImages { count: new_images });
+        let limit = crate::protocol::max_images(history);
+        if new_images > limit {
+            return Err(EngineError::TooManyImages {
+                count: new_images,
+                limit,
+            });
         }
         let user = conversation::user_text(user, new_images);
         let ids = self.conversation_ids(history, &user)?;

@@ -32,7 +32,6 @@ use crate::protocol::openai::{
 use crate::protocol::{
     Command, Completion, EngineBuild, Event, FailureKind, GenerateRequest, GenerationStats,
     ImageRef, ModelInfo, ModelSpec, PromptStats, RequestId, SamplingParams, Stop,
-    MAX_IMAGES_PER_TURN,
 };
 use crate::text::{py_strip, IMAGE_PLACEHOLDER};
 
@@ -293,11 +292,12 @@ impl RemoteWorker {
             return Err(Failure::new(FailureKind::Model, "no model is loaded"));
         };
         let (model, info) = (served.id.clone(), served.info.clone());
-        if request.images.len() > MAX_IMAGES_PER_TURN {
+        let limit = crate::protocol::max_images(&request.history);
+        if request.images.len() > limit {
             return Err(Failure::new(
                 FailureKind::BadInput,
                 format!(
-                    "{} images given: at most {MAX_IMAGES_PER_TURN} per question",
+                    "{} images given: at most {limit} per question",
                     request.images.len()
                 ),
             ));

@@ -28,7 +28,7 @@ use crate::model::preprocess::ImageOptions;
 use crate::model::ModelError;
 use crate::protocol::{
     Command, Completion, EngineBuild, Event, FailureKind, GenerateRequest, GenerationStats,
-    ImageRef, LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId, Stop, MAX_IMAGES_PER_TURN,
+    ImageRef, LoadStage, ModelInfo, ModelSpec, PromptStats, RequestId, Stop,
 };
 use crate::text::IMAGE_TOKEN_INDEX;
 
@@ -352,9 +352,11 @@ impl Worker {
         };
         let pipeline = &loaded.pipeline;
         let caches = &mut loaded.caches;
-        if request.images.len() > MAX_IMAGES_PER_TURN {
+        let limit = crate::protocol::max_images(&request.history);
+        if request.images.len() > limit {
             return Err(EngineError::TooManyImages {
                 count: request.images.len(),
+                limit,
             }
             .into());
         }
@@ -672,7 +674,7 @@ mod tests {
     #[test]
     fn failure_kinds() {
         let bad = [
-            EngineError::TooManyImages { count: 6 },
+            EngineError::TooManyImages { count: 6, limit: 5 },
             EngineError::Sampling("x".into()),
             EngineError::ContextOverflow {
                 total: 5000,

@@ -22,6 +22,20 @@ pub use record::{ImageRecord, ModelRecord, Record, TimingRecord, TokenRecord};
 /// The most images one turn may attach (cli.py:315 asserts `len(images) < 6`).
 pub const MAX_IMAGES_PER_TURN: usize = 5;
 
+/// The most images a one-shot question may attach: the reference's `inference()` keeps the
+/// first `max_image_num = 6` (cli.py:33, 259-260); `huatuo eval` asks as it does.
+pub const MAX_IMAGES_INFERENCE: usize = 6;
+
+/// The most images request `request` may attach: a conversation's turn as `chat()` allows,
+/// a single question as `inference()` does.
+pub fn max_images(history: &[Exchange]) -> usize {
+    if history.is_empty() {
+        MAX_IMAGES_INFERENCE
+    } else {
+        MAX_IMAGES_PER_TURN
+    }
+}
+
 /// Serialises a path as text, lossily when it is not UTF-8 (each invalid byte as U+FFFD), so
 /// a file name that is not UTF-8 never stops a record or a session from being written; see
 /// [`is_lossy`].
