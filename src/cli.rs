@@ -336,14 +336,39 @@ pub struct ChatArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// `7b` (default), `34b`, a Hugging Face repo id (`org/name`) or a checkpoint directory.
-    #[arg(short, long, value_name = "MODEL")]
-    pub model: Option<String>,
+    /// `ask` takes it twice to compare two models on the same question.
+    #[arg(short, long, value_name = "MODEL", action = clap::ArgAction::Append)]
+    pub model: Vec<String>,
     /// Hub revision (branch, tag or commit) to use.
     #[arg(long, value_name = "REV")]
     pub revision: Option<String>,
     /// Use only files already in the cache; never touch the network (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
+}
+
+impl ModelArgs {
+    /// The one model named, if any; several are an error naming the command that takes
+    /// several.
+    pub fn single(&self) -> Result<Option<&String>, String> {
+        match &self.model[..] {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            more => Err(format!(
+                "{} models given ({}): give one --model (only `huatuo ask` compares two)",
+                more.len(),
+                more.join(", ")
+            )),
+        }
+    }
+
+    /// These arguments with only `model`.
+    pub fn with(&self, model: &str) -> Self {
+        Self {
+            model: vec![model.to_string()],
+            ..self.clone()
+        }
+    }
 }
 
 /// Decoding settings; unset ones take the reference CLI's values (temperature 0.2, top-k 50,

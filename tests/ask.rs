@@ -748,3 +748,89 @@ fn quantized_weights_are_converted_once_and_reported() {
         .expect("mtime");
     assert_eq!(modified, again, "the cache file is reused, not rewritten");
 }
+
+/// Issue 20, acceptance 2: `ask --model A --model B` answers with each model in turn, each
+/// exactly that checkpoint's reference answer, labelled; `--json` gives an array of reports.
+#[test]
+fn ask_compares_two_models() {
+    let fx = |family: &str| -> Value {
+        let text = std::fs::read_to_string(fixture(&format!("parity/{family}.json"))).expect("fx");
+        serde_json::from_str(&text).expect("json")
+    };
+    let (qwen2, yi) = (fx("qwen2"), fx("yi"));
+    let home = tempfile::tempdir().expect("tmp");
+    let (a, b) = (tiny_checkpoint("qwen2"), tiny_checkpoint("yi"));
+    let args = |json: bool| {
+        let mut v: Vec<String> = vec!["ask".into()];
+        for m in [a, b] {
+            v.extend(["--model".into(), m.display().to_string()]);
+        }
+        v.extend(
+            [
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "24",
+                "--dtype",
+                "f32",
+                "--image",
+            ]
+            .map(String::from),
+        );
+        v.push(fixture("images/cell.png").display().to_string());
+        if json {
+            v.push("--json".into());
+        }
+        v.push("What does the picture show?".into());
+        v
+    };
+    let out = huatuo(home.path()).args(args(false)).output().expect("ask");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!(
+        "## {}\n{}\n\n## {}\n{}\n",
+        a.display(),
+        qwen2["ask"]["answer"].as_str().expect("answer"),
+        b.display(),
+        yi["ask"]["answer"].as_str().expect("answer")
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+
+    let out = huatuo(home.path()).args(args(true)).output().expect("ask");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Value = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    assert_eq!(reports.as_array().expect("array").len(), 2);
+    assert_eq!(reports[0]["answer"], qwen2["ask"]["answer"]);
+    assert_eq!(reports[1]["answer"], yi["ask"]["answer"]);
+    assert_eq!(reports[0]["model"]["family"], "qwen2");
+    assert_eq!(reports[1]["model"]["family"], "llama");
+
+    // One conversation keeps one model; other commands take one --model.
+    let out = huatuo(home.path())
+        .args([
+            "ask",
+            "--model",
+            "7b",
+            "--model",
+            "34b",
+            "--session",
+            "s",
+            "hi",
+        ])
+        .output()
+        .expect("ask");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without --session"));
+    let out = huatuo(home.path())
+        .args(["export", "--model", "7b", "--model", "34b", "/tmp/x"])
+        .output()
+        .expect("export");
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -75,6 +75,9 @@ struct EngineFailure {
 }
 
 fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
+    if args.model.model.len() > 1 {
+        return compare(args, facts);
+    }
     let prompt = read_prompt(&args.prompt, facts)?;
     if args.images.len() > MAX_IMAGES_PER_TURN {
         // Before any file is read; the conversation core checks the same rule.
@@ -127,7 +130,7 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
         id: LOAD_ID,
         spec: spec.clone(),
     })?;
-    let info = wait_loaded(&engine, &interrupts, facts)?;
+    let info = wait_loaded(&engine, LOAD_ID, &interrupts, facts)?;
 
     if facts.stdout_tty && !args.no_images && !args.json {
         show_images(&turn.images);
@@ -244,6 +247,140 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
     if cancelled_by_user {
         return Err(Interrupted.into());
     }
+    Ok(())
+}
+
+/// `ask --model A --model B`: the same question to each model in turn (one loaded at a time,
+/// so two that do not fit in memory together still compare), each answer under its model's
+/// name; with `--json`, an array of the reports `ask --json` prints.
+fn compare(args: AskArgs, facts: TermFacts) -> Result<()> {
+    if args.session.is_some() {
+        bail!(
+            "--session continues one conversation with one model: compare models without --session"
+        );
+    }
+    let prompt = read_prompt(&args.prompt, facts)?;
+    if args.images.len() > MAX_IMAGES_PER_TURN {
+        return Err(TurnError::TooManyImages(args.images.len()).into());
+    }
+    let images = args
+        .images
+        .iter()
+        .map(|p| attach(p, args.window.as_ref(), args.frame))
+        .collect::<Result<Vec<_>>>()?;
+    describe_dicom(&images);
+    let dirs = Dirs::from_env()?;
+    let settings = Settings::load(&dirs.config_file())?;
+    let sampling = super::sampling(&args.sampling, &settings)?;
+    let remote = super::remote(&args.remote, &settings)?;
+    let specs = args
+        .model
+        .model
+        .iter()
+        .map(|name| {
+            super::spec_for(
+                remote.as_ref(),
+                &args.model.with(name),
+                &args.runtime,
+                &settings,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (request, turn) = Session::new("").next_turn(
+        &prompt,
+        images,
+        &sampling,
+        &specs[0].source,
+        &ImageStore::transient(),
+    )?;
+    let interrupts = install_interrupt_handler();
+    let engine = super::engine_with(remote.as_ref(), facts.stderr_tty);
+    if facts.stdout_tty && !args.no_images && !args.json {
+        show_images(&turn.images);
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut reports = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let (load_id, ask_id) = (10 + 2 * i as u64, 11 + 2 * i as u64);
+        engine.send(Command::Load {
+            id: load_id,
+            spec: spec.clone(),
+        })?;
+        let info = wait_loaded(&engine, load_id, &interrupts, facts)?;
+        if !args.json {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "## {}", printable(&spec.source))?;
+            out.flush()?;
+        }
+        engine.send(Command::Generate {
+            id: ask_id,
+            request: Box::new(request.clone()),
+        })?;
+        let mut cancelled = false;
+        let completion = loop {
+            if interrupts.load(Ordering::SeqCst) > 0 && !cancelled {
+                cancelled = true;
+                engine.cancel(ask_id);
+            }
+            let event = match engine.events().recv_timeout(Duration::from_millis(50)) {
+                Ok(e) => e,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the model worker stopped unexpectedly")
+                }
+            };
+            match event {
+                Event::Token { id, text } if id == ask_id && !args.json => {
+                    out.write_all(printable(&text).as_bytes())?;
+                    out.flush()?;
+                }
+                Event::Finished { id, completion } if id == ask_id => break completion,
+                Event::Failed {
+                    id, error, kind, ..
+                } if id == ask_id => {
+                    return Err(EngineFailure {
+                        kind,
+                        message: format!("{}: {error}", spec.source),
+                    }
+                    .into())
+                }
+                _ => {}
+            }
+        };
+        if cancelled {
+            if !args.json {
+                writeln!(out)?;
+            }
+            return Err(Interrupted.into());
+        }
+        if !args.json {
+            writeln!(out)?;
+        }
+        let mut turn = turn.clone();
+        turn.model = Some(spec.source.clone());
+        turn.finish(&completion, Some(&info), &[]);
+        reports.push((completion.text, turn.record));
+    }
+    let _ = engine.send(Command::Shutdown);
+    if args.json {
+        let reports: Vec<Report> = reports
+            .iter()
+            .map(|(answer, record)| Report {
+                answer,
+                session: None,
+                lossy_paths: record.as_ref().is_some_and(|r| {
+                    crate::protocol::is_lossy(&r.model.path)
+                        || r.images.iter().any(|i| crate::protocol::is_lossy(&i.path))
+                }),
+                record: record.as_ref(),
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
+    }
+    out.flush()?;
     Ok(())
 }
 
@@ -393,6 +530,7 @@ fn install_interrupt_handler() -> Arc<AtomicUsize> {
 /// Waits for the model to load, drawing progress on stderr when it is a terminal.
 fn wait_loaded(
     engine: &crate::engine::EngineHandle,
+    load_id: u64,
     interrupts: &AtomicUsize,
     facts: TermFacts,
 ) -> Result<ModelInfo> {
@@ -414,12 +552,12 @@ fn wait_loaded(
                 stage,
                 done,
                 total,
-            } if id == LOAD_ID && facts.stderr_tty => {
+            } if id == load_id && facts.stderr_tty => {
                 let pct = (done * 100).checked_div(total).unwrap_or(0);
                 eprint!("\r\x1b[2Kloading model: {stage:?} {pct}%");
                 shown = true;
             }
-            Event::Loaded { id, info } if id == LOAD_ID => {
+            Event::Loaded { id, info } if id == load_id => {
                 if shown {
                     eprint!("\r\x1b[2K");
                 }
@@ -427,7 +565,7 @@ fn wait_loaded(
             }
             Event::Failed {
                 id, error, kind, ..
-            } if id == LOAD_ID => {
+            } if id == load_id => {
                 if shown {
                     eprintln!();
                 }

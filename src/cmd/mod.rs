@@ -62,10 +62,10 @@ pub fn model_spec(
         })?),
         (None, None) => None,
     };
+    let named = args.single().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(ModelSpec {
-        source: args
-            .model
-            .clone()
+        source: named
+            .cloned()
             .or_else(|| settings.model.clone())
             .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
         revision: args.revision.clone(),
@@ -122,7 +122,11 @@ pub fn spec_for(
 ) -> Result<ModelSpec> {
     let mut spec = model_spec(args, runtime, settings)?;
     if remote.is_some() {
-        spec.source = args.model.clone().unwrap_or_default();
+        spec.source = args
+            .single()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .cloned()
+            .unwrap_or_default();
     }
     Ok(spec)
 }
