@@ -371,25 +371,32 @@ impl ModelArgs {
     }
 }
 
+/// A whole number of 0 or more, said plainly when it is not (`-1`, `many`).
+fn whole_number(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("{text:?} is not a whole number of 0 or more"))
+}
+
 /// Decoding settings; unset ones take the reference CLI's values (temperature 0.2, top-k 50,
 /// top-p 1.0, repetition penalty 1.2, 512 new tokens) or the checkpoint's
 /// generation_config.json where it sets top-k/top-p.
 #[derive(Debug, Clone, Args)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 means greedy (deterministic).
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Keep only the K most likely tokens (0 disables).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_negative_numbers = true, value_parser = whole_number)]
     pub top_k: Option<usize>,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     pub top_p: Option<f32>,
     /// Penalty for tokens already generated in this answer (1.0 disables).
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub repetition_penalty: Option<f32>,
     /// Most tokens to generate.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = whole_number)]
     pub max_new_tokens: Option<usize>,
     /// Random seed for sampling (the same seed gives the same answer).
     #[arg(long, value_name = "N")]

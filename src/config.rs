@@ -104,11 +104,33 @@ impl Settings {
     /// Reads `path`; a missing file is the defaults, a malformed one an error naming it.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("invalid {}: {}", path.display(), e.message())),
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid {}: {}",
+                    path.display(),
+                    describe_toml_error(&text, &e)
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         }
+    }
+}
+
+/// A config.toml error as one line naming where it is: `line N, key K: message`.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(key) => format!("line {line_no}, key {key}: {}", e.message()),
+        None => format!("line {line_no}: {}", e.message()),
     }
 }
 
@@ -126,6 +148,17 @@ pub fn test_token_delay() -> Option<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_errors_name_the_line_and_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, "model = \"7b\"\ntemperature = \"hot\"\n").expect("write");
+        let e = Settings::load(&p).expect_err("bad type").to_string();
+        assert!(e.contains("line 2, key temperature"), "{e}");
+        assert!(e.contains("invalid type: string \"hot\""), "{e}");
+        assert_eq!(e.matches("config.toml").count(), 1, "the path once: {e}");
+    }
 
     #[test]
     fn settings_parse_and_reject_unknown_keys() {

@@ -13,6 +13,15 @@ pub const IMAGE_TOKEN_INDEX: i64 = -200;
 /// Python's `str.isspace()` for one character: Rust's `char::is_whitespace` (Unicode
 /// `White_Space`) plus the information separators U+001C..U+001F, which Python also
 /// counts (bidirectional class B/S).
+/// `n` and the noun in the right number: `1 image`, `2 images`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 pub fn is_py_whitespace(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
@@ -34,6 +43,14 @@ pub fn py_rstrip(s: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn counts_take_the_right_number() {
+        assert_eq!(super::count(1, "image", "images"), "1 image");
+        assert_eq!(super::count(0, "image", "images"), "0 images");
+        assert_eq!(super::count(2, "turn", "turns"), "2 turns");
+    }
+
     use super::*;
 
     #[test]

@@ -227,3 +227,31 @@ fn bench_refuses_a_depth_past_the_context() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--depth") && err.contains("context"), "{err}");
 }
+
+/// Issue 20: a negative sampling value is told its valid range, not "unexpected argument".
+#[test]
+fn negative_sampling_values_say_the_valid_range() {
+    let home = tempfile::tempdir().expect("tmp");
+    for (flag, says) in [
+        ("--temperature", "temperature must be >= 0, got -1"),
+        ("--top-p", "top-p must be in (0, 1], got -1"),
+        (
+            "--repetition-penalty",
+            "repetition-penalty must be > 0, got -1",
+        ),
+        ("--top-k", "\"-1\" is not a whole number of 0 or more"),
+        (
+            "--max-new-tokens",
+            "\"-1\" is not a whole number of 0 or more",
+        ),
+    ] {
+        let out = crate::util::huatuo(home.path())
+            .args(["ask", flag, "-1", "hello"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{flag}: {stderr}");
+        assert!(!stderr.contains("unexpected argument"), "{flag}: {stderr}");
+    }
+}

@@ -398,7 +398,7 @@ fn limits_are_bad_input() {
     let (kind, error, _) = run.failure();
     assert_eq!(kind, FailureKind::BadInput);
     assert!(error.contains("context window is 4096"), "{error}");
-    assert!(error.contains("1 images × 576"), "{error}");
+    assert!(error.contains("1 image × 576"), "{error}");
 
     let bad = SamplingParams {
         top_p: 0.0,

@@ -1065,3 +1065,91 @@ fn dicom_images_carry_their_window_and_frame() {
         "chat/qwen2.json"
     )));
 }
+
+/// Issue 20's editor and message faults: a refused command is left alone and selected (typing
+/// replaces it, an arrow edits it); Ctrl+U / Ctrl+K act on the whole prompt; Ctrl+X clears
+/// it; `/detach N`; the same file attached twice; a directory is named as one.
+#[test]
+fn refused_commands_are_selected_and_the_editor_keys_act_on_the_whole_prompt() {
+    let mut chat = Chat::new();
+    chat.enter("/bogus");
+    assert_eq!(chat.app.editor.text(), "/bogus");
+    assert!(chat.app.editor.selected());
+    chat.type_text("hello");
+    assert_eq!(
+        chat.app.editor.text(),
+        "hello",
+        "typing replaces the refused command"
+    );
+    chat.send(ctrl('x'));
+    assert!(chat.app.editor.is_empty());
+
+    chat.enter("/drop x");
+    chat.send(key(KeyCode::End));
+    assert!(!chat.app.editor.selected());
+    chat.send(key(KeyCode::Backspace));
+    chat.type_text("1");
+    assert_eq!(
+        chat.app.editor.text(),
+        "/drop 1",
+        "an arrow keeps it to edit"
+    );
+    chat.send(ctrl('x'));
+
+    chat.send(Msg::Paste("line one\nline two".into()));
+    chat.send(key(KeyCode::Left));
+    chat.send(ctrl('u'));
+    assert_eq!(
+        chat.app.editor.text(),
+        "o",
+        "Ctrl+U: to the start of the whole prompt"
+    );
+    chat.send(ctrl('x'));
+    chat.send(Msg::Paste("line one\nline two".into()));
+    for _ in 0..12 {
+        chat.send(key(KeyCode::Left));
+    }
+    chat.send(ctrl('k'));
+    assert_eq!(
+        chat.app.editor.text(),
+        "line ",
+        "Ctrl+K: to the end of the whole prompt"
+    );
+    chat.send(ctrl('x'));
+
+    let cell = fixture("images/cell.png");
+    let hubble = fixture("images/hubble_deep_field.jpg");
+    chat.enter(&format!("/image {}", cell.display()));
+    chat.enter(&format!("/image {}", cell.display()));
+    assert_eq!(chat.app.pending.len(), 1);
+    assert!(chat
+        .app
+        .notices
+        .last()
+        .is_some_and(|n| n.text.contains("cell.png is already attached")));
+    chat.enter(&format!("/image {}", hubble.display()));
+    assert_eq!(chat.app.pending.len(), 2);
+    chat.enter("/detach 1");
+    assert_eq!(chat.app.pending.len(), 1);
+    assert!(chat.app.pending[0].path.ends_with("hubble_deep_field.jpg"));
+    chat.enter("/detach 5");
+    let last = chat.app.notices.last().expect("notice");
+    assert!(
+        last.error && last.text.contains("there is 1 attached image"),
+        "{}",
+        last.text
+    );
+    chat.send(ctrl('x'));
+    chat.enter("/detach");
+    assert!(chat.app.pending.is_empty());
+
+    let dir = fixture("images");
+    chat.enter(&format!("/image {}", dir.display()));
+    let last = chat.app.notices.last().expect("notice");
+    assert!(
+        last.error && last.text.contains("it is a directory"),
+        "{}",
+        last.text
+    );
+    assert!(chat.app.pending.is_empty());
+}

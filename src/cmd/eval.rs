@@ -266,7 +266,12 @@ pub fn run(args: EvalArgs, facts: TermFacts) -> Result<()> {
         &serde_json::to_vec_pretty(&summary.lmms_results())?,
     )?;
     if image_errors > 0 {
-        eprintln!("huatuo eval: {image_errors} images could not be read; their items were answered without them (image_errors in results.jsonl)");
+        eprintln!(
+            "huatuo eval: {} could not be read; {} answered without {} (image_errors in results.jsonl)",
+            crate::text::count(image_errors, "image", "images"),
+            if image_errors == 1 { "its item was" } else { "their items were" },
+            if image_errors == 1 { "it" } else { "them" }
+        );
     }
     eprintln!(
         "huatuo eval: {} (temperature {}, top-k {}, repetition penalty {}, {} new tokens, seed {}); results in {}",

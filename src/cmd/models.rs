@@ -80,13 +80,19 @@ fn shown(m: &CachedModel, all: bool) -> bool {
 
 fn status(m: &CachedModel) -> String {
     if !m.damaged.is_empty() {
-        format!("damaged ({} files: `huatuo pull` repairs)", m.damaged.len())
+        format!(
+            "damaged ({}: `huatuo pull` repairs)",
+            crate::text::count(m.damaged.len(), "file", "files")
+        )
     } else if m.complete {
         "complete".to_string()
     } else if m.partial_bytes > 0 {
         format!("downloading ({} partial)", format_bytes(m.partial_bytes))
     } else {
-        format!("incomplete ({} files missing)", m.missing.len())
+        format!(
+            "incomplete ({} missing)",
+            crate::text::count(m.missing.len(), "file", "files")
+        )
     }
 }
 

@@ -35,7 +35,9 @@ pub enum EngineError {
     #[error("{count} images in one turn: at most {limit} are allowed")]
     TooManyImages { count: usize, limit: usize },
     #[error(
-        "the prompt needs {total} positions ({text} text tokens + {images} images × {per_image}) but the context window is {limit}{earlier}: shorten the text, attach fewer images, drop the oldest turns (/drop N in the chat) or start a new conversation"
+        "the prompt needs {total} positions ({} + {} × {per_image}) but the context window is {limit}{earlier}: shorten the text, attach fewer images, drop the oldest turns (/drop N in the chat) or start a new conversation",
+        crate::text::count(*text, "text token", "text tokens"),
+        crate::text::count(*images, "image", "images")
     )]
     ContextOverflow {
         total: usize,

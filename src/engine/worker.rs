@@ -386,7 +386,7 @@ impl Worker {
                 .map(|(i, (positions, images))| match images {
                     0 => format!("{}: {positions}", i + 1),
                     1 => format!("{}: {positions} (1 image)", i + 1),
-                    n => format!("{}: {positions} ({n} images)", i + 1),
+                    n => format!("{}: {positions} ({n} images)", i + 1), // n ≥ 2
                 })
                 .collect();
             let earlier = if earlier.is_empty() {

@@ -36,12 +36,14 @@ impl App {
                     let effects = self.run_command(slash);
                     // A command that failed gives its line back, to fix and retry.
                     if self.error_count() > errors && self.editor.is_empty() {
-                        self.editor.set(&text);
+                        self.editor.set_selected(&text);
                     }
                     effects
                 }
                 Err(e) => {
                     self.error(e);
+                    // Only the refused command stays, selected: typing replaces it.
+                    self.editor.set_selected(&text);
                     Vec::new()
                 }
             };
@@ -82,6 +84,13 @@ impl App {
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
         for path in paths {
+            if path.is_dir() {
+                self.error(format!(
+                    "Cannot attach {}: it is a directory (give an image file in it)",
+                    path.display()
+                ));
+                continue;
+            }
             if !path.is_file() {
                 self.error(format!("Cannot attach {}: no such file", path.display()));
                 continue;
@@ -183,6 +192,23 @@ impl App {
                     Vec::new()
                 }
             },
+            Slash::Detach(n) => {
+                let count = self.pending.len();
+                let at = n.unwrap_or(count);
+                if count == 0 {
+                    self.error("No image is attached");
+                } else if at == 0 || at > count {
+                    self.error(format!(
+                        "/detach {at}: there {} {count} attached {} (1 to {count})",
+                        if count == 1 { "is" } else { "are" },
+                        if count == 1 { "image" } else { "images" }
+                    ));
+                } else {
+                    let image = self.pending.remove(at - 1);
+                    self.notice(format!("Detached {}", file_name(&image.path)));
+                }
+                Vec::new()
+            }
             Slash::Model(source) => {
                 let source = if source.starts_with('~') {
                     paste::expand_home(&source).display().to_string()

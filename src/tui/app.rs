@@ -248,7 +248,8 @@ impl App {
         self.error(text);
         if let Some(line) = self.last_command.take() {
             if self.editor.is_empty() {
-                self.editor.set(&line);
+                // Only the refused command, selected: typing replaces it, an arrow edits it.
+                self.editor.set_selected(&line);
             }
         }
     }

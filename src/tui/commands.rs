@@ -49,6 +49,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         arg: Arg::Required(Complete::ImagePath),
     },
     CommandSpec {
+        name: "detach",
+        aliases: &[],
+        args: "[N]",
+        help: "remove attached image N (the last by default)",
+        arg: Arg::Optional(Complete::Nothing),
+    },
+    CommandSpec {
         name: "model",
         aliases: &[],
         args: "7b|34b|REPO|PATH",
@@ -160,6 +167,8 @@ pub enum Setting {
 pub enum Slash {
     /// The raw argument; [`super::paste::argument_paths`] turns it into paths.
     Image(String),
+    /// Remove attached image N (1-based); `None`: the last.
+    Detach(Option<usize>),
     Model(String),
     Clear,
     /// Remove this many of the oldest turns.
@@ -228,6 +237,15 @@ pub fn parse(line: &str) -> Result<Slash, String> {
     let arg = arg.to_string();
     Ok(match spec.name {
         "image" => Slash::Image(arg),
+        "detach" if arg.is_empty() => Slash::Detach(None),
+        "detach" => match arg.parse::<usize>() {
+            Ok(n) if n > 0 => Slash::Detach(Some(n)),
+            _ => {
+                return Err(format!(
+                    "/detach {arg:?}: give the number of an attached image (1 or more)"
+                ))
+            }
+        },
         "model" => Slash::Model(arg),
         "clear" => Slash::Clear,
         "regen" => Slash::Regen,
@@ -291,6 +309,8 @@ mod tests {
         let cases: &[(&str, Slash)] = &[
             ("/image a b.png", Slash::Image("a b.png".into())),
             ("/model 34b", Slash::Model("34b".into())),
+            ("/detach", Slash::Detach(None)),
+            ("/detach 2", Slash::Detach(Some(2))),
             ("/clear", Slash::Clear),
             ("/new", Slash::Clear),
             ("/regen", Slash::Regen),

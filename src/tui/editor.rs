@@ -13,6 +13,9 @@ pub struct Editor {
     history: Vec<String>,
     /// While browsing history: the entry shown, and what was typed before browsing.
     browsing: Option<(usize, String)>,
+    /// The whole text is selected: the next typed text or deletion replaces all of it
+    /// (a refused command waits like this to be retyped); moving the cursor keeps it.
+    selected: bool,
 }
 
 impl Editor {
@@ -36,12 +39,46 @@ impl Editor {
         self.text = text.to_string();
         self.cursor = self.text.len();
         self.browsing = None;
+        self.selected = false;
+    }
+
+    /// Replaces the text with `text`, selected: typing replaces it, moving keeps it.
+    pub fn set_selected(&mut self, text: &str) {
+        self.set(text);
+        self.selected = !text.is_empty();
+    }
+
+    /// Whether the whole text is selected.
+    pub fn selected(&self) -> bool {
+        self.selected
+    }
+
+    /// Keeps the text, drops the selection (a cursor movement).
+    pub fn unselect(&mut self) {
+        self.selected = false;
+    }
+
+    /// Empties the editor (its text is not remembered).
+    pub fn clear(&mut self) {
+        self.set("");
+    }
+
+    /// A selection is replaced by what is typed next: the text goes.
+    fn replace_selection(&mut self) -> bool {
+        if std::mem::take(&mut self.selected) {
+            self.text.clear();
+            self.cursor = 0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Empties the editor and returns its text, remembering it in the history.
     pub fn take(&mut self) -> String {
         let text = std::mem::take(&mut self.text);
         self.cursor = 0;
+        self.selected = false;
         self.browsing = None;
         self.remember(&text);
         text
@@ -56,6 +93,7 @@ impl Editor {
 
     /// Inserts text at the cursor (a paste: `\r\n` and `\r` become `\n`).
     pub fn insert_str(&mut self, s: &str) {
+        self.replace_selection();
         let s = s.replace("\r\n", "\n").replace('\r', "\n");
         self.text.insert_str(self.cursor, &s);
         self.cursor += s.len();
@@ -63,6 +101,7 @@ impl Editor {
 
     /// Types one character at the cursor.
     pub fn insert_char(&mut self, c: char) {
+        self.replace_selection();
         self.text.insert(self.cursor, c);
         self.cursor += c.len_utf8();
     }
@@ -83,6 +122,9 @@ impl Editor {
 
     /// Deletes the character before the cursor.
     pub fn backspace(&mut self) {
+        if self.replace_selection() {
+            return;
+        }
         if self.cursor > 0 {
             let start = self.prev_boundary(self.cursor);
             self.text.replace_range(start..self.cursor, "");
@@ -92,6 +134,9 @@ impl Editor {
 
     /// Deletes the character under the cursor.
     pub fn delete(&mut self) {
+        if self.replace_selection() {
+            return;
+        }
         if self.cursor < self.text.len() {
             let end = self.next_boundary(self.cursor);
             self.text.replace_range(self.cursor..end, "");
@@ -128,17 +173,21 @@ impl Editor {
         self.cursor = self.line_end();
     }
 
-    /// Deletes from the start of the line to the cursor (Ctrl+U).
+    /// Deletes from the start of the prompt (all its lines) to the cursor (Ctrl+U).
     pub fn kill_to_start(&mut self) {
-        let start = self.line_start();
-        self.text.replace_range(start..self.cursor, "");
-        self.cursor = start;
+        if self.replace_selection() {
+            return;
+        }
+        self.text.replace_range(..self.cursor, "");
+        self.cursor = 0;
     }
 
-    /// Deletes from the cursor to the end of the line (Ctrl+K).
+    /// Deletes from the cursor to the end of the prompt (all its lines) (Ctrl+K).
     pub fn kill_to_end(&mut self) {
-        let end = self.line_end();
-        self.text.replace_range(self.cursor..end, "");
+        if self.replace_selection() {
+            return;
+        }
+        self.text.truncate(self.cursor);
     }
 
     /// Deletes the word before the cursor and the spaces after it (Ctrl+W, Alt+Backspace).

@@ -133,8 +133,14 @@ fn free_name(store: &Store, base: &str) -> Result<String, String> {
 
 fn export(path: &Path, markdown: &str) -> Result<PathBuf, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            return Err(format!(
+                "the folder {} does not exist: create it first, or give another path",
+                dir.display()
+            ));
+        }
         if !dir.is_dir() {
-            return Err(format!("{} is not a directory", dir.display()));
+            return Err(format!("{} is a file, not a folder", dir.display()));
         }
     }
     std::fs::write(path, markdown).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -145,6 +151,18 @@ fn export(path: &Path, markdown: &str) -> Result<PathBuf, String> {
 mod tests {
     use super::*;
     use crate::chat::session::Session;
+
+    #[test]
+    fn exports_name_a_missing_folder() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let e = export(&dir.path().join("nope/out.md"), "x").expect_err("missing");
+        assert!(e.contains("does not exist") && e.contains("nope"), "{e}");
+        std::fs::write(dir.path().join("file"), "").expect("write");
+        let e = export(&dir.path().join("file/out.md"), "x").expect_err("a file");
+        assert!(e.contains("is a file, not a folder"), "{e}");
+        let ok = export(&dir.path().join("out.md"), "x").expect("written");
+        assert!(ok.is_file());
+    }
 
     #[test]
     fn unnamed_saves_get_a_free_dated_name_and_names_are_not_clobbered() {

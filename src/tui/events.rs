@@ -219,7 +219,10 @@ impl App {
         self.session = session;
         self.conversation += 1;
         self.scroll = None;
-        self.notice(format!("Loaded session {name} ({turns} turns)"));
+        self.notice(format!(
+            "Loaded session {name} ({})",
+            crate::text::count(turns, "turn", "turns")
+        ));
         for path in images {
             effects.extend(self.read_image(path));
         }

@@ -30,8 +30,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Ctrl+G", "edit the prompt in $EDITOR"),
     (
         "Ctrl+U, Ctrl+K, Ctrl+W",
-        "delete to line start, to end, a word",
+        "delete to the prompt's start, to its end, a word",
     ),
+    ("Ctrl+X", "clear the prompt"),
     ("Ctrl+L", "redraw the screen"),
     ("paste or drop a file", "attach an image"),
     ("F1", "this help"),
@@ -78,6 +79,19 @@ impl App {
             }
         }
         let page = self.view.viewport_rows.get().max(2) as isize - 1;
+        // Moving the cursor keeps a selected (refused) command and edits it from there.
+        if matches!(
+            key.code,
+            KeyCode::Left
+                | KeyCode::Right
+                | KeyCode::Home
+                | KeyCode::End
+                | KeyCode::Up
+                | KeyCode::Down
+        ) || (ctrl && matches!(key.code, KeyCode::Char('a' | 'e')))
+        {
+            self.editor.unselect();
+        }
         match key.code {
             KeyCode::Esc => return self.stop_by_user(),
             KeyCode::Enter if alt || shift => self.editor.insert_char('\n'),
@@ -92,6 +106,7 @@ impl App {
             }
             KeyCode::Char('g') if ctrl => return vec![Effect::Edit(self.editor.text().into())],
             KeyCode::Char('l') if ctrl => return vec![Effect::Redraw],
+            KeyCode::Char('x') if ctrl => self.editor.clear(),
             KeyCode::Char('a') if ctrl => self.editor.home(),
             KeyCode::Char('e') if ctrl => self.editor.end(),
             KeyCode::Char('u') if ctrl => self.editor.kill_to_start(),

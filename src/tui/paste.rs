@@ -19,6 +19,44 @@ pub fn has_image_extension(path: &Path) -> bool {
 
 /// `~` and `~/…` expanded to the home directory.
 pub fn expand_home(path: &str) -> PathBuf {
+    expand_tilde(&expand_vars(path))
+}
+
+/// `$VAR` and `${VAR}` replaced by the environment's value, as a shell would (an unset
+/// variable is left as written, so the error names what was typed).
+pub fn expand_vars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, used) = if let Some(braced) = after.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) => (&braced[..end], end + 2),
+                None => ("", 0),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        match std::env::var(name).ok().filter(|_| !name.is_empty()) {
+            Some(value) => {
+                out.push_str(&value);
+                rest = &after[used..];
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn expand_tilde(path: &str) -> PathBuf {
     let home = || directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
     if path == "~" {
         if let Some(h) = home() {
@@ -153,6 +191,28 @@ pub fn argument_paths(arg: &str) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_and_home_expand_in_paths() {
+        // A variable no other test uses.
+        std::env::set_var("HUATUO_TEST_SCANS", "/data/scans");
+        assert_eq!(
+            expand_home("$HUATUO_TEST_SCANS/ct.dcm"),
+            PathBuf::from("/data/scans/ct.dcm")
+        );
+        assert_eq!(
+            expand_home("${HUATUO_TEST_SCANS}x/a.png"),
+            PathBuf::from("/data/scansx/a.png")
+        );
+        assert_eq!(
+            expand_home("$HUATUO_NOT_SET_ANYWHERE/a.png"),
+            PathBuf::from("$HUATUO_NOT_SET_ANYWHERE/a.png")
+        );
+        assert_eq!(expand_home("price$"), PathBuf::from("price$"));
+        if let Some(home) = directories::BaseDirs::new() {
+            assert_eq!(expand_home("~/a.png"), home.home_dir().join("a.png"));
+        }
+    }
 
     #[test]
     fn words_handle_quotes_escapes_and_urls() {

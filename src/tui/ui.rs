@@ -4,6 +4,7 @@
 //! Never changes the App, except the measurements scrolling needs (`App::view`).
 
 use ratatui::layout::{Constraint, Layout, Position, Rect};
+use ratatui::style::Modifier;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Clear, Padding, Paragraph, Widget};
 use ratatui::Frame;
@@ -182,7 +183,14 @@ fn render_input(
         .iter()
         .skip(first)
         .take(height)
-        .map(|r| Line::from(Span::styled(r.as_str(), theme.user_text)))
+        .map(|r| {
+            let style = if app.editor.selected() {
+                theme.user_text.add_modifier(Modifier::REVERSED)
+            } else {
+                theme.user_text
+            };
+            Line::from(Span::styled(r.as_str(), style))
+        })
         .collect();
     if !app.editor.is_empty() {
         Paragraph::new(lines).render(inner, buf);
