@@ -379,3 +379,66 @@ fn untrusted_names_and_text_are_escaped_on_a_terminal() {
         "the question is escaped:\n{screen}"
     );
 }
+
+/// Issue 20, acceptance 2: `/compare` in a real terminal on the 7B-like and the 34B-like
+/// tiny checkpoints shows both answers, each exactly that checkpoint's reference answer
+/// (tests/fixtures/parity/*.json, greedy, 24 tokens), and the chat goes on with its model.
+#[test]
+fn compare_shows_each_models_reference_answer() {
+    let home = tempfile::tempdir().expect("tmp");
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let (qwen, yi) = (tiny_checkpoint("qwen2"), tiny_checkpoint("yi"));
+    let image = fixture("images/cell.png");
+    let command = format!(
+        "'{}' chat --model '{}' --temperature 0 --max-new-tokens 24 --dtype f32",
+        bin.display(),
+        qwen.display()
+    );
+    let env = [
+        (
+            "HUATUO_DATA_DIR",
+            home.path().join("data").display().to_string(),
+        ),
+        (
+            "HUATUO_CONFIG_DIR",
+            home.path().join("config").display().to_string(),
+        ),
+        (
+            "HUATUO_CACHE_DIR",
+            home.path().join("cache").display().to_string(),
+        ),
+        (
+            "HF_HUB_CACHE",
+            home.path().join("hub").display().to_string(),
+        ),
+        ("TERM", "xterm-256color".to_string()),
+    ];
+    let reference = |family: &str| -> String {
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture(&format!("parity/{family}.json"))).expect("fx"),
+        )
+        .expect("json");
+        v["ask"]["answer"].as_str().expect("answer").to_string()
+    };
+    let tmux = Tmux::start(&command, &env);
+    tmux.wait_for("the model to load", |s| s.contains("Model ready"));
+    tmux.send(&format!("/image {}", image.display()));
+    tmux.wait_for("the attachment", |s| s.contains("cell.png"));
+    tmux.send("What does the picture show?");
+    tmux.wait_for("the first answer", |s| {
+        squeezed(s).contains(&squeezed(&reference("qwen2")))
+    });
+    tmux.send(&format!("/compare {} {}", qwen.display(), yi.display()));
+    tmux.wait_for("the comparison", |s| {
+        s.contains("Compared; the conversation goes on")
+    });
+    let out = home.path().join("compare.md");
+    tmux.send(&format!("/export {}", out.display()));
+    tmux.wait_for("the export", |s| s.contains("Exported to"));
+    let md = std::fs::read_to_string(&out).expect("exported");
+    for (checkpoint, family) in [(qwen, "qwen2"), (yi, "yi")] {
+        let section = format!("### {}\n\n{}\n", checkpoint.display(), reference(family));
+        assert!(md.contains(&section), "{family}: {md}");
+    }
+    tmux.send("/quit");
+}

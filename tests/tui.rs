@@ -1153,3 +1153,78 @@ fn refused_commands_are_selected_and_the_editor_keys_act_on_the_whole_prompt() {
     );
     assert!(chat.app.pending.is_empty());
 }
+
+/// Issue 20: `/compare A B` asks the last question again with each model in turn (each
+/// loaded, answered), then loads the conversation's model back; the answers show side by
+/// side on a wide window and stacked on a narrow one, each with what produced it, and the
+/// conversation's history is unchanged.
+#[test]
+fn compare_answers_the_last_question_with_two_models() {
+    let mut chat = Chat::new();
+    chat.enter("What does the picture show?");
+    chat.answer(&["A cell."], true);
+    let turns = chat.app.session.turns.clone();
+    chat.enter("/compare small big");
+    assert_eq!(chat.last_load().1, "small");
+    assert!(chat.app.busy());
+    chat.respond_loaded("qwen2");
+    let (_, request) = chat.last_generate();
+    assert!(
+        request.history.is_empty(),
+        "the last question, as it was asked"
+    );
+    assert_eq!(request.user, "What does the picture show?");
+    chat.answer(&["The ", "small ", "answer."], true);
+    assert_eq!(chat.last_load().1, "big");
+    chat.respond_loaded("llama");
+    chat.answer(
+        &["The big answer, which is a little longer than the other one."],
+        true,
+    );
+    // Back to the conversation's model.
+    assert_eq!(chat.last_load().1, "7b");
+    insta::assert_snapshot!(
+        "compare_running_120x20",
+        format!("{:?}", chat.render(120, 20).backend())
+    );
+    chat.respond_loaded("qwen2");
+    assert!(!chat.app.busy());
+    assert_eq!(
+        chat.app.session.turns, turns,
+        "the conversation is unchanged"
+    );
+    insta::assert_snapshot!(
+        "compare_wide_120x20",
+        format!("{:?}", chat.render(120, 20).backend())
+    );
+    insta::assert_snapshot!(
+        "compare_narrow_70x24",
+        format!("{:?}", chat.render(70, 24).backend())
+    );
+    let out = chat._dir.path().join("compare.md");
+    chat.enter(&format!("/export {}", out.display()));
+    let md = std::fs::read_to_string(&out).expect("exported");
+    assert!(
+        md.contains("## Compare: What does the picture show?"),
+        "{md}"
+    );
+    assert!(md.contains("### small\n\nThe small answer."), "{md}");
+    assert!(md.contains("### big\n\nThe big answer"), "{md}");
+
+    // Without a question there is nothing to compare.
+    let mut fresh = Chat::new();
+    fresh.enter("/compare a b");
+    let last = fresh.app.notices.last().expect("notice");
+    assert!(
+        last.error && last.text.contains("Ask a question first"),
+        "{}",
+        last.text
+    );
+    fresh.send(ctrl('x'));
+    fresh.enter("/compare onlyone");
+    assert!(fresh
+        .app
+        .notices
+        .last()
+        .is_some_and(|n| n.text.contains("two models")));
+}

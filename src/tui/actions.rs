@@ -219,8 +219,10 @@ impl App {
                 effects.push(self.load_model(source));
                 effects
             }
+            Slash::Compare(models) => self.start_compare(models),
             Slash::Clear => {
                 let mut effects = self.stop_generation();
+                self.compare = None;
                 // The engine's cached images and KV cache belong to the old conversation.
                 effects.push(Effect::Engine(Command::Reset));
                 self.cancelled = None;
@@ -422,6 +424,10 @@ impl App {
         md.push_str(&format!("- repetition_penalty: {}\n", p.repetition_penalty));
         md.push_str(&format!("- max_new_tokens: {}\n", p.max_new_tokens));
         md.push_str(&format!("- seed: {}\n", p.seed));
+        if let Some(c) = &self.compare {
+            md.push('\n');
+            md.push_str(&super::compare::markdown(c));
+        }
         md
     }
 }

@@ -143,6 +143,8 @@ pub struct App {
     pub(crate) cache: RefCell<Cache>,
     /// The last slash command line, given back if its file work fails.
     pub(crate) last_command: Option<String>,
+    /// `/compare`: the last question answered by two models, in progress or done.
+    pub compare: Option<super::compare::Compare>,
     next_id: RequestId,
     exit: Option<Exit>,
 }
@@ -187,6 +189,7 @@ impl App {
             view: ViewMetrics::default(),
             cache: RefCell::new(Cache::default()),
             last_command: None,
+            compare: None,
             next_id: 1,
             exit: None,
         }
@@ -224,7 +227,9 @@ impl App {
 
     /// A model is loading or an answer is being generated (the UI animates).
     pub fn busy(&self) -> bool {
-        self.generation.is_some() || self.loading.is_some()
+        self.generation.is_some()
+            || self.loading.is_some()
+            || self.compare.as_ref().is_some_and(|c| c.running())
     }
 
     pub(crate) fn next_id(&mut self) -> RequestId {

@@ -63,6 +63,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         arg: Arg::Required(Complete::Model),
     },
     CommandSpec {
+        name: "compare",
+        aliases: &[],
+        args: "[A B]",
+        help: "answer the last question with two models side by side (default 7b 34b)",
+        arg: Arg::Optional(Complete::Model),
+    },
+    CommandSpec {
         name: "clear",
         aliases: &["new"],
         args: "",
@@ -170,6 +177,8 @@ pub enum Slash {
     /// Remove attached image N (1-based); `None`: the last.
     Detach(Option<usize>),
     Model(String),
+    /// Two model sources.
+    Compare(Vec<String>),
     Clear,
     /// Remove this many of the oldest turns.
     Drop(usize),
@@ -247,6 +256,19 @@ pub fn parse(line: &str) -> Result<Slash, String> {
             }
         },
         "model" => Slash::Model(arg),
+        "compare" if arg.is_empty() => Slash::Compare(vec!["7b".into(), "34b".into()]),
+        "compare" => match super::paste::split_words(&arg) {
+            Some(models) if models.len() == 2 => Slash::Compare(
+                models
+                    .iter()
+                    .map(|m| super::paste::expand_home(m).display().to_string())
+                    .collect(),
+            ),
+            _ => return Err(
+                "usage: /compare A B — two models (7b, 34b, a repo id or a checkpoint directory)"
+                    .into(),
+            ),
+        },
         "clear" => Slash::Clear,
         "regen" => Slash::Regen,
         "drop" => match arg.parse::<usize>() {
@@ -312,6 +334,11 @@ mod tests {
             ("/detach", Slash::Detach(None)),
             ("/detach 2", Slash::Detach(Some(2))),
             ("/clear", Slash::Clear),
+            ("/compare", Slash::Compare(vec!["7b".into(), "34b".into()])),
+            (
+                "/compare 7b org/name",
+                Slash::Compare(vec!["7b".into(), "org/name".into()]),
+            ),
             ("/new", Slash::Clear),
             ("/regen", Slash::Regen),
             ("/set", Slash::Set(None)),

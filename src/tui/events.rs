@@ -41,6 +41,9 @@ impl App {
 
     /// Handles an engine event; events of requests the chat no longer waits for are dropped.
     pub(crate) fn on_engine(&mut self, event: Event) -> Vec<Effect> {
+        if let Some(effects) = self.on_compare_event(&event) {
+            return effects;
+        }
         match event {
             Event::LoadProgress {
                 id,

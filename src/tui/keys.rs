@@ -142,6 +142,9 @@ impl App {
     /// Esc or Ctrl+C while answering: stops at once, keeping what was written. Stopped before
     /// its first word, the question comes back to the editor instead, to change and resend.
     fn stop_by_user(&mut self) -> Vec<Effect> {
+        if self.compare.as_ref().is_some_and(|c| c.running()) {
+            return self.stop_compare();
+        }
         let Some(g) = self.generation else {
             return self.cancel_load();
         };

@@ -14,6 +14,7 @@
 mod actions;
 pub mod app;
 pub mod commands;
+pub mod compare;
 pub mod complete;
 pub mod editor;
 pub mod effects;

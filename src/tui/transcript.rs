@@ -103,6 +103,9 @@ pub fn rows(app: &App, width: u16) -> Vec<Row> {
         }
         out.push(Row::Text(Line::default()));
         answer(app, i, turn, width, &mut out);
+        if let Some(c) = app.compare.as_ref().filter(|c| c.after_turns == i + 1) {
+            out.extend(super::compare::rows(app, c, width));
+        }
     }
     notices(app, app.session.turns.len(), &mut out, width);
     out
