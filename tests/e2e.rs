@@ -442,3 +442,84 @@ fn compare_shows_each_models_reference_answer() {
     }
     tmux.send("/quit");
 }
+
+impl Tmux {
+    fn command(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Issue 20: `/copy` inside tmux reaches tmux's paste buffer whatever `set-clipboard` says
+/// (OSC 52 when it is `on`, `tmux load-buffer` when it is `external` or `off`), says which,
+/// and never claims the system clipboard when tmux kept it from there.
+#[test]
+fn copy_inside_tmux_lands_in_its_buffer_and_says_how() {
+    let home = tempfile::tempdir().expect("tmp");
+    let bin = assert_cmd::cargo::cargo_bin("huatuo");
+    let command = format!(
+        "'{}' chat --model '{}' --temperature 0 --max-new-tokens 24 --dtype f32",
+        bin.display(),
+        tiny_checkpoint("qwen2").display()
+    );
+    let env = [
+        (
+            "HUATUO_DATA_DIR",
+            home.path().join("data").display().to_string(),
+        ),
+        (
+            "HUATUO_CONFIG_DIR",
+            home.path().join("config").display().to_string(),
+        ),
+        (
+            "HUATUO_CACHE_DIR",
+            home.path().join("cache").display().to_string(),
+        ),
+        ("TERM", "xterm-256color".to_string()),
+        // No display: no wl-copy/xclip route, whatever is installed.
+        ("DISPLAY", String::new()),
+        ("WAYLAND_DISPLAY", String::new()),
+    ];
+    let tmux = Tmux::start(&command, &env);
+    tmux.wait_for("the model to load", |s| s.contains("Model ready"));
+    tmux.send("Hello?");
+    tmux.wait_for("the answer", |s| s.contains("tok/s"));
+    for (setting, says) in [
+        (
+            "off",
+            "set-clipboard is off, so the system clipboard was not reached",
+        ),
+        (
+            "external",
+            "which tmux hands on to the terminal's clipboard",
+        ),
+        ("on", "through tmux with OSC 52"),
+    ] {
+        tmux.command(&["set-option", "-g", "set-clipboard", setting]);
+        tmux.command(&["delete-buffer"]);
+        tmux.send("/copy");
+        tmux.wait_for(says, |s| squeezed(s).contains(&squeezed(says)));
+        let start = Instant::now();
+        let buffer = loop {
+            let b = tmux.command(&["show-buffer"]);
+            if !b.trim().is_empty() || start.elapsed() > Duration::from_secs(10) {
+                break b;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(buffer.chars().count() > 10, "{setting}: buffer {buffer:?}");
+        let start_of_answer: String = squeezed(&buffer).chars().take(12).collect();
+        assert!(
+            squeezed(&tmux.screen()).contains(&start_of_answer),
+            "{setting}: the buffer holds the answer: {buffer:?}"
+        );
+        tmux.send("/clear");
+        tmux.send("Hello?");
+        tmux.wait_for("the answer", |s| s.contains("tok/s"));
+    }
+    tmux.send("/quit");
+}

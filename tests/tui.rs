@@ -29,6 +29,8 @@ struct FakeHost {
     commands: Vec<Command>,
     cancelled: Vec<RequestId>,
     copied: Vec<String>,
+    /// Mouse reports turned on (true) or off (false), in order.
+    mouse: Vec<bool>,
     /// Replies (image reads) to feed back after the current message.
     replies: Vec<Msg>,
 }
@@ -44,14 +46,17 @@ impl Host for FakeHost {
         let result = image::load(&path, &Picker::halfblocks());
         self.replies.push(Msg::Image { path, result });
     }
-    fn copy(&mut self, text: &str) -> Result<(), String> {
+    fn copy(&mut self, text: &str) -> Result<String, String> {
         self.copied.push(text.to_string());
-        Ok(())
+        Ok("with a test clipboard".into())
     }
     fn edit(&mut self, text: &str) -> Result<String, String> {
         Ok(format!("{text} (edited)\n"))
     }
     fn redraw(&mut self) {}
+    fn set_mouse(&mut self, on: bool) {
+        self.mouse.push(on);
+    }
 }
 
 /// A chat with a fake engine and a temporary sessions directory.
@@ -687,6 +692,11 @@ fn history_tab_completion_editor_copy_and_export() {
     chat.send(ctrl('u'));
     chat.enter("/copy");
     assert_eq!(chat.host.copied, ["Answer **one**."]);
+    assert!(chat
+        .app
+        .notices
+        .last()
+        .is_some_and(|n| n.text == "Copied the last answer (15 characters) with a test clipboard"));
     let out = chat._dir.path().join("case.md");
     chat.enter(&format!("/export {}", out.display()));
     let md = std::fs::read_to_string(&out).expect("exported");
@@ -786,13 +796,14 @@ impl Host for SlowEngineHost {
     }
     fn cancel(&mut self, _id: RequestId) {}
     fn load_image(&mut self, _path: PathBuf) {}
-    fn copy(&mut self, _text: &str) -> Result<(), String> {
-        Ok(())
+    fn copy(&mut self, _text: &str) -> Result<String, String> {
+        Ok(String::new())
     }
     fn edit(&mut self, text: &str) -> Result<String, String> {
         Ok(text.into())
     }
     fn redraw(&mut self) {}
+    fn set_mouse(&mut self, _on: bool) {}
 }
 
 #[test]
@@ -1227,4 +1238,53 @@ fn compare_answers_the_last_question_with_two_models() {
         .notices
         .last()
         .is_some_and(|n| n.text.contains("two models")));
+}
+
+/// Issue 20: `/copy N` copies answer N, `/copy code` the last code block; asking for what is
+/// not there copies nothing and says so.
+#[test]
+fn copy_takes_an_answer_number_or_the_last_code_block() {
+    let mut chat = Chat::new();
+    chat.enter("first");
+    chat.answer(
+        &["One, with code:\n```sh\nhuatuo ask\n```\nand more."],
+        true,
+    );
+    chat.enter("second");
+    chat.answer(&["Two."], true);
+    chat.enter("/copy 1");
+    chat.enter("/copy code");
+    chat.enter("/copy");
+    assert_eq!(
+        chat.host.copied,
+        [
+            "One, with code:\n```sh\nhuatuo ask\n```\nand more.",
+            "huatuo ask",
+            "Two."
+        ]
+    );
+    chat.enter("/copy 3");
+    let last = chat.app.notices.last().expect("notice");
+    assert!(
+        last.error && last.text.contains("the conversation has 2 answers"),
+        "{}",
+        last.text
+    );
+    assert_eq!(chat.host.copied.len(), 3, "nothing more was copied");
+}
+
+/// Issue 20: F2 gives the mouse back to the terminal for selecting text, and back again.
+#[test]
+fn f2_toggles_mouse_capture_for_text_selection() {
+    let mut chat = Chat::new();
+    assert!(chat.app.mouse);
+    chat.send(key(KeyCode::F(2)));
+    assert!(!chat.app.mouse);
+    assert!(chat
+        .app
+        .notices
+        .last()
+        .is_some_and(|n| n.text.contains("select text")));
+    chat.send(key(KeyCode::F(2)));
+    assert_eq!(chat.host.mouse, [false, true]);
 }

@@ -281,22 +281,13 @@ impl App {
                 path,
                 markdown: self.export_markdown(),
             }],
-            Slash::Copy => {
-                let last = self
-                    .session
-                    .turns
-                    .iter()
-                    .rev()
-                    .map(|t| py_strip(&t.answer))
-                    .find(|a| !a.is_empty());
-                match last {
-                    Some(answer) => vec![Effect::Copy(answer.to_string())],
-                    None => {
-                        self.error("No answer to copy yet");
-                        Vec::new()
-                    }
+            Slash::Copy(what) => match self.copy_target(what) {
+                Ok((text, what)) => vec![Effect::Copy { text, what }],
+                Err(e) => {
+                    self.error(e);
+                    Vec::new()
                 }
-            }
+            },
             Slash::Help => {
                 self.help = Some(0);
                 Vec::new()
@@ -399,6 +390,39 @@ impl App {
     }
 
     /// The conversation as Markdown (images as references) with the generation settings.
+    /// The text `/copy` copies and how to name it.
+    fn copy_target(&self, what: super::commands::CopyWhat) -> Result<(String, String), String> {
+        use super::commands::CopyWhat;
+        let answers: Vec<&str> = self
+            .session
+            .turns
+            .iter()
+            .map(|t| py_strip(&t.answer))
+            .collect();
+        match what {
+            CopyWhat::LastAnswer => answers
+                .iter()
+                .rev()
+                .find(|a| !a.is_empty())
+                .map(|a| (a.to_string(), "the last answer".to_string()))
+                .ok_or_else(|| "No answer to copy yet".to_string()),
+            CopyWhat::Answer(n) => match answers.get(n - 1) {
+                Some(a) if !a.is_empty() => Ok((a.to_string(), format!("answer {n}"))),
+                Some(_) => Err(format!("Answer {n} is empty")),
+                None => Err(format!(
+                    "/copy {n}: the conversation has {}",
+                    crate::text::count(answers.len(), "answer", "answers")
+                )),
+            },
+            CopyWhat::Code => answers
+                .iter()
+                .rev()
+                .find_map(|a| last_code_block(a))
+                .map(|c| (c, "the last code block".to_string()))
+                .ok_or_else(|| "No code block in the answers".to_string()),
+        }
+    }
+
     pub fn export_markdown(&self) -> String {
         let mut session = self.session.clone();
         if session.name.is_empty() {
@@ -430,6 +454,34 @@ impl App {
         }
         md
     }
+}
+
+/// The body of the last fenced code block (``` or ~~~) of `text`.
+fn last_code_block(text: &str) -> Option<String> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, Vec<&str>)> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        match &mut open {
+            None => {
+                if let Some(fence) = ["```", "~~~"].iter().find(|f| trimmed.starts_with(**f)) {
+                    open = Some((fence.to_string(), Vec::new()));
+                }
+            }
+            Some((fence, body)) => {
+                if trimmed.starts_with(fence.as_str()) {
+                    blocks.push(body.join("\n"));
+                    open = None;
+                } else {
+                    body.push(line);
+                }
+            }
+        }
+    }
+    if let Some((_, body)) = open {
+        blocks.push(body.join("\n"));
+    }
+    blocks.pop()
 }
 
 /// `/image` arguments: the paths, then optional `--window W` (`C,W` or a preset) and

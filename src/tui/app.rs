@@ -145,6 +145,8 @@ pub struct App {
     pub(crate) last_command: Option<String>,
     /// `/compare`: the last question answered by two models, in progress or done.
     pub compare: Option<super::compare::Compare>,
+    /// Mouse reports are on: the wheel scrolls; off (F2): the terminal selects text.
+    pub mouse: bool,
     next_id: RequestId,
     exit: Option<Exit>,
 }
@@ -190,6 +192,7 @@ impl App {
             cache: RefCell::new(Cache::default()),
             last_command: None,
             compare: None,
+            mouse: true,
             next_id: 1,
             exit: None,
         }
@@ -380,7 +383,7 @@ impl App {
             }
             Msg::Copied(result) => {
                 match result {
-                    Ok(n) => self.notice(format!("Copied the last answer ({n} characters)")),
+                    Ok(done) => self.notice(done),
                     Err(e) => self.error(format!("Cannot copy: {e}")),
                 }
                 Vec::new()

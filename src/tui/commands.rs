@@ -128,9 +128,9 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "copy",
         aliases: &[],
-        args: "",
-        help: "copy the last answer to the clipboard (OSC 52, works over ssh)",
-        arg: Arg::None,
+        args: "[N|code]",
+        help: "copy the last answer (or answer N, or the last code block) to the clipboard",
+        arg: Arg::Optional(Complete::Nothing),
     },
     CommandSpec {
         name: "help",
@@ -189,9 +189,19 @@ pub enum Slash {
     Sessions,
     Load(String),
     Export(PathBuf),
-    Copy,
+    Copy(CopyWhat),
     Help,
     Quit,
+}
+
+/// What `/copy` copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyWhat {
+    LastAnswer,
+    /// The answer of turn N (1-based).
+    Answer(usize),
+    /// The last fenced code block of the answers.
+    Code,
 }
 
 /// The table row of `name` (or an alias).
@@ -286,7 +296,16 @@ pub fn parse(line: &str) -> Result<Slash, String> {
         "load" => Slash::Load(arg),
         "sessions" => Slash::Sessions,
         "export" => Slash::Export(super::paste::expand_home(&arg)),
-        "copy" => Slash::Copy,
+        "copy" if arg.is_empty() => Slash::Copy(CopyWhat::LastAnswer),
+        "copy" if arg == "code" => Slash::Copy(CopyWhat::Code),
+        "copy" => match arg.parse::<usize>() {
+            Ok(n) if n > 0 => Slash::Copy(CopyWhat::Answer(n)),
+            _ => {
+                return Err(format!(
+                    "/copy {arg:?}: give an answer's number (1 or more), or `code` for the last code block"
+                ))
+            }
+        },
         "help" => Slash::Help,
         _ => Slash::Quit,
     })
@@ -352,7 +371,9 @@ mod tests {
             ("/save case-12", Slash::Save(Some("case-12".into()))),
             ("/load case-12", Slash::Load("case-12".into())),
             ("/export out.md", Slash::Export("out.md".into())),
-            ("/copy", Slash::Copy),
+            ("/copy", Slash::Copy(CopyWhat::LastAnswer)),
+            ("/copy 2", Slash::Copy(CopyWhat::Answer(2))),
+            ("/copy code", Slash::Copy(CopyWhat::Code)),
             ("/help", Slash::Help),
             ("/quit", Slash::Quit),
             ("  /q  ", Slash::Quit),

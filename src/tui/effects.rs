@@ -17,12 +17,15 @@ pub trait Host {
     fn cancel(&mut self, id: RequestId);
     /// Reads an image off the UI thread; the answer arrives later as [`Msg::Image`].
     fn load_image(&mut self, path: PathBuf);
-    /// Puts text on the clipboard.
-    fn copy(&mut self, text: &str) -> Result<(), String>;
+    /// Puts text on the clipboard; says how (or why nothing was copied).
+    fn copy(&mut self, text: &str) -> Result<String, String>;
     /// Lets the user edit `text` in an external editor (suspending the screen).
     fn edit(&mut self, text: &str) -> Result<String, String>;
     /// Asks for the screen to be cleared so the next frame is drawn whole.
     fn redraw(&mut self);
+    /// Turns the terminal's mouse reports on (the wheel scrolls the chat) or off (the
+    /// terminal selects text).
+    fn set_mouse(&mut self, on: bool);
     /// Whether a redraw was asked for since the last call.
     fn take_redraw(&mut self) -> bool {
         false
@@ -74,7 +77,12 @@ pub fn execute(effect: Effect, host: &mut dyn Host, store: &Store) -> Option<Msg
             store.get(&name).map_err(|e| e.to_string()),
         )),
         Effect::Export { path, markdown } => Some(Msg::Exported(export(&path, &markdown))),
-        Effect::Copy(text) => Some(Msg::Copied(host.copy(&text).map(|()| text.chars().count()))),
+        Effect::Copy { text, what } => Some(Msg::Copied(host.copy(&text).map(|how| {
+            format!(
+                "Copied {what} ({}) {how}",
+                crate::text::count(text.chars().count(), "character", "characters")
+            )
+        }))),
         Effect::Edit(text) => {
             let result = host.edit(&text);
             host.redraw();
@@ -82,6 +90,10 @@ pub fn execute(effect: Effect, host: &mut dyn Host, store: &Store) -> Option<Msg
         }
         Effect::Redraw => {
             host.redraw();
+            None
+        }
+        Effect::Mouse(on) => {
+            host.set_mouse(on);
             None
         }
     }

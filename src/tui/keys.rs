@@ -33,6 +33,7 @@ pub const KEYS: &[(&str, &str)] = &[
         "delete to the prompt's start, to its end, a word",
     ),
     ("Ctrl+X", "clear the prompt"),
+    ("F2", "mouse: scroll the chat or select text"),
     ("Ctrl+L", "redraw the screen"),
     ("paste or drop a file", "attach an image"),
     ("F1", "this help"),
@@ -117,6 +118,15 @@ impl App {
             KeyCode::Char(c) if !ctrl && !alt => self.editor.insert_char(c),
             KeyCode::Tab => self.complete(),
             KeyCode::F(1) => self.help = Some(0),
+            KeyCode::F(2) => {
+                self.mouse = !self.mouse;
+                self.notice(if self.mouse {
+                    "Mouse: the wheel scrolls the chat (F2: select text instead)"
+                } else {
+                    "Mouse: select text with it, as in any terminal (F2: scroll with the wheel again)"
+                });
+                return vec![Effect::Mouse(self.mouse)];
+            }
             KeyCode::Backspace if ctrl || alt => self.editor.delete_word_back(),
             KeyCode::Backspace => self.editor.backspace(),
             KeyCode::Delete => self.editor.delete(),

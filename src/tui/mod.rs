@@ -13,6 +13,7 @@
 
 mod actions;
 pub mod app;
+pub mod clipboard;
 pub mod commands;
 pub mod compare;
 pub mod complete;
@@ -168,8 +169,8 @@ impl Host for RealHost {
         self.images.load(path);
     }
 
-    fn copy(&mut self, text: &str) -> Result<(), String> {
-        copy_osc52(text).map_err(|e| e.to_string())
+    fn copy(&mut self, text: &str) -> Result<String, String> {
+        clipboard::copy(text)
     }
 
     fn edit(&mut self, text: &str) -> Result<String, String> {
@@ -183,6 +184,10 @@ impl Host for RealHost {
         self.redraw = true;
     }
 
+    fn set_mouse(&mut self, on: bool) {
+        let _ = terminal::set_mouse(on);
+    }
+
     fn take_redraw(&mut self) -> bool {
         std::mem::take(&mut self.redraw)
     }
@@ -192,24 +197,6 @@ impl Host for RealHost {
         events.extend(self.engine.events().try_iter());
         events
     }
-}
-
-/// Puts `text` on the clipboard with OSC 52, which terminals honour over ssh too; inside
-/// tmux the sequence is also passed through to the outer terminal.
-fn copy_osc52(text: &str) -> std::io::Result<()> {
-    let mut seq = String::new();
-    crossterm::Command::write_ansi(
-        &crossterm::clipboard::CopyToClipboard::to_clipboard_from(text),
-        &mut seq,
-    )
-    .map_err(|_| std::io::Error::other("cannot encode the clipboard sequence"))?;
-    let mut out = std::io::stdout();
-    out.write_all(seq.as_bytes())?;
-    if std::env::var_os("TMUX").is_some() {
-        let inner = seq.replace('\x1b', "\x1b\x1b");
-        out.write_all(format!("\x1bPtmux;{inner}\x1b\\").as_bytes())?;
-    }
-    out.flush()
 }
 
 /// How long the terminal has to answer the graphics query (ratatui-image waits 2 s).

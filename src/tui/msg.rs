@@ -49,7 +49,8 @@ pub enum Msg {
     /// `/export` finished.
     Exported(Result<PathBuf, String>),
     /// `/copy` finished: how many characters were copied.
-    Copied(Result<usize, String>),
+    /// What was copied and how, or why nothing was.
+    Copied(Result<String, String>),
     /// The external editor (Ctrl+G) closed: the edited prompt.
     Edited(Result<String, String>),
 }
@@ -81,12 +82,14 @@ pub enum Effect {
     LoadSession(String),
     /// Write Markdown to a file → [`Msg::Exported`].
     Export { path: PathBuf, markdown: String },
-    /// Put text on the clipboard → [`Msg::Copied`].
-    Copy(String),
+    /// Put text on the clipboard → [`Msg::Copied`]; `what` names it ("the last answer").
+    Copy { text: String, what: String },
     /// Edit the prompt in `$VISUAL`/`$EDITOR` → [`Msg::Edited`].
     Edit(String),
     /// Clear and redraw the whole screen (Ctrl+L).
     Redraw,
+    /// Mouse reports on (scrolling) or off (text selection) (F2).
+    Mouse(bool),
 }
 
 /// How the chat ended.

@@ -25,6 +25,14 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 const MOUSE_ON: &str = "\x1b[?1000h\x1b[?1006h";
 const MOUSE_OFF: &str = "\x1b[?1006l\x1b[?1000l";
 
+/// Turns the mouse reports on (the wheel scrolls the chat) or off (the terminal selects
+/// text, as it does without a full-screen program).
+pub fn set_mouse(on: bool) -> io::Result<()> {
+    let mut out = io::stdout();
+    out.write_all(if on { MOUSE_ON } else { MOUSE_OFF }.as_bytes())?;
+    out.flush()
+}
+
 /// Turns on everything the chat needs.
 pub fn enter() -> io::Result<()> {
     enable_raw_mode()?;
