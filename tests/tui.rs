@@ -1288,3 +1288,36 @@ fn f2_toggles_mouse_capture_for_text_selection() {
     chat.send(key(KeyCode::F(2)));
     assert_eq!(chat.host.mouse, [false, true]);
 }
+
+/// Issue 20: the status line never shows the counts and speed of another conversation or
+/// another model: they go at /model, /load and /clear.
+#[test]
+fn status_is_refreshed_after_model_load_and_clear() {
+    let status = |chat: &Chat| -> String {
+        let t = chat.render(120, 20);
+        let buf = t.backend().buffer();
+        (0..120)
+            .map(|x| buf[(x, 19)].symbol().to_string())
+            .collect::<String>()
+    };
+    let mut chat = Chat::new();
+    chat.enter("Hello");
+    chat.answer(&["Hi there."], true);
+    assert!(status(&chat).contains("tok/s") && status(&chat).contains("ctx"));
+    chat.enter("/model 34b");
+    let s = status(&chat);
+    assert!(!s.contains("tok/s") && !s.contains("ctx"), "{s}");
+    chat.respond_loaded("llama");
+    assert!(status(&chat).contains("34b"), "{}", status(&chat));
+    chat.enter("Again");
+    chat.answer(&["Yes."], true);
+    chat.enter("/save first");
+    chat.enter("/clear");
+    let s = status(&chat);
+    assert!(!s.contains("tok/s") && !s.contains("ctx"), "{s}");
+    chat.enter("Third");
+    chat.answer(&["Three."], true);
+    chat.enter("/load first");
+    let s = status(&chat);
+    assert!(!s.contains("tok/s") && !s.contains("ctx"), "{s}");
+}

@@ -235,6 +235,7 @@ impl App {
                 self.pending.clear();
                 self.cache.borrow_mut().clear();
                 self.prompt = None;
+                self.stats = None;
                 self.scroll = None;
                 effects
             }

@@ -279,6 +279,10 @@ impl App {
             ..self.spec.clone()
         };
         self.spec = spec.clone();
+        // The last answer's counts and speed were the old model's: another tokenizer counts
+        // the conversation differently, another model runs at another speed.
+        self.prompt = None;
+        self.stats = None;
         self.loading = Some(Loading {
             id,
             source,

@@ -222,6 +222,10 @@ impl App {
         self.session = session;
         self.conversation += 1;
         self.scroll = None;
+        // The status line spoke of the old conversation: its counts and speed go.
+        self.prompt = None;
+        self.stats = None;
+        self.compare = None;
         self.notice(format!(
             "Loaded session {name} ({})",
             crate::text::count(turns, "turn", "turns")
