@@ -21,6 +21,10 @@ struct Tmux {
 
 impl Tmux {
     fn start(command: &str, env: &[(&str, String)]) -> Self {
+        Self::start_sized(command, env, 100, 32)
+    }
+
+    fn start_sized(command: &str, env: &[(&str, String)], cols: u16, rows: u16) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let socket = format!("huatuo-e2e-{}-{n}", std::process::id());
@@ -33,9 +37,9 @@ impl Tmux {
             "-s",
             "e2e",
             "-x",
-            "100",
+            &cols.to_string(),
             "-y",
-            "32",
+            &rows.to_string(),
         ]);
         for (k, v) in env {
             tmux.args(["-e", &format!("{k}={v}")]);
@@ -522,4 +526,85 @@ fn copy_inside_tmux_lands_in_its_buffer_and_says_how() {
         tmux.wait_for("the answer", |s| s.contains("tok/s"));
     }
     tmux.send("/quit");
+}
+
+/// Issue 20, acceptance 1: `/view 1` in a real terminal fills most of the screen with the
+/// image and Tab toggles to the model's 336×336 input; thumbnails grow with the window.
+#[test]
+fn view_fills_the_terminal_and_thumbnails_grow_with_it() {
+    // The rows from the first to the last that draw half blocks (uniform cells are spaces
+    // with a background colour, so rows inside a picture may have none).
+    let picture_rows = |screen: &str| {
+        let rows: Vec<usize> = screen
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.chars().filter(|c| matches!(c, '▀' | '▄' | '█')).count() >= 2)
+            .map(|(i, _)| i)
+            .collect();
+        match (rows.first(), rows.last()) {
+            (Some(a), Some(b)) => b - a + 1,
+            _ => 0,
+        }
+    };
+    let mut thumbnails = Vec::new();
+    for (cols, rows) in [(100u16, 32u16), (240, 72)] {
+        let home = tempfile::tempdir().expect("tmp");
+        let bin = assert_cmd::cargo::cargo_bin("huatuo");
+        let command = format!(
+            "'{}' chat --model '{}' --temperature 0 --max-new-tokens 8 --dtype f32 --image '{}'",
+            bin.display(),
+            tiny_checkpoint("qwen2").display(),
+            fixture("images/cell.png").display()
+        );
+        let env = [
+            (
+                "HUATUO_DATA_DIR",
+                home.path().join("data").display().to_string(),
+            ),
+            (
+                "HUATUO_CONFIG_DIR",
+                home.path().join("config").display().to_string(),
+            ),
+            (
+                "HUATUO_CACHE_DIR",
+                home.path().join("cache").display().to_string(),
+            ),
+            ("TERM", "xterm-256color".to_string()),
+        ];
+        let tmux = Tmux::start_sized(&command, &env, cols, rows);
+        tmux.wait_for("the model to load", |s| s.contains("Model ready"));
+        tmux.send("What does the picture show?");
+        tmux.wait_for("the answer", |s| s.contains("tok/s"));
+        thumbnails.push(picture_rows(&tmux.screen()));
+        if cols == 100 {
+            tmux.send("/view 1");
+            let screen = tmux.wait_for("the viewer", |s| s.contains("original 550×660"));
+            let shown = picture_rows(&screen);
+            assert!(
+                shown * 10 >= usize::from(rows) * 6,
+                "the picture takes most of the {rows} rows: {shown}\n{screen}"
+            );
+            tmux.send_key("Tab");
+            tmux.wait_for("the model's input", |s| {
+                s.contains("what the model sees: 336×336")
+            });
+            tmux.send_key("Escape");
+            tmux.wait_for("the chat", |s| s.contains("Message"));
+        }
+        tmux.send("/quit");
+    }
+    assert!(
+        thumbnails[1] > thumbnails[0],
+        "a bigger window, a bigger thumbnail: {thumbnails:?}"
+    );
+}
+
+impl Tmux {
+    fn send_key(&self, key: &str) {
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "e2e", key])
+            .status()
+            .expect("send-keys");
+        assert!(status.success());
+    }
 }

@@ -57,6 +57,10 @@ impl Host for FakeHost {
     fn set_mouse(&mut self, on: bool) {
         self.mouse.push(on);
     }
+    fn view_image(&mut self, job: huatuo::tui::image::ViewJob) {
+        let result = image::view(&job, &Picker::halfblocks());
+        self.replies.push(Msg::Viewed { job, result });
+    }
 }
 
 /// A chat with a fake engine and a temporary sessions directory.
@@ -804,6 +808,7 @@ impl Host for SlowEngineHost {
     }
     fn redraw(&mut self) {}
     fn set_mouse(&mut self, _on: bool) {}
+    fn view_image(&mut self, _job: huatuo::tui::image::ViewJob) {}
 }
 
 #[test]
@@ -1320,4 +1325,63 @@ fn status_is_refreshed_after_model_load_and_clear() {
     chat.enter("/load first");
     let s = status(&chat);
     assert!(!s.contains("tok/s") && !s.contains("ctx"), "{s}");
+}
+
+/// Issue 20, acceptance 1 (its TestBackend half; tests/e2e.rs has the terminal one): `/view 1`
+/// fills the screen with the image, Tab shows the model's 336×336 input, Esc goes back.
+#[test]
+fn view_fills_the_screen_and_toggles_to_the_model_input() {
+    let mut chat = Chat::new();
+    let cell = fixture("images/cell.png");
+    chat.enter(&format!("/image {}", cell.display()));
+    chat.enter("What does the picture show?");
+    chat.answer(&["A cell."], true);
+    // The screen's size is known once a frame was drawn.
+    let _ = chat.render(100, 40);
+    chat.enter("/view 1");
+    let viewer = chat.app.viewer.as_ref().expect("open");
+    let picture = viewer
+        .picture
+        .as_ref()
+        .expect("rendered")
+        .as_ref()
+        .expect("ok");
+    assert_eq!((picture.width, picture.height), (550, 660));
+    let size = picture.protocol.size();
+    assert!(size.height >= 30, "most of the screen's height: {size:?}");
+    insta::assert_snapshot!(
+        "view_original_100x40",
+        format!("{:?}", chat.render(100, 40).backend())
+    );
+    chat.send(key(KeyCode::Tab));
+    let viewer = chat.app.viewer.as_ref().expect("open");
+    assert!(viewer.model_input);
+    let picture = viewer
+        .picture
+        .as_ref()
+        .expect("rendered")
+        .as_ref()
+        .expect("ok");
+    assert_eq!((picture.width, picture.height), (336, 336));
+    insta::assert_snapshot!(
+        "view_model_input_100x40",
+        format!("{:?}", chat.render(100, 40).backend())
+    );
+    chat.send(key(KeyCode::Esc));
+    assert!(chat.app.viewer.is_none());
+    assert_eq!(
+        chat.generate_count(),
+        1,
+        "Esc closed the viewer, nothing else"
+    );
+    chat.send(key(KeyCode::F(3)));
+    assert!(chat.app.viewer.as_ref().is_some_and(|v| v.number == 1));
+    chat.send(key(KeyCode::Esc));
+    chat.enter("/view 2");
+    let last = chat.app.notices.last().expect("notice");
+    assert!(
+        last.error && last.text.contains("the conversation has 1 image"),
+        "{}",
+        last.text
+    );
 }

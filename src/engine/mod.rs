@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 
 pub use faults::Faults;
 pub use pipeline::{Answer, EngineError, Pipeline, Timings};
+pub use remote::model_input_png;
 
 use crate::protocol::{
     Command, Event, FailureKind, FileHash, LoadStage, ModelSpec, Quant, RequestId,

@@ -192,6 +192,7 @@ impl App {
                     Vec::new()
                 }
             },
+            Slash::View(n) => self.open_viewer(n),
             Slash::Detach(n) => {
                 let count = self.pending.len();
                 let at = n.unwrap_or(count);

@@ -88,6 +88,8 @@ pub struct ViewMetrics {
     pub viewport_rows: Cell<usize>,
     /// The largest scroll offset of the help overlay.
     pub help_max: Cell<usize>,
+    /// The screen's size in cells at the last frame (the viewer fills it).
+    pub screen: Cell<(u16, u16)>,
 }
 
 /// Tab completion in progress: further Tabs cycle through the candidates.
@@ -147,6 +149,8 @@ pub struct App {
     pub compare: Option<super::compare::Compare>,
     /// Mouse reports are on: the wheel scrolls; off (F2): the terminal selects text.
     pub mouse: bool,
+    /// `/view`: an image on the whole screen.
+    pub viewer: Option<super::viewer::Viewer>,
     next_id: RequestId,
     exit: Option<Exit>,
 }
@@ -193,6 +197,7 @@ impl App {
             last_command: None,
             compare: None,
             mouse: true,
+            viewer: None,
             next_id: 1,
             exit: None,
         }
@@ -334,6 +339,10 @@ impl App {
                 Vec::new()
             }
             Msg::Engine(event) => self.on_engine(event),
+            Msg::Viewed { job, result } => {
+                self.on_viewed(job, result);
+                Vec::new()
+            }
             Msg::Image { path, result } => {
                 self.on_image(path, result);
                 Vec::new()

@@ -49,6 +49,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         arg: Arg::Required(Complete::ImagePath),
     },
     CommandSpec {
+        name: "view",
+        aliases: &[],
+        args: "[N]",
+        help: "show image N (the last by default) on the whole screen; Tab: what the model sees",
+        arg: Arg::Optional(Complete::Nothing),
+    },
+    CommandSpec {
         name: "detach",
         aliases: &[],
         args: "[N]",
@@ -176,6 +183,8 @@ pub enum Slash {
     Image(String),
     /// Remove attached image N (1-based); `None`: the last.
     Detach(Option<usize>),
+    /// Show image N of the conversation (1-based); `None`: the last.
+    View(Option<usize>),
     Model(String),
     /// Two model sources.
     Compare(Vec<String>),
@@ -256,6 +265,11 @@ pub fn parse(line: &str) -> Result<Slash, String> {
     let arg = arg.to_string();
     Ok(match spec.name {
         "image" => Slash::Image(arg),
+        "view" if arg.is_empty() => Slash::View(None),
+        "view" => match arg.trim_start_matches("img").parse::<usize>() {
+            Ok(n) if n > 0 => Slash::View(Some(n)),
+            _ => return Err(format!("/view {arg:?}: give an image's number (1 or more, as [img1])")),
+        },
         "detach" if arg.is_empty() => Slash::Detach(None),
         "detach" => match arg.parse::<usize>() {
             Ok(n) if n > 0 => Slash::Detach(Some(n)),
@@ -351,6 +365,8 @@ mod tests {
             ("/image a b.png", Slash::Image("a b.png".into())),
             ("/model 34b", Slash::Model("34b".into())),
             ("/detach", Slash::Detach(None)),
+            ("/view", Slash::View(None)),
+            ("/view 2", Slash::View(Some(2))),
             ("/detach 2", Slash::Detach(Some(2))),
             ("/clear", Slash::Clear),
             ("/compare", Slash::Compare(vec!["7b".into(), "34b".into()])),

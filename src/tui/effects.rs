@@ -26,6 +26,8 @@ pub trait Host {
     /// Turns the terminal's mouse reports on (the wheel scrolls the chat) or off (the
     /// terminal selects text).
     fn set_mouse(&mut self, on: bool);
+    /// Renders a picture for the viewer off the UI thread; it arrives as [`Msg::Viewed`].
+    fn view_image(&mut self, job: super::image::ViewJob);
     /// Whether a redraw was asked for since the last call.
     fn take_redraw(&mut self) -> bool {
         false
@@ -94,6 +96,10 @@ pub fn execute(effect: Effect, host: &mut dyn Host, store: &Store) -> Option<Msg
         }
         Effect::Mouse(on) => {
             host.set_mouse(on);
+            None
+        }
+        Effect::View(job) => {
+            host.view_image(job);
             None
         }
     }

@@ -17,11 +17,86 @@ use sha2::{Digest, Sha256};
 
 use super::msg::Msg;
 
-/// The largest thumbnail, in terminal cells.
+/// The smallest "largest thumbnail", in terminal cells (and the size used without a
+/// terminal to measure).
 pub const THUMBNAIL_MAX: Size = Size {
     width: 28,
     height: 8,
 };
+
+/// The largest thumbnail for a terminal of `cols` × `rows` cells: a third of the width and a
+/// quarter of the height, between [`THUMBNAIL_MAX`] and 72 × 24 cells.
+pub fn thumbnail_max(cols: u16, rows: u16) -> Size {
+    Size {
+        width: (cols / 3).clamp(THUMBNAIL_MAX.width, 72),
+        height: (rows / 4).clamp(THUMBNAIL_MAX.height, 24),
+    }
+}
+
+/// What the viewer shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewJob {
+    pub path: PathBuf,
+    pub window: Option<String>,
+    pub frame: Option<u32>,
+    /// The 336×336 input the model receives, instead of the image as it is.
+    pub model_input: bool,
+    /// The cells the picture may take.
+    pub cells: Size,
+}
+
+/// A picture for the viewer, encoded for the terminal.
+pub struct ViewPicture {
+    pub protocol: ratatui_image::protocol::Protocol,
+    /// The pixels shown (the original's, or 336×336).
+    pub width: u32,
+    pub height: u32,
+}
+
+impl std::fmt::Debug for ViewPicture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ViewPicture({}x{})", self.width, self.height)
+    }
+}
+
+/// Renders `job`: the image (DICOM with its window and frame), or the model's input made
+/// from it (padded, resized: what `huatuo render` writes), fitted to `job.cells`.
+pub fn view(job: &ViewJob, picker: &Picker) -> Result<ViewPicture, String> {
+    let bytes = crate::chat::images::read_image(&job.path).map_err(|e| e.to_string())?;
+    let window = match &job.window {
+        Some(w) => Some(
+            w.parse::<crate::dicom::Window>()
+                .map_err(|e| format!("window {w:?}: {e}"))?,
+        ),
+        None => None,
+    };
+    let opts = crate::dicom::ImageOptions {
+        window,
+        frame: job.frame,
+    };
+    let image = if job.model_input {
+        let png = crate::engine::model_input_png(&job.path, &bytes, &opts)?;
+        image::load_from_memory_with_format(&png, image::ImageFormat::Png)
+            .map_err(|e| e.to_string())?
+    } else if crate::dicom::is_dicom(&bytes) {
+        let dicom = crate::dicom::from_bytes(&job.path, &bytes).map_err(|e| e.to_string())?;
+        let rendering = dicom.render(&opts).map_err(|e| e.to_string())?;
+        image::DynamicImage::ImageRgb8(rendering.image)
+    } else {
+        image::load_from_memory(&bytes).map_err(|e| e.to_string())?
+    };
+    let (width, height) = (image.width(), image.height());
+    let size = Resize::Fit(None).size_for(&image, picker.font_size(), job.cells);
+    let size = Size::new(size.width.max(1), size.height.max(1));
+    let protocol = picker
+        .new_protocol(image, size, Resize::Fit(None))
+        .map_err(|e| e.to_string())?;
+    Ok(ViewPicture {
+        protocol,
+        width,
+        height,
+    })
+}
 
 /// An encoded thumbnail, ready to draw.
 pub struct Thumbnail(SlicedProtocol);
@@ -64,8 +139,14 @@ pub struct ImageMeta {
     pub warnings: Vec<String>,
 }
 
-/// Reads `path`, decodes it and encodes a thumbnail with `picker`. The error is one line.
+/// Reads `path`, decodes it and encodes a thumbnail of at most [`THUMBNAIL_MAX`] with
+/// `picker`. The error is one line.
 pub fn load(path: &Path, picker: &Picker) -> Result<ImageMeta, String> {
+    load_with(path, picker, THUMBNAIL_MAX)
+}
+
+/// [`load`] with a thumbnail of at most `max` cells.
+pub fn load_with(path: &Path, picker: &Picker, max: Size) -> Result<ImageMeta, String> {
     // Regular files only, bounded in size: never /dev/zero or a FIFO.
     let bytes = crate::chat::images::read_image(path).map_err(|e| e.to_string())?;
     let sha256 = hex(&Sha256::digest(&bytes));
@@ -87,7 +168,7 @@ pub fn load(path: &Path, picker: &Picker) -> Result<ImageMeta, String> {
         (image, None, Vec::new())
     };
     let (width, height) = (image.width(), image.height());
-    let size = Resize::Fit(None).size_for(&image, picker.font_size(), THUMBNAIL_MAX);
+    let size = Resize::Fit(None).size_for(&image, picker.font_size(), max);
     let size = Size::new(size.width.max(1), size.height.max(1));
     let thumbnail = SlicedProtocol::new(picker, image, Some(size))
         .ok()
@@ -106,21 +187,41 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The image worker: give it paths; each answer arrives as a [`Msg::Image`].
+/// A job of the image worker.
+enum Job {
+    Thumbnail(PathBuf),
+    View(ViewJob),
+}
+
+/// The image worker: give it paths; each answer arrives as a [`Msg::Image`] (or
+/// [`Msg::Viewed`] for the viewer).
 pub struct ImageWorker {
-    jobs: Sender<PathBuf>,
+    jobs: Sender<Job>,
 }
 
 impl ImageWorker {
     /// Starts the thread. It ends when the worker is dropped or the message channel closes.
     pub fn spawn(picker: Picker, msgs: Sender<Msg>) -> std::io::Result<Self> {
-        let (jobs, rx) = mpsc::channel::<PathBuf>();
+        let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("huatuo-images".into())
             .spawn(move || {
-                for path in rx {
-                    let result = load(&path, &picker);
-                    if msgs.send(Msg::Image { path, result }).is_err() {
+                for job in rx {
+                    let msg = match job {
+                        Job::Thumbnail(path) => {
+                            // Sized to the window at the time (a share of it).
+                            let max = crossterm::terminal::size()
+                                .map(|(c, r)| thumbnail_max(c, r))
+                                .unwrap_or(THUMBNAIL_MAX);
+                            let result = load_with(&path, &picker, max);
+                            Msg::Image { path, result }
+                        }
+                        Job::View(job) => {
+                            let result = view(&job, &picker);
+                            Msg::Viewed { job, result }
+                        }
+                    };
+                    if msgs.send(msg).is_err() {
                         break;
                     }
                 }
@@ -130,7 +231,12 @@ impl ImageWorker {
 
     /// Queues `path`.
     pub fn load(&self, path: PathBuf) {
-        let _ = self.jobs.send(path);
+        let _ = self.jobs.send(Job::Thumbnail(path));
+    }
+
+    /// Queues a picture for the viewer.
+    pub fn view(&self, job: ViewJob) {
+        let _ = self.jobs.send(Job::View(job));
     }
 }
 
@@ -153,6 +259,36 @@ mod tests {
         let facts = meta.dicom.expect("DICOM facts");
         assert!(!facts.is_empty());
         assert!(!meta.warnings.is_empty(), "burned-in text is warned about");
+    }
+
+    #[test]
+    fn thumbnails_grow_with_the_window() {
+        assert_eq!(thumbnail_max(80, 24), THUMBNAIL_MAX);
+        assert_eq!(thumbnail_max(250, 70), Size::new(72, 17));
+        assert_eq!(thumbnail_max(160, 45), Size::new(53, 11));
+    }
+
+    #[test]
+    fn the_viewer_shows_the_image_or_the_models_input() {
+        let picker = Picker::halfblocks();
+        let job = ViewJob {
+            path: fixture("cell.png"),
+            window: None,
+            frame: None,
+            model_input: false,
+            cells: Size::new(100, 40),
+        };
+        let original = view(&job, &picker).expect("original");
+        assert_eq!((original.width, original.height), (550, 660));
+        let input = view(
+            &ViewJob {
+                model_input: true,
+                ..job
+            },
+            &picker,
+        )
+        .expect("model input");
+        assert_eq!((input.width, input.height), (336, 336));
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("Ctrl+X", "clear the prompt"),
     ("F2", "mouse: scroll the chat or select text"),
+    ("F3", "view the last image on the whole screen"),
     ("Ctrl+L", "redraw the screen"),
     ("paste or drop a file", "attach an image"),
     ("F1", "this help"),
@@ -79,6 +80,14 @@ impl App {
                 return Vec::new();
             }
         }
+        if self.viewer.is_some() {
+            match key.code {
+                KeyCode::Esc | KeyCode::Char('q') | KeyCode::F(3) => self.viewer = None,
+                KeyCode::Tab | KeyCode::Char('m') => return self.toggle_viewer(),
+                _ => {}
+            }
+            return Vec::new();
+        }
         let page = self.view.viewport_rows.get().max(2) as isize - 1;
         // Moving the cursor keeps a selected (refused) command and edits it from there.
         if matches!(
@@ -118,6 +127,7 @@ impl App {
             KeyCode::Char(c) if !ctrl && !alt => self.editor.insert_char(c),
             KeyCode::Tab => self.complete(),
             KeyCode::F(1) => self.help = Some(0),
+            KeyCode::F(3) => return self.open_viewer(None),
             KeyCode::F(2) => {
                 self.mouse = !self.mouse;
                 self.notice(if self.mouse {

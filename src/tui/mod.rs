@@ -31,6 +31,7 @@ pub mod terminal;
 pub mod theme;
 pub mod transcript;
 pub mod ui;
+pub mod viewer;
 pub mod wrap;
 
 use std::io::Write;
@@ -186,6 +187,10 @@ impl Host for RealHost {
 
     fn set_mouse(&mut self, on: bool) {
         let _ = terminal::set_mouse(on);
+    }
+
+    fn view_image(&mut self, job: image::ViewJob) {
+        self.images.view(job);
     }
 
     fn take_redraw(&mut self) -> bool {

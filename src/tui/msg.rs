@@ -30,6 +30,11 @@ pub enum Msg {
     /// An event from the model engine.
     Engine(Event),
     /// An image was read for an attachment (its size, hash and thumbnail), or could not be.
+    /// A picture for the viewer was rendered (or could not be).
+    Viewed {
+        job: super::image::ViewJob,
+        result: Result<super::image::ViewPicture, String>,
+    },
     Image {
         path: PathBuf,
         result: Result<ImageMeta, String>,
@@ -90,6 +95,8 @@ pub enum Effect {
     Redraw,
     /// Mouse reports on (scrolling) or off (text selection) (F2).
     Mouse(bool),
+    /// Render a picture for the viewer off the UI thread → [`Msg::Viewed`].
+    View(super::image::ViewJob),
 }
 
 /// How the chat ended.

@@ -30,6 +30,11 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
         Line::from("huatuo: window too small").render(area, buf);
         return;
     }
+    app.view.screen.set((area.width, area.height));
+    if let Some(viewer) = &app.viewer {
+        super::viewer::render(app, viewer, area, buf);
+        return;
+    }
     let info = info_line(app);
     let input_width = area.width.saturating_sub(4);
     let (rows, cursor) = app.editor.layout(usize::from(input_width.max(1)));
