@@ -521,9 +521,14 @@ fn copy_inside_tmux_lands_in_its_buffer_and_says_how() {
             squeezed(&tmux.screen()).contains(&start_of_answer),
             "{setting}: the buffer holds the answer: {buffer:?}"
         );
+        // A question of its own each time: once it shows, /clear has been done, and the
+        // speed in the status line is this answer's.
+        let question = format!("Hello after {setting}?");
         tmux.send("/clear");
-        tmux.send("Hello?");
-        tmux.wait_for("the answer", |s| s.contains("tok/s"));
+        tmux.send(&question);
+        tmux.wait_for("the answer", |s| {
+            s.contains(&question) && s.contains("tok/s")
+        });
     }
     tmux.send("/quit");
 }

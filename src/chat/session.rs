@@ -104,16 +104,15 @@ impl Session {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                md.push_str(&format!(
-                    "![img{image_no}: {name}]({})\n",
-                    img.path.display()
-                ));
+                // In angle brackets a destination may hold spaces and parentheses.
+                let dest = img.path.display().to_string().replace('>', "%3E");
+                md.push_str(&format!("![img{image_no}: {name}](<{dest}>)\n"));
             }
             if !turn.images.is_empty() {
                 md.push('\n');
             }
             md.push_str(&format!("**User:** {}\n\n", py_strip(&turn.text)));
-            let model = turn.model.as_deref().unwrap_or("assistant");
+            let model = answer_label(turn);
             md.push_str(&format!("**{model}:** {}\n", py_strip(&turn.answer)));
             if turn.interrupted {
                 md.push_str("\n*(answer interrupted)*\n");
@@ -122,11 +121,43 @@ impl Session {
             }
             if let Some(r) = &turn.record {
                 md.push_str(&record_footer(r));
+            } else if let Some(settings) = &turn.settings {
+                // Sessions of earlier versions kept the settings without the record.
+                md.push_str(&format!("\n<sub>settings: {settings}</sub>\n"));
             }
             md.push('\n');
         }
         md
     }
+}
+
+/// Who answered a turn, for people: the hub repo with its revision when known, else the
+/// model's short name (`7b`, or a checkpoint directory's own name), never a whole path.
+fn answer_label(turn: &Turn) -> String {
+    if let Some(r) = &turn.record {
+        if let Some(repo) = &r.model.repo {
+            return match &r.model.revision {
+                Some(rev) => format!("{repo}@{}", &rev[..rev.len().min(12)]),
+                None => repo.clone(),
+            };
+        }
+    }
+    match turn.model.as_deref() {
+        Some(m) => model_name(m),
+        None => "assistant".into(),
+    }
+}
+
+/// A model source as people name it: `7b` or a repo id as given; a directory by its own name.
+fn model_name(source: &str) -> String {
+    if source.contains(std::path::MAIN_SEPARATOR) && std::path::Path::new(source).is_absolute()
+        || source.starts_with('.')
+        || source.starts_with('~')
+    {
+        let trimmed = source.trim_end_matches('/');
+        return trimmed.rsplit('/').next().unwrap_or(trimmed).to_string();
+    }
+    source.to_string()
 }
 
 /// One compact line under an answer: what produced it (model and revision or folder,
@@ -135,7 +166,7 @@ pub fn record_footer(r: &Record) -> String {
     let model = match (&r.model.repo, &r.model.revision) {
         (Some(repo), Some(rev)) => format!("{repo}@{}", &rev[..rev.len().min(12)]),
         (Some(repo), None) => repo.clone(),
-        _ => r.model.path.display().to_string(),
+        _ => model_name(&r.model.source),
     };
     let s = &r.sampling;
     let images: Vec<String> = r
@@ -666,11 +697,32 @@ mod tests {
         let mut t = turn("two", &["/d/b.png"], "B");
         t.interrupted = true;
         s.turns.push(t);
+        let mut spaced = turn("three", &["/d/my scans/c (1).png"], "C");
+        spaced.model = Some("/models/tiny-qwen2/".into());
+        spaced.settings = Some(serde_json::json!({"temperature": 0.0}));
+        s.turns.push(spaced);
         let md = s.to_markdown();
-        assert!(md.contains("![img1: a.png](/d/a.png)"), "{md}");
-        assert!(md.contains("![img2: b.png](/d/b.png)"), "{md}");
+        assert!(md.contains("![img1: a.png](</d/a.png>)"), "{md}");
+        assert!(md.contains("![img2: b.png](</d/b.png>)"), "{md}");
         assert!(md.contains("**7b:** A.\n"), "{md}");
         assert!(md.contains("*(answer interrupted)*"), "{md}");
+        // A path with spaces and parentheses stays one link; a directory model is named by
+        // its own name; settings without a record are still shown.
+        assert!(
+            md.contains("![img3: c (1).png](</d/my scans/c (1).png>)"),
+            "{md}"
+        );
+        assert!(md.contains("**tiny-qwen2:** C"), "{md}");
+        assert!(md.contains("settings: {\"temperature\":0.0}"), "{md}");
+        let events: Vec<_> = pulldown_cmark::Parser::new(&md)
+            .filter_map(|e| match e {
+                pulldown_cmark::Event::Start(pulldown_cmark::Tag::Image { dest_url, .. }) => {
+                    Some(dest_url.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(events, ["/d/a.png", "/d/b.png", "/d/my scans/c (1).png"]);
     }
 
     #[test]

@@ -56,9 +56,15 @@ pub fn render(source: &str, theme: &Theme) -> Vec<MdLine> {
         styles: vec![theme.assistant_text],
         containers: Vec::new(),
         blank_before_next: false,
+        blank_quotes: 0,
         in_code: false,
+        links: Vec::new(),
+        link_text: String::new(),
+        table: None,
     };
-    for event in Parser::new(source) {
+    let options =
+        pulldown_cmark::Options::ENABLE_TABLES | pulldown_cmark::Options::ENABLE_STRIKETHROUGH;
+    for event in Parser::new_ext(source, options) {
         r.event(event);
     }
     r.flush(false);
@@ -88,7 +94,23 @@ struct Renderer<'t> {
     containers: Vec<Container>,
     /// A block ended: separate the next one with an empty line.
     blank_before_next: bool,
+    /// How many quotes the block that ended was in: the separating line carries that many
+    /// bars (a quote that starts after a paragraph gets no bar above it).
+    blank_quotes: usize,
     in_code: bool,
+    /// The destinations of the links being read, innermost last.
+    links: Vec<String>,
+    /// The text of the innermost link so far (to tell whether it shows its URL).
+    link_text: String,
+    /// A table being read: its rows of cells, the head's row count, the cell being read.
+    table: Option<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Vec<String>>,
+    head_rows: usize,
+    cell: Option<String>,
 }
 
 impl Renderer<'_> {
@@ -126,11 +148,14 @@ impl Renderer<'_> {
             return;
         }
         if self.blank_before_next && !self.out.is_empty() {
-            // A separating line carries only the quote bars.
-            let bars: Vec<Span<'static>> = self
+            // A separating line carries only the bars of the quotes both blocks are in.
+            let quotes = self
                 .containers
                 .iter()
                 .filter(|c| matches!(c, Container::Quote))
+                .count()
+                .min(self.blank_quotes);
+            let bars: Vec<Span<'static>> = (0..quotes)
                 .map(|_| Span::styled("│ ", self.theme.quote))
                 .collect();
             self.out.push(MdLine {
@@ -183,10 +208,61 @@ impl Renderer<'_> {
 
     fn end_block(&mut self) {
         self.flush(false);
+        self.separate();
+    }
+
+    /// The next block is separated by an empty line (with the bars of the quotes this one is
+    /// in).
+    fn separate(&mut self) {
         self.blank_before_next = true;
+        self.blank_quotes = self
+            .containers
+            .iter()
+            .filter(|c| matches!(c, Container::Quote))
+            .count();
     }
 
     fn event(&mut self, event: Event<'_>) {
+        if let Some(table) = &mut self.table {
+            match &event {
+                Event::Text(t) | Event::Code(t) => {
+                    if let Some(cell) = &mut table.cell {
+                        cell.push_str(t);
+                    }
+                    return;
+                }
+                Event::Start(Tag::TableCell) => {
+                    table.cell = Some(String::new());
+                    return;
+                }
+                Event::End(TagEnd::TableCell) => {
+                    let cell = table.cell.take().unwrap_or_default();
+                    if let Some(row) = table.rows.last_mut() {
+                        row.push(cell);
+                    }
+                    return;
+                }
+                Event::Start(Tag::TableHead) | Event::Start(Tag::TableRow) => {
+                    table.rows.push(Vec::new());
+                    return;
+                }
+                Event::End(TagEnd::TableHead) => {
+                    table.head_rows = table.rows.len();
+                    return;
+                }
+                Event::End(TagEnd::Table) => {
+                    let table = self.table.take().unwrap_or_default();
+                    self.draw_table(&table);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if !self.links.is_empty() {
+            if let Event::Text(t) | Event::Code(t) = &event {
+                self.link_text.push_str(t);
+            }
+        }
         match event {
             Event::Start(tag) => self.start(tag),
             Event::End(tag) => self.end(tag),
@@ -204,7 +280,7 @@ impl Renderer<'_> {
             Event::Rule => {
                 self.flush(false);
                 if !self.out.is_empty() {
-                    self.blank_before_next = true;
+                    self.separate();
                 }
                 self.spans
                     .push(Span::styled("─".repeat(24), self.theme.list_marker));
@@ -220,7 +296,7 @@ impl Renderer<'_> {
             Tag::Heading { .. } => {
                 self.flush(false);
                 if !self.out.is_empty() {
-                    self.blank_before_next = true;
+                    self.separate();
                 }
                 let heading = self.theme.heading;
                 self.push_style(|s| s.patch(heading));
@@ -234,7 +310,7 @@ impl Renderer<'_> {
             Tag::CodeBlock(kind) => {
                 self.flush(false);
                 if !self.out.is_empty() {
-                    self.blank_before_next = true;
+                    self.separate();
                 }
                 if let CodeBlockKind::Fenced(lang) = kind {
                     if !lang.is_empty() {
@@ -250,7 +326,7 @@ impl Renderer<'_> {
             Tag::List(start) => {
                 self.flush(false);
                 if self.list_depth() == 0 && !self.out.is_empty() {
-                    self.blank_before_next = true;
+                    self.separate();
                 }
                 self.containers.push(Container::List { next: start });
             }
@@ -277,9 +353,15 @@ impl Renderer<'_> {
             Tag::Emphasis => self.push_style(|s| s.add_modifier(Modifier::ITALIC)),
             Tag::Strong => self.push_style(|s| s.add_modifier(Modifier::BOLD)),
             Tag::Strikethrough => self.push_style(|s| s.add_modifier(Modifier::CROSSED_OUT)),
-            Tag::Link { .. } => {
+            Tag::Link { dest_url, .. } => {
+                self.links.push(dest_url.to_string());
+                self.link_text.clear();
                 let link = self.theme.link;
                 self.push_style(|s| s.patch(link));
+            }
+            Tag::Table(_) => {
+                self.flush(false);
+                self.table = Some(Table::default());
             }
             Tag::Image { .. } => {
                 let label = self.theme.image_label;
@@ -302,7 +384,7 @@ impl Renderer<'_> {
                 if matches!(self.containers.last(), Some(Container::Quote)) {
                     self.containers.pop();
                 }
-                self.blank_before_next = true;
+                self.separate();
             }
             TagEnd::CodeBlock => {
                 // The code text ends with a newline, which already ended its last line.
@@ -311,7 +393,7 @@ impl Renderer<'_> {
                 }
                 self.in_code = false;
                 self.pop_style();
-                self.blank_before_next = true;
+                self.separate();
             }
             TagEnd::List(_) => {
                 self.flush(false);
@@ -319,7 +401,7 @@ impl Renderer<'_> {
                     self.containers.pop();
                 }
                 if self.list_depth() == 0 {
-                    self.blank_before_next = true;
+                    self.separate();
                 }
             }
             TagEnd::Item => {
@@ -330,13 +412,68 @@ impl Renderer<'_> {
                 // Loose items end with a paragraph; tight lists stay tight.
                 self.blank_before_next = false;
             }
-            TagEnd::Emphasis
-            | TagEnd::Strong
-            | TagEnd::Strikethrough
-            | TagEnd::Link
-            | TagEnd::Image => self.pop_style(),
+            TagEnd::Link => {
+                self.pop_style();
+                // The URL stays visible unless the text already is it.
+                if let Some(url) = self.links.pop() {
+                    let text = std::mem::take(&mut self.link_text);
+                    if !url.is_empty() && text.trim() != url && !url.starts_with('#') {
+                        self.spans
+                            .push(Span::styled(format!(" ({url})"), self.theme.hint));
+                    }
+                }
+            }
+            TagEnd::Emphasis | TagEnd::Strong | TagEnd::Strikethrough | TagEnd::Image => {
+                self.pop_style()
+            }
             _ => {}
         }
+    }
+
+    /// A table as text: columns padded to their widest cell, `│` between them, a rule under
+    /// the head.
+    fn draw_table(&mut self, table: &Table) {
+        use unicode_width::UnicodeWidthStr;
+        let columns = table.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut widths = vec![0usize; columns];
+        for row in &table.rows {
+            for (i, cell) in row.iter().enumerate() {
+                widths[i] = widths[i].max(cell.trim().width());
+            }
+        }
+        if !self.out.is_empty() {
+            self.separate();
+        }
+        let border = self.theme.quote;
+        for (r, row) in table.rows.iter().enumerate() {
+            let mut spans = Vec::new();
+            for (i, width) in widths.iter().enumerate() {
+                let cell = row.get(i).map(|c| c.trim()).unwrap_or("");
+                spans.push(Span::styled(if i == 0 { "│ " } else { " │ " }, border));
+                let style = if r < table.head_rows {
+                    self.style().add_modifier(Modifier::BOLD)
+                } else {
+                    self.style()
+                };
+                spans.push(Span::styled(
+                    format!("{cell}{}", " ".repeat(width - cell.width())),
+                    style,
+                ));
+            }
+            spans.push(Span::styled(" │", border));
+            self.spans = spans;
+            self.flush(false);
+            if r + 1 == table.head_rows {
+                let rule: String = widths
+                    .iter()
+                    .map(|w| "─".repeat(w + 2))
+                    .collect::<Vec<_>>()
+                    .join("┼");
+                self.spans = vec![Span::styled(format!("├{rule}┤"), border)];
+                self.flush(false);
+            }
+        }
+        self.separate();
     }
 
     fn list_depth(&self) -> usize {
@@ -362,6 +499,47 @@ mod tests {
                     .collect::<String>()
             })
             .collect()
+    }
+
+    #[test]
+    fn tables_are_drawn_as_tables() {
+        assert_eq!(
+            plain("Findings:\n\n| Organ | Finding |\n|---|---|\n| Lung | clear |\n| Heart | normal size |\n\nEnd."),
+            [
+                "Findings:",
+                "",
+                "│ Organ │ Finding     │",
+                "├───────┼─────────────┤",
+                "│ Lung  │ clear       │",
+                "│ Heart │ normal size │",
+                "",
+                "End."
+            ]
+        );
+    }
+
+    #[test]
+    fn links_keep_their_url() {
+        assert_eq!(
+            plain("See [the guideline](https://example.org/g) and <https://example.org/x>."),
+            ["See the guideline (https://example.org/g) and https://example.org/x."]
+        );
+    }
+
+    #[test]
+    fn a_quote_after_a_paragraph_has_no_stray_bar_above_it() {
+        assert_eq!(
+            plain("Impression:\n\n> No acute process.\n>\n> Follow up.\n\nDone."),
+            [
+                "Impression:",
+                "",
+                "│ No acute process.",
+                "│ ",
+                "│ Follow up.",
+                "",
+                "Done."
+            ]
+        );
     }
 
     #[test]
