@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             };
             // One line: the cause chain joined with ": ", newlines flattened, and every other
             // control character (from file names, server messages…) shown escaped.
-            let message = format!("{err:#}").replace('\n', " ");
+            let message = huatuo::text::error_line(err.chain());
             let message = huatuo::term::sanitize(&message);
             eprintln!("{prefix} {message}");
             ExitCode::from(2)

@@ -10,9 +10,6 @@ pub const IMAGE_PLACEHOLDER: &str = "<image>";
 /// (`llava/constants.py` `IMAGE_TOKEN_INDEX`, reference §3.2).
 pub const IMAGE_TOKEN_INDEX: i64 = -200;
 
-/// Python's `str.isspace()` for one character: Rust's `char::is_whitespace` (Unicode
-/// `White_Space`) plus the information separators U+001C..U+001F, which Python also
-/// counts (bidirectional class B/S).
 /// `n` and the noun in the right number: `1 image`, `2 images`.
 pub fn count(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
@@ -22,6 +19,30 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
     }
 }
 
+/// An error and its causes on one line, joined with ": " as anyhow's `{:#}` does, but without
+/// saying a cause twice: an error whose own message already quotes its source (`cannot read
+/// X: permission denied`) is not followed by that source again. Newlines become spaces.
+pub fn error_line<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut out = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || out.contains(text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(text);
+    }
+    out.replace('\n', " ")
+}
+
+/// Python's `str.isspace()` for one character: Rust's `char::is_whitespace` (Unicode
+/// `White_Space`) plus the information separators U+001C..U+001F, which Python also
+/// counts (bidirectional class B/S).
 pub fn is_py_whitespace(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
@@ -43,6 +64,45 @@ pub fn py_rstrip(s: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    /// A cause that its error already quotes is said once; new causes are joined with ": ".
+    #[test]
+    fn error_lines_never_say_a_cause_twice() {
+        #[derive(Debug)]
+        struct E(String, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let io = E("permission denied".into(), None);
+        let quoting = E(
+            "cannot read image /x/a.png: permission denied".into(),
+            Some(Box::new(io)),
+        );
+        let chain = |e: &E| {
+            let mut v: Vec<&(dyn std::error::Error + 'static)> = vec![];
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+            while let Some(c) = cur {
+                v.push(c);
+                cur = c.source();
+            }
+            super::error_line(v)
+        };
+        assert_eq!(
+            chain(&quoting),
+            "cannot read image /x/a.png: permission denied"
+        );
+        let outer = E(
+            "cannot load model m".into(),
+            Some(Box::new(E("no\nconfig".into(), None))),
+        );
+        assert_eq!(chain(&outer), "cannot load model m: no config");
+    }
 
     #[test]
     fn counts_take_the_right_number() {

@@ -71,6 +71,78 @@ fn missing_image_is_one_line_naming_it() {
     assert!(out.stdout.is_empty());
 }
 
+/// Issue 20: no path printed twice, no cause said twice, and what is wrong with the input is
+/// found before any model is looked for (these run with no model anywhere: a download would
+/// fail on the network instead).
+#[test]
+fn errors_name_each_path_once_and_come_before_the_model() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let junk = tmp.path().join("notes.png");
+    std::fs::write(&junk, b"these are notes, not a picture").expect("write");
+    let empty = tmp.path().join("empty-model");
+    std::fs::create_dir(&empty).expect("dir");
+    let home = tmp.path().join("home");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = crate::util::huatuo(&home)
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .args(args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8(out.stderr).expect("utf-8");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        err
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let dir = tmp.path().as_os_str().to_owned();
+    let cases: Vec<(Vec<std::ffi::OsString>, std::path::PathBuf, &str)> = vec![
+        (
+            vec![os("ask"), os("-i"), dir.clone(), os("hi")],
+            tmp.path().to_path_buf(),
+            "it is a directory (give an image file in it)",
+        ),
+        (
+            vec![os("ask"), os("-i"), junk.clone().into(), os("hi")],
+            junk.clone(),
+            "not a recognised image format",
+        ),
+        (
+            vec![os("ask"), os("--model"), empty.clone().into(), os("hi")],
+            empty.clone(),
+            "is not a checkpoint directory: it has no config.json",
+        ),
+        (
+            vec![
+                os("render"),
+                dir.clone(),
+                os("-o"),
+                tmp.path().join("o.png").into(),
+            ],
+            tmp.path().to_path_buf(),
+            "it is a directory",
+        ),
+    ];
+    for (args, path, says) in cases {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let err = run(&args);
+        assert!(err.contains(says), "{args:?}: {err}");
+        let path = path.display().to_string();
+        assert_eq!(
+            err.matches(&*path).count(),
+            1,
+            "{args:?} names {path} once: {err}"
+        );
+        assert!(!err.contains("huggingface"), "before any download: {err}");
+        let parts: Vec<&str> = err.trim_end().split(": ").collect();
+        let mut seen = std::collections::HashSet::new();
+        assert!(
+            parts.iter().all(|p| seen.insert(*p)),
+            "no cause said twice: {err}"
+        );
+    }
+}
+
 #[test]
 fn corrupt_image_is_one_line_naming_it() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -149,7 +149,10 @@ fn images_that_are_not_regular_files_are_refused() {
         let err = huatuo::model::preprocess::read_file(path).expect_err("not a file");
         assert_eq!(
             err.to_string(),
-            format!("cannot read image {}: not a regular file", path.display())
+            format!(
+                "cannot read image {}: not a regular file (a device, pipe or socket is never read)",
+                path.display()
+            )
         );
         let out = huatuo(home.path())
             .arg("render")

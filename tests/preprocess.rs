@@ -346,7 +346,16 @@ fn non_images_are_unsupported() {
     assert!(msg.contains("empty.jpg") && msg.contains("empty"), "{msg}");
 
     let err = load_rgb(dir.path()).expect_err("directory");
-    assert!(matches!(err, PreprocessError::Read { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            PreprocessError::NotAFile {
+                directory: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -742,7 +742,8 @@ fn stand_in(mode: Mode) -> (String, Arc<Mutex<Recorded>>) {
             let mut out = stream;
             if request_line.starts_with("GET /v1/models") {
                 let list = json!({"object": "list", "data": [
-                    {"id": "huatuo-7b", "object": "model", "owned_by": "vllm", "max_model_len": 4096}]})
+                    {"id": "huatuo-7b", "object": "model", "owned_by": "vllm", "max_model_len": 4096},
+                    {"id": "huatuo-34b", "object": "model", "owned_by": "vllm", "max_model_len": 4096}]})
                 .to_string();
                 let _ = write!(
                     out,
@@ -907,6 +908,80 @@ fn the_client_sends_the_model_input_and_explicit_sampling() {
 }
 
 /// An endpoint nobody answers fails after the retries, naming it.
+/// Issue 20: `ask --model A --model B` works with `--endpoint` models too: each model served
+/// there is asked in turn (named in its request), and both answers are printed labelled, or as
+/// a JSON array.
+#[test]
+fn compare_asks_each_served_model() {
+    let (url, recorded) = stand_in(Mode::Answer);
+    let home = tempfile::tempdir().expect("tmp");
+    let cell = fixture("images/cell.png");
+    let out = huatuo(home.path())
+        .args([
+            "ask",
+            "--endpoint",
+            &url,
+            "--model",
+            "huatuo-7b",
+            "--model",
+            "huatuo-34b",
+        ])
+        .arg("--image")
+        .arg(&cell)
+        .arg("What does the picture show?")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let a = stdout.find("## huatuo-7b").expect("first label");
+    let b = stdout.find("## huatuo-34b").expect("second label");
+    assert!(a < b, "{stdout}");
+    assert_eq!(
+        stdout.matches("The lungs are clear.").count(),
+        2,
+        "{stdout}"
+    );
+    let models: Vec<String> = recorded
+        .lock()
+        .expect("rec")
+        .requests
+        .iter()
+        .map(|(_, _, body)| body["model"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(models, ["huatuo-7b", "huatuo-34b"]);
+
+    let out = huatuo(home.path())
+        .args([
+            "ask",
+            "--endpoint",
+            &url,
+            "--model",
+            "huatuo-7b",
+            "--model",
+            "huatuo-34b",
+        ])
+        .args(["--json", "Any effusion?"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let answers: Vec<&str> = v
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| r["answer"].as_str().expect("answer"))
+        .collect();
+    assert_eq!(answers, ["The lungs are clear.", "The lungs are clear."]);
+}
+
 #[test]
 fn an_unreachable_endpoint_is_one_clear_line() {
     let port = TcpListener::bind("127.0.0.1:0")

@@ -1385,3 +1385,164 @@ fn view_fills_the_screen_and_toggles_to_the_model_input() {
         last.text
     );
 }
+
+/// Issue 20: the viewer re-windows a greyscale DICOM image as a reading station does (digits
+/// for the presets, ←/→ the width, ↑/↓ the level, 0 back). The earlier answer keeps the window
+/// it saw; closing the viewer attaches the image with the new window to the next question, whose
+/// request and record carry it. A PNG has no window to change.
+#[test]
+fn the_viewer_rewindows_dicom_for_the_next_question() {
+    let mut chat = Chat::new();
+    let ct = fixture("dicom/ct_explicit_le.dcm");
+    chat.enter(&format!("/image {}", ct.display()));
+    chat.enter("What is it?");
+    chat.answer(&["A CT slice."], true);
+    let _ = chat.render(100, 40);
+    chat.enter("/view 1");
+    let applied = |chat: &Chat| chat.app.viewer.as_ref().and_then(|v| v.applied);
+    let window = |chat: &Chat| chat.app.viewer.as_ref().and_then(|v| v.window.clone());
+    let first = applied(&chat).expect("a greyscale DICOM image has a window");
+    assert_eq!(window(&chat), None, "the file's own window to start with");
+
+    chat.send(key(KeyCode::Char('4')));
+    assert_eq!(window(&chat).as_deref(), Some("lung"));
+    let lung = applied(&chat).expect("window");
+    assert_eq!((lung.center, lung.width), (-600.0, 1500.0));
+    chat.send(key(KeyCode::Right));
+    assert_eq!(window(&chat).as_deref(), Some("-600,1650"), "10% wider");
+    chat.send(key(KeyCode::Up));
+    assert_eq!(
+        window(&chat).as_deref(),
+        Some("-517,1650"),
+        "level up 5% of the width"
+    );
+    chat.send(key(KeyCode::Left));
+    chat.send(key(KeyCode::Down));
+    assert_eq!(window(&chat).as_deref(), Some("-591,1485"));
+    let screen = chat.render(100, 40).backend().to_string();
+    assert!(screen.contains("window -591,1485"), "{screen}");
+    assert!(screen.contains("for the next question"), "{screen}");
+    chat.send(key(KeyCode::Tab));
+    let model = chat.app.viewer.as_ref().expect("open");
+    assert!(
+        matches!(&model.picture, Some(Ok(p)) if (p.width, p.height) == (336, 336)),
+        "the model's input through the new window"
+    );
+    chat.send(key(KeyCode::Tab));
+
+    chat.send(key(KeyCode::Char('0')));
+    assert_eq!(window(&chat), None, "0: back to the image's own window");
+    let back = applied(&chat).expect("window");
+    assert_eq!((back.center, back.width), (first.center, first.width));
+    chat.send(key(KeyCode::Esc));
+    assert!(
+        chat.app.pending.is_empty(),
+        "nothing changed, nothing attached"
+    );
+
+    chat.enter("/view 1");
+    chat.send(key(KeyCode::Char('8')));
+    chat.send(key(KeyCode::Esc));
+    assert!(chat.app.viewer.is_none());
+    assert_eq!(chat.app.pending.len(), 1, "attached for the next question");
+    assert_eq!(chat.app.pending[0].window.as_deref(), Some("bone"));
+    let last = chat.app.notices.last().expect("notice");
+    assert!(
+        last.text.contains("next question") && last.text.contains("bone (400,1800)"),
+        "{}",
+        last.text
+    );
+    assert_eq!(
+        chat.app.session.turns[0].images[0].window, None,
+        "the first answer keeps the window it saw"
+    );
+
+    chat.enter("And in the bone window?");
+    let (_, request) = chat.last_generate();
+    assert_eq!(request.images.len(), 1);
+    assert_eq!(request.images[0].window.as_deref(), Some("bone"));
+    chat.answer(&["Bone."], true);
+    let turn = &chat.app.session.turns[1];
+    assert_eq!(turn.images[0].window.as_deref(), Some("bone"));
+    let record = turn.record.as_ref().expect("the turn's record");
+    let windows: Vec<_> = record.images.iter().map(|i| i.window.clone()).collect();
+    assert_eq!(windows, [None, Some("bone".to_string())]);
+
+    // A PNG: the arrows do nothing.
+    chat.enter(&format!("/image {}", fixture("images/cell.png").display()));
+    chat.enter("/view 3");
+    assert!(applied(&chat).is_none());
+    chat.send(key(KeyCode::Char('4')));
+    chat.send(key(KeyCode::Left));
+    assert_eq!(window(&chat), None);
+    chat.send(key(KeyCode::Esc));
+    assert_eq!(chat.app.pending.len(), 1);
+}
+
+/// Issue 20: scrolled up with more below, the "↓ N more" marker has its own row: it never
+/// covers a row of text.
+#[test]
+fn the_more_below_marker_never_covers_text() {
+    let mut chat = Chat::new();
+    chat.enter("List them");
+    let items: Vec<String> = (0..40).map(|i| format!("- item {i:02}\n")).collect();
+    let items: Vec<&str> = items.iter().map(String::as_str).collect();
+    chat.answer(&items, true);
+    chat.render(60, 15);
+    chat.send(key(KeyCode::PageUp));
+    let screen = chat.render(60, 15).backend().to_string();
+    let lines: Vec<&str> = screen.lines().collect();
+    let marker = lines
+        .iter()
+        .position(|l| l.contains("more · End"))
+        .unwrap_or_else(|| panic!("a marker: {screen}"));
+    assert!(
+        !lines[marker].contains("item"),
+        "the marker's row holds no text: {screen}"
+    );
+    // The rows above it run on without a gap: the next item is the one below the marker.
+    let shown: Vec<u32> = lines[..marker]
+        .iter()
+        .filter_map(|l| l.split("item ").nth(1))
+        .filter_map(|t| t.trim().trim_end_matches('"').trim().parse().ok())
+        .collect();
+    assert!(shown.len() > 5, "{screen}");
+    assert!(shown.windows(2).all(|w| w[1] == w[0] + 1), "{shown:?}");
+    let below: usize = lines[marker]
+        .split('↓')
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    let last = *shown.last().expect("shown") as usize;
+    assert!(
+        below >= 39 - last,
+        "the items after {last} (and the rows after them) are counted: {below}"
+    );
+}
+
+/// Issue 20: in a wide window prose wraps at most [`PROSE_MAX`] columns wide, so lines stay
+/// readable; a narrow window still uses its whole width.
+#[test]
+fn prose_wraps_at_a_readable_width_in_wide_windows() {
+    use huatuo::tui::transcript::PROSE_MAX;
+    let mut chat = Chat::new();
+    let long = "The consolidation is in the right lower lobe. ".repeat(12);
+    chat.enter(&long);
+    chat.answer(&[&long], true);
+    let widest = |w: u16| {
+        let screen = chat.render(w, 40).backend().to_string();
+        screen
+            .lines()
+            .filter(|l| l.contains("consolidation"))
+            .map(|l| l.trim_matches('"').trim_end().chars().count())
+            .max()
+            .expect("prose on screen")
+    };
+    let wide = widest(200);
+    assert!(
+        wide <= usize::from(PROSE_MAX) && wide > 80,
+        "wrapped at most {PROSE_MAX} wide: {wide}"
+    );
+    assert!(widest(70) <= 70);
+}

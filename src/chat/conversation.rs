@@ -96,7 +96,7 @@ impl Session {
         let mut kept = Vec::with_capacity(images.len());
         let mut sent = Vec::with_capacity(images.len());
         for image in &images {
-            let (image, stored) = store.keep(image)?;
+            let (image, stored) = store.keep_new(image)?;
             sent.push(ImageRef {
                 path: stored,
                 ..image.clone()
@@ -207,7 +207,8 @@ mod tests {
             temperature: Some(0.0),
             ..Default::default()
         };
-        let a = image(tmp.path(), "a.png", b"abc");
+        // A PNG's signature, then anything: new images must look like images.
+        let a = image(tmp.path(), "a.png", b"\x89PNG\r\n\x1a\nabc");
         let (req, mut turn) = session
             .next_turn(
                 "What<image> does the picture show?",
@@ -217,7 +218,8 @@ mod tests {
                 &store,
             )
             .expect("turn 1");
-        let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        // Python: hashlib.sha256(b"\x89PNG\r\n\x1a\nabc").hexdigest()
+        let sha = "2cb922ecae93d405c9b9631a154ff097e354a411d5444196a182a0ffcbe63071";
         let stored = store.dir().join(sha).join("a.png");
         assert_eq!(req.user, "<image>\nWhat does the picture show?");
         assert!(req.history.is_empty() && req.history_images.is_empty());

@@ -75,7 +75,21 @@ impl ImageStore {
     /// is the image that was shown (`image.sha256`, when known) and copies it into the store.
     /// Returns the image with its SHA-256 and the path of the stored copy.
     pub fn keep(&self, image: &ImageRef) -> Result<(ImageRef, PathBuf), ImageError> {
+        self.keep_bytes(image, false)
+    }
+
+    /// [`ImageStore::keep`] for an image new to the conversation, which must also look like an
+    /// image huatuo reads (DICOM, PNG, JPEG…, from its first bytes): a file that is not one is
+    /// refused before any model is downloaded or loaded.
+    pub fn keep_new(&self, image: &ImageRef) -> Result<(ImageRef, PathBuf), ImageError> {
+        self.keep_bytes(image, true)
+    }
+
+    fn keep_bytes(&self, image: &ImageRef, sniff: bool) -> Result<(ImageRef, PathBuf), ImageError> {
         let bytes = read_image(&image.path)?;
+        if sniff {
+            crate::model::preprocess::sniff(&image.path, &bytes)?;
+        }
         let sha = hex(&Sha256::digest(&bytes));
         if image.sha256.as_ref().is_some_and(|s| *s != sha) {
             return Err(ImageError::Changed(image.path.clone()));
@@ -281,7 +295,11 @@ mod tests {
     fn only_regular_files_are_read() {
         let tmp = tempfile::tempdir().expect("tmp");
         let err = read_image(tmp.path()).expect_err("a directory");
-        assert!(err.to_string().ends_with("not a regular file"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("it is a directory (give an image file in it)"),
+            "{err}"
+        );
         // A FIFO is refused without opening it (which would block forever).
         let fifo = tmp.path().join("fifo.png");
         if std::process::Command::new("mkfifo")
@@ -290,10 +308,10 @@ mod tests {
             .is_ok_and(|s| s.success())
         {
             let err = read_image(&fifo).expect_err("a FIFO");
-            assert!(err.to_string().ends_with("not a regular file"), "{err}");
+            assert!(err.to_string().contains(": not a regular file"), "{err}");
         }
         let err = read_image(Path::new("/dev/zero")).expect_err("a device");
-        assert!(err.to_string().ends_with("not a regular file"), "{err}");
+        assert!(err.to_string().contains(": not a regular file"), "{err}");
         let err = read_image(&tmp.path().join("none.png")).expect_err("missing");
         assert_eq!(
             err.to_string(),

@@ -53,7 +53,7 @@ pub fn run(args: AskArgs, facts: TermFacts) -> Result<()> {
             "bad_input"
         };
         let value = serde_json::json!({
-            "error": { "message": format!("{e:#}").replace('\n', " "), "kind": kind }
+            "error": { "message": crate::text::error_line(e.chain()), "kind": kind }
         });
         let mut out = std::io::stdout().lock();
         let _ = writeln!(

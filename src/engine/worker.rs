@@ -310,18 +310,17 @@ impl Worker {
             }
         }
         let kept = self.loaded.as_ref().map(|l| l.info.clone());
+        // The model is named once: an error that already names it (a folder that is missing or
+        // not a checkpoint) is not prefixed with it again.
+        let error = one_line(error);
+        let what = if error.contains(&spec.source) {
+            format!("cannot load the model: {error}")
+        } else {
+            format!("cannot load model {}: {error}", spec.source)
+        };
         let error = match &kept {
-            Some(info) => format!(
-                "cannot load model {}: {}; {} is still loaded",
-                spec.source,
-                one_line(error),
-                info.source
-            ),
-            None => format!(
-                "cannot load model {}: {}; no model is loaded",
-                spec.source,
-                one_line(error)
-            ),
+            Some(info) => format!("{what}; {} is still loaded", info.source),
+            None => format!("{what}; no model is loaded"),
         };
         self.emit(failed(id, FailureKind::Model, error, ""));
         if let Some(info) = kept {

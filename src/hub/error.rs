@@ -18,6 +18,13 @@ pub enum HubError {
     )]
     LocalNotFound { path: PathBuf },
 
+    #[error(
+        "{} is not a checkpoint directory: it has no config.json (give --model 7b, 34b, a hub \
+         repo id such as org/name, or the folder a checkpoint was downloaded to)",
+        path.display()
+    )]
+    LocalNotCheckpoint { path: PathBuf },
+
     #[error("`{revision}` is not a valid revision (a branch, tag or commit id)")]
     BadRevision { revision: String },
 

@@ -240,6 +240,9 @@ pub fn resolve(
             if !path.is_dir() {
                 return Err(HubError::LocalNotFound { path: path.clone() });
             }
+            if !path.join("config.json").is_file() {
+                return Err(HubError::LocalNotCheckpoint { path: path.clone() });
+            }
             return Ok(Resolved {
                 dir: path.clone(),
                 repo: None,

@@ -52,7 +52,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "view",
         aliases: &[],
         args: "[N]",
-        help: "show image N (the last by default) on the whole screen; Tab: what the model sees",
+        help: "show image N (the last by default) on the whole screen; Tab: what the model sees; DICOM: 1-8 presets, arrows re-window it",
         arg: Arg::Optional(Complete::Nothing),
     },
     CommandSpec {

@@ -51,6 +51,8 @@ pub struct ViewPicture {
     /// The pixels shown (the original's, or 336×336).
     pub width: u32,
     pub height: u32,
+    /// The window a greyscale DICOM image was drawn through (the original only).
+    pub window: Option<crate::dicom::AppliedWindow>,
 }
 
 impl std::fmt::Debug for ViewPicture {
@@ -74,6 +76,7 @@ pub fn view(job: &ViewJob, picker: &Picker) -> Result<ViewPicture, String> {
         window,
         frame: job.frame,
     };
+    let mut applied = None;
     let image = if job.model_input {
         let png = crate::engine::model_input_png(&job.path, &bytes, &opts)?;
         image::load_from_memory_with_format(&png, image::ImageFormat::Png)
@@ -81,11 +84,13 @@ pub fn view(job: &ViewJob, picker: &Picker) -> Result<ViewPicture, String> {
     } else if crate::dicom::is_dicom(&bytes) {
         let dicom = crate::dicom::from_bytes(&job.path, &bytes).map_err(|e| e.to_string())?;
         let rendering = dicom.render(&opts).map_err(|e| e.to_string())?;
+        applied = rendering.window;
         image::DynamicImage::ImageRgb8(rendering.image)
     } else {
         image::load_from_memory(&bytes).map_err(|e| e.to_string())?
     };
     let (width, height) = (image.width(), image.height());
+    let image = zoomed(image, picker.font_size(), job.cells, u32::MAX);
     let size = Resize::Fit(None).size_for(&image, picker.font_size(), job.cells);
     let size = Size::new(size.width.max(1), size.height.max(1));
     let protocol = picker
@@ -95,7 +100,35 @@ pub fn view(job: &ViewJob, picker: &Picker) -> Result<ViewPicture, String> {
         protocol,
         width,
         height,
+        window: applied,
     })
+}
+
+/// `image` enlarged (whole pixels repeated, nearest neighbour: no made-up detail) to fill
+/// `cells` of `font` pixels as far as its aspect allows, by at most `max_factor`; an image
+/// that already fills them is returned as it is (fitting it smaller is the protocol's job).
+fn zoomed(
+    image: image::DynamicImage,
+    font: ratatui_image::FontSize,
+    cells: Size,
+    max_factor: u32,
+) -> image::DynamicImage {
+    let (w, h) = (image.width().max(1), image.height().max(1));
+    // Bounded, whatever the terminal reports: at most 8192 pixels a side.
+    let room_w = (u64::from(cells.width) * u64::from(font.width.max(1))).min(8192);
+    let room_h = (u64::from(cells.height) * u64::from(font.height.max(1))).min(8192);
+    // The largest factor, as a fraction, that keeps both sides inside the room.
+    let scale = (room_w as f64 / f64::from(w))
+        .min(room_h as f64 / f64::from(h))
+        .min(f64::from(max_factor));
+    if scale <= 1.0 {
+        return image;
+    }
+    let (nw, nh) = (
+        ((f64::from(w) * scale).floor() as u32).max(1),
+        ((f64::from(h) * scale).floor() as u32).max(1),
+    );
+    image.resize_exact(nw, nh, image::imageops::FilterType::Nearest)
 }
 
 /// An encoded thumbnail, ready to draw.
@@ -168,6 +201,8 @@ pub fn load_with(path: &Path, picker: &Picker, max: Size) -> Result<ImageMeta, S
         (image, None, Vec::new())
     };
     let (width, height) = (image.width(), image.height());
+    // A small scan (a 64×64 MR) is enlarged, at most 4 times, to be seen at all.
+    let image = zoomed(image, picker.font_size(), max, 4);
     let size = Resize::Fit(None).size_for(&image, picker.font_size(), max);
     let size = Size::new(size.width.max(1), size.height.max(1));
     let thumbnail = SlicedProtocol::new(picker, image, Some(size))
@@ -289,6 +324,67 @@ mod tests {
         )
         .expect("model input");
         assert_eq!((input.width, input.height), (336, 336));
+    }
+
+    /// Zoom to fit: a small scan fills the viewer and its thumbnail grows (at most 4×), with
+    /// whole pixels repeated; a large image is left to the protocol to fit.
+    #[test]
+    fn small_images_are_enlarged_to_be_seen() {
+        const FONT: ratatui_image::FontSize = ratatui_image::FontSize {
+            width: 10,
+            height: 20,
+        };
+        let tiny = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(32, 24, |x, y| {
+            image::Rgb([(x * 8) as u8, (y * 10) as u8, 0])
+        }));
+        let big = zoomed(tiny.clone(), FONT, Size::new(98, 37), u32::MAX);
+        assert_eq!(
+            (big.width(), big.height()),
+            (980, 735),
+            "fills the height: 37×20 / 24"
+        );
+        let big = big.to_rgb8();
+        let small = tiny.to_rgb8();
+        for (x, y) in [(0, 0), (979, 734), (500, 300)] {
+            let (sx, sy) = (x * 32 / 980, y * 24 / 735);
+            assert_eq!(big.get_pixel(x, y), small.get_pixel(sx, sy), "({x},{y})");
+        }
+        let thumb = zoomed(tiny.clone(), FONT, Size::new(72, 24), 4);
+        assert_eq!(
+            (thumb.width(), thumb.height()),
+            (128, 96),
+            "at most 4 times"
+        );
+        let large = image::DynamicImage::new_rgb8(2000, 1000);
+        let same = zoomed(large, FONT, Size::new(28, 8), 4);
+        assert_eq!((same.width(), same.height()), (2000, 1000));
+
+        let picker = Picker::halfblocks();
+        let ct =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_explicit_le.dcm");
+        let job = ViewJob {
+            path: ct.clone(),
+            window: None,
+            frame: None,
+            model_input: false,
+            cells: Size::new(98, 37),
+        };
+        let shown = view(&job, &picker).expect("view");
+        assert_eq!(
+            (shown.width, shown.height),
+            (32, 24),
+            "the caption keeps the real size"
+        );
+        assert!(
+            shown.protocol.size().height >= 30,
+            "{:?}",
+            shown.protocol.size()
+        );
+        let thumb = load(&ct, &picker)
+            .expect("load")
+            .thumbnail
+            .expect("thumbnail");
+        assert!(thumb.size().width >= 12, "{:?}", thumb.size());
     }
 
     #[test]

@@ -81,12 +81,11 @@ impl App {
             }
         }
         if self.viewer.is_some() {
-            match key.code {
-                KeyCode::Esc | KeyCode::Char('q') | KeyCode::F(3) => self.viewer = None,
-                KeyCode::Tab | KeyCode::Char('m') => return self.toggle_viewer(),
-                _ => {}
-            }
-            return Vec::new();
+            return match key.code {
+                KeyCode::Esc | KeyCode::Char('q') | KeyCode::F(3) => self.close_viewer(),
+                KeyCode::Tab | KeyCode::Char('m') => self.toggle_viewer(),
+                code => self.window_key(code).unwrap_or_default(),
+            };
         }
         let page = self.view.viewport_rows.get().max(2) as isize - 1;
         // Moving the cursor keeps a selected (refused) command and edits it from there.

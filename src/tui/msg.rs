@@ -29,12 +29,12 @@ pub enum Msg {
     Tick,
     /// An event from the model engine.
     Engine(Event),
-    /// An image was read for an attachment (its size, hash and thumbnail), or could not be.
     /// A picture for the viewer was rendered (or could not be).
     Viewed {
         job: super::image::ViewJob,
         result: Result<super::image::ViewPicture, String>,
     },
+    /// An image was read for an attachment (its size, hash and thumbnail), or could not be.
     Image {
         path: PathBuf,
         result: Result<ImageMeta, String>,
@@ -53,8 +53,7 @@ pub enum Msg {
     SessionLoaded(Result<Session, String>),
     /// `/export` finished.
     Exported(Result<PathBuf, String>),
-    /// `/copy` finished: how many characters were copied.
-    /// What was copied and how, or why nothing was.
+    /// `/copy` finished: what was copied and how, or why nothing was.
     Copied(Result<String, String>),
     /// The external editor (Ctrl+G) closed: the edited prompt.
     Edited(Result<String, String>),

@@ -52,8 +52,13 @@ impl Cache {
 /// Columns thumbnails are indented by.
 const IMAGE_INDENT: u16 = 2;
 
-/// Lays out the whole transcript at `width`.
+/// Prose is wrapped at most this wide, however wide the window: long lines are hard to read.
+pub const PROSE_MAX: u16 = 100;
+
+/// Lays out the whole transcript at `width` (prose at most [`PROSE_MAX`] wide).
 pub fn rows(app: &App, width: u16) -> Vec<Row> {
+    let full = width;
+    let width = width.min(PROSE_MAX);
     let mut out = Vec::new();
     let theme = &app.theme;
     let text_rows = |out: &mut Vec<Row>, line: MdLine| {
@@ -104,7 +109,7 @@ pub fn rows(app: &App, width: u16) -> Vec<Row> {
         out.push(Row::Text(Line::default()));
         answer(app, i, turn, width, &mut out);
         if let Some(c) = app.compare.as_ref().filter(|c| c.after_turns == i + 1) {
-            out.extend(super::compare::rows(app, c, width));
+            out.extend(super::compare::rows(app, c, full));
         }
     }
     notices(app, app.session.turns.len(), &mut out, width);

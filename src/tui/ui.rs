@@ -55,10 +55,19 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
         .viewport_rows
         .set(usize::from(transcript_area.height));
     let top = app.top_row();
-    transcript::render(app, &all, top, transcript_area, buf);
+    // Scrolled up with more below: the last row is the marker's, so it never covers text.
+    let mut text_area = transcript_area;
+    let more_below = all
+        .len()
+        .saturating_sub(top + usize::from(transcript_area.height))
+        > 0;
+    if app.scroll.is_some() && more_below && text_area.height > 2 {
+        text_area.height -= 1;
+    }
+    transcript::render(app, &all, top, text_area, buf);
     let below = all
         .len()
-        .saturating_sub(top + usize::from(transcript_area.height));
+        .saturating_sub(top + usize::from(text_area.height));
     if app.scroll.is_some() && below > 0 {
         let text = format!(" ↓ {below} more · End ");
         let w = text.width() as u16;

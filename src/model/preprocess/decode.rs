@@ -46,15 +46,19 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, PreprocessError> {
             source,
         },
     };
-    let not_a_file = || read(std::io::Error::other("not a regular file"));
-    if !std::fs::metadata(path).map_err(read)?.is_file() {
-        return Err(not_a_file());
+    let not_a_file = |meta: &std::fs::Metadata| PreprocessError::NotAFile {
+        path: path.to_path_buf(),
+        directory: meta.is_dir(),
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if !meta.is_file() {
+        return Err(not_a_file(&meta));
     }
     let file = std::fs::File::open(path).map_err(read)?;
     // Checked again on the open file: the path may have changed in between.
     let meta = file.metadata().map_err(read)?;
     if !meta.is_file() {
-        return Err(not_a_file());
+        return Err(not_a_file(&meta));
     }
     if meta.len() > MAX_IMAGE_BYTES {
         return Err(PreprocessError::FileTooLarge {
@@ -75,6 +79,32 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, PreprocessError> {
         });
     }
     Ok(bytes)
+}
+
+/// Checks, from its first bytes, that the file at `path` is an image huatuo reads (DICOM, or a
+/// format [`load_rgb_bytes`] decodes), without decoding it: so a question about a file that
+/// is not an image is refused before a model is downloaded or loaded.
+pub fn sniff(path: &Path, bytes: &[u8]) -> Result<(), PreprocessError> {
+    if dicom::is_dicom(bytes) {
+        return Ok(());
+    }
+    match image::guess_format(bytes) {
+        Ok(
+            ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff
+            | ImageFormat::WebP,
+        ) => Ok(()),
+        Ok(other) => Err(PreprocessError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!("{other:?} images are not supported"),
+        }),
+        Err(_) => Err(PreprocessError::Unsupported {
+            path: path.to_path_buf(),
+            reason: describe_unknown(bytes),
+        }),
+    }
 }
 
 /// [`load_rgb_with`] on the bytes of the file at `path` (named in errors).

@@ -30,7 +30,7 @@ use image::{Rgb, RgbImage};
 
 pub use crate::dicom::ImageOptions;
 pub use config::{CropSize, ProcessorConfig, ResizeTarget};
-pub use decode::{load_rgb, load_rgb_bytes, load_rgb_with, read_file};
+pub use decode::{load_rgb, load_rgb_bytes, load_rgb_with, read_file, sniff};
 pub use resample::pillow_resize_bicubic;
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS` (`1024 * 1024 * 1024 // 4 // 3`); Pillow refuses images
@@ -63,8 +63,19 @@ pub enum PreprocessError {
         /// The path as given.
         path: PathBuf,
     },
-    /// The file exists but could not be read (permissions, an I/O error), or is not a
-    /// regular file (a directory, a FIFO, a device such as /dev/zero), which is never read.
+    /// A directory, a FIFO or a device such as /dev/zero: never read as an image.
+    #[error(
+        "cannot read image {}: {}",
+        path.display(),
+        if *directory { "it is a directory (give an image file in it)" } else { "not a regular file (a device, pipe or socket is never read)" }
+    )]
+    NotAFile {
+        /// The path as given.
+        path: PathBuf,
+        /// A directory, rather than a device or pipe.
+        directory: bool,
+    },
+    /// The file exists but could not be read (permissions, an I/O error).
     #[error("cannot read image {}: {source}", path.display())]
     Read {
         /// The path as given.
