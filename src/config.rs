@@ -134,6 +134,13 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// `HUATUO_KERNELS`: the CPU kernel set for this process (`scalar`, `avx2` or `avx512`; unset,
+/// the best this CPU runs), chosen before any kernel runs. A set the CPU lacks is an error.
+pub fn select_kernels() -> anyhow::Result<crate::kernels::Isa> {
+    let value = std::env::var("HUATUO_KERNELS").ok();
+    crate::kernels::select(value.as_deref()).map_err(anyhow::Error::msg)
+}
+
 /// `HUATUO_TEST_TOKEN_DELAY_MS`: how long every generated token takes at least, so the test
 /// suite can interrupt an answer midway in the real binary. Only builds with the
 /// `test-support` feature read it.

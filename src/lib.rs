@@ -20,6 +20,7 @@ pub mod dicom;
 pub mod engine;
 pub mod eval;
 pub mod hub;
+pub mod kernels;
 pub mod model;
 pub mod protocol;
 pub mod provenance;

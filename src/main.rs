@@ -12,7 +12,7 @@ use huatuo::term::TermFacts;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let facts = TermFacts::detect(cli.color.forced());
-    let result = match cli.command {
+    let result = huatuo::config::select_kernels().and_then(|_| match cli.command {
         None => cmd::chat::default_args().and_then(|args| cmd::chat::run(args, facts)),
         Some(Command::Chat(args)) => cmd::chat::run(args, facts),
         Some(Command::Ask(args)) => cmd::ask::run(args, facts),
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(args)) => cmd::eval::run(args, facts),
         #[cfg(feature = "test-support")]
         Some(Command::Dev { command }) => cmd::dev::run(command),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

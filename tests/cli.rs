@@ -143,6 +143,79 @@ fn errors_name_each_path_once_and_come_before_the_model() {
     }
 }
 
+/// Issue 21: `HUATUO_KERNELS` chooses the kernel set; every set this CPU runs gives the
+/// reference's greedy answer with q8_0 weights (the scalar set hands the products to candle's
+/// kernels), a set the CPU lacks or an unknown name is one line and exit 2, and `info` says
+/// which set runs.
+#[test]
+fn every_kernel_set_answers_and_a_missing_one_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut answers = Vec::new();
+    for set in huatuo::kernels::Isa::available() {
+        let out = crate::util::huatuo(tmp.path())
+            .env("HUATUO_KERNELS", set.name())
+            .args(["ask", "--model"])
+            .arg(tiny_checkpoint("qwen2"))
+            .args([
+                "--quant",
+                "q8_0",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "12",
+            ])
+            .args(["--image"])
+            .arg(fixture("images/cell.png"))
+            .arg("What does the picture show?")
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{set}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        answers.push((set, String::from_utf8(out.stdout).expect("utf-8")));
+        let info = crate::util::huatuo(tmp.path())
+            .env("HUATUO_KERNELS", set.name())
+            .args(["info", "--json"])
+            .output()
+            .expect("run");
+        let v: Value = serde_json::from_slice(&info.stdout).expect("json");
+        assert_eq!(v["kernels"], set.name());
+    }
+    eprintln!(
+        "kernel sets run: {:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert!(
+        answers.iter().all(|a| a.1 == answers[0].1),
+        "the same greedy answer on every set: {answers:?}"
+    );
+    let bad = crate::util::huatuo(tmp.path())
+        .env("HUATUO_KERNELS", "avx9")
+        .args(["info"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("scalar, avx2 or avx512") && err.lines().count() == 1,
+        "{err}"
+    );
+    if let Some(missing) = huatuo::kernels::Isa::ALL
+        .into_iter()
+        .find(|s| !s.supported())
+    {
+        let out = crate::util::huatuo(tmp.path())
+            .env("HUATUO_KERNELS", missing.name())
+            .args(["info"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("this CPU lacks"));
+    }
+}
+
 #[test]
 fn corrupt_image_is_one_line_naming_it() {
     let tmp = tempfile::tempdir().expect("tmp");

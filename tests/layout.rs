@@ -84,6 +84,46 @@ fn model_imports_no_front_end_chat_hub_or_engine() {
     assert!(hits.is_empty(), "{hits:#?}");
 }
 
+/// Issue 21: the kernels are a leaf (no model, chat, engine…), and no operation's files borrow
+/// from another operation's: shared pieces are `kernels::pool` and `kernels::rows`.
+#[test]
+fn kernels_are_a_leaf_and_keep_to_their_own_files() {
+    let hits = offending(
+        "kernels",
+        &[
+            "crate::model",
+            "crate::chat",
+            "crate::tui",
+            "crate::cmd",
+            "crate::hub",
+            "crate::engine",
+            "crate::config",
+            "std::env::var",
+        ],
+    );
+    assert!(hits.is_empty(), "{hits:#?}");
+    let ops: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/kernels"))
+        .expect("src/kernels")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(ops.contains(&"q8_0".to_string()), "{ops:?}");
+    for op in &ops {
+        let others: Vec<String> = ops
+            .iter()
+            .filter(|o| *o != op)
+            .flat_map(|o| [format!("kernels::{o}"), format!("super::super::{o}")])
+            .collect();
+        let needles: Vec<&str> = others.iter().map(String::as_str).collect();
+        let hits = offending(&format!("kernels/{op}"), &needles);
+        assert!(
+            hits.is_empty(),
+            "{op} borrows from another kernel: {hits:#?}"
+        );
+    }
+}
+
 #[test]
 fn tui_imports_no_model() {
     let hits = offending("tui", &["crate::model", "candle"]);

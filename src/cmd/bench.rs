@@ -38,6 +38,9 @@ const FOLLOW_UP_TOKENS: usize = 24;
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub model: String,
+    /// The kernel set that ran (`scalar`, `avx2`, `avx512`) and the CPU's features.
+    pub kernels: crate::kernels::Isa,
+    pub cpu_features: Vec<&'static str>,
     pub shape: Option<Shape>,
     pub layers: usize,
     pub quant: Quant,
@@ -282,6 +285,8 @@ fn model_vocab(report: &Report, args: &BenchArgs) -> Result<usize> {
 fn empty_report(model: String, shape: Option<Shape>, layers: usize, quant: Quant) -> Report {
     Report {
         model,
+        kernels: crate::kernels::isa(),
+        cpu_features: crate::kernels::cpu_features(),
         shape,
         layers,
         quant,
@@ -462,6 +467,11 @@ fn print_table(r: &Report) {
     println!(
         "huatuo bench: {} ({} decoder layers), {}{layout}, KV cache {}, {} threads, {runs}",
         r.model, r.layers, r.quant, r.kv_cache, r.threads
+    );
+    println!(
+        "  kernels {} on a CPU with {}",
+        r.kernels,
+        r.cpu_features.join(" ")
     );
     let load_note = if r.shape.is_some() {
         "random weights built in memory"

@@ -214,11 +214,13 @@ pub fn info(args: InfoArgs) -> Result<()> {
             "data_dir": dirs.data,
             "memory_available_bytes": memory,
             "cached_models": cached,
+            "kernels": crate::kernels::isa(),
+            "cpu_features": crate::kernels::cpu_features(),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
-    let rows: [(&str, String); 10] = [
+    let rows: [(&str, String); 11] = [
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("hub cache", opts.cache_dir.display().to_string()),
         ("hub endpoint", opts.endpoint.clone()),
@@ -252,6 +254,14 @@ pub fn info(args: InfoArgs) -> Result<()> {
             }),
         ),
         ("models", format!("{cached} cached (`huatuo list`)")),
+        (
+            "kernels",
+            format!(
+                "{} (CPU: {}; HUATUO_KERNELS=scalar|avx2|avx512 chooses)",
+                crate::kernels::isa(),
+                crate::kernels::cpu_features().join(" ")
+            ),
+        ),
     ];
     for (k, v) in rows {
         writeln!(out, "{k:<13} {v}")?;

@@ -17,7 +17,7 @@
 use candle_core::{DType, Layout, Result, Storage, Tensor};
 use half::f16;
 
-use super::pool;
+use crate::kernels::pool;
 
 /// Whether [`decode`] runs on this CPU.
 pub(crate) fn supported() -> bool {

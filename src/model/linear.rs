@@ -12,7 +12,7 @@
 //!   blocks) and multiplied by huatuo's port of ggml's AVX2 kernels, for every row count.
 //!   A layer made from q4_K blocks interleaves them when it is made
 //!   ([`QWeight::interleave`]) and keeps only the interleaved copy.
-//! - **q8_0 on x86 with AVX2**: huatuo's own kernels ([`super::q8_0`]) on the blocks as
+//! - **q8_0 on x86 with AVX2**: huatuo's own kernels ([`crate::kernels::q8_0`]) on the blocks as
 //!   they are, for every row count.
 //! - **q6k on x86 with AVX2**, few rows (decode, the LM head): huatuo's kernel
 //!   ([`super::q6k`]) on the blocks as they are.
@@ -29,9 +29,9 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, 
 
 use super::q4k_x8::Q4kX8;
 use super::q6k;
-use super::q8_0;
 use super::qweight::Blocks;
 pub(crate) use super::qweight::QWeight;
+use crate::kernels::q8_0;
 use candle_nn::VarBuilder;
 
 /// A kernel over a weight's GGUF bytes: `(w, n, k, lhs, m, dst)`, `dst[m, n] = lhs[m, k] · Wᵀ`.

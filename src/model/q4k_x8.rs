@@ -18,7 +18,7 @@
 //! `set_len` once [`Q4kX8::pack`] has written every block, each block with a `// SAFETY:`
 //! comment where it happens (`unsafe_op_in_unsafe_fn` and clippy's
 //! `undocumented_unsafe_blocks` hold that). The pool's workers get their parts of an output
-//! as `&mut` slices ([`super::pool`]), never a shared raw pointer. q8_0, q6_K and the two
+//! as `&mut` slices ([`crate::kernels::pool`]), never a shared raw pointer. q8_0, q6_K and the two
 //! attention kernels have SIMD code of their own, and the memory-mapped weights theirs
 //! (`mapped.rs`).
 #![allow(unsafe_code)]
@@ -28,7 +28,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::f16;
 
-use super::pool::{self, Order};
+use crate::kernels::pool::{self, Order};
+use crate::kernels::rows::quantize_rows;
 
 /// Weights per q4_K / q8_K block.
 pub(super) const QK_K: usize = 256;
@@ -96,18 +97,10 @@ impl BlockQ8K {
     }
 }
 
-/// Whether this CPU runs the interleaved q4_K kernels (x86-64 with AVX2, FMA and F16C).
+/// Whether the interleaved q4_K kernels run (x86-64 with AVX2, FMA and F16C, and the kernel
+/// set chosen for the process is not `scalar`: [`crate::kernels::isa`]).
 pub(crate) fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::kernels::isa() >= crate::kernels::Isa::Avx2
 }
 
 /// Whether an `[n, k]` q4_K weight can be interleaved (and [`supported`] runs it).
@@ -267,29 +260,6 @@ impl Q4kX8 {
             }
         });
     }
-}
-
-/// The `m` rows of `lhs` (`k` wide) quantized `block` values at a time by `quantize`, on
-/// candle's thread pool when there are enough rows to share.
-pub(super) fn quantize_rows<B: Copy + Send>(
-    lhs: &[f32],
-    m: usize,
-    k: usize,
-    block: usize,
-    zero: B,
-    quantize: impl Fn(&[f32]) -> B + Sync,
-) -> Vec<B> {
-    let kb = (k / block).max(1);
-    let mut act = vec![zero; m * (k / block)];
-    pool::for_each_run(&mut act, kb, m >= 8, |first, run| {
-        for (i, row) in run.chunks_mut(kb).enumerate() {
-            let x = &lhs[(first + i) * k..];
-            for (b, slot) in row.iter_mut().enumerate() {
-                *slot = quantize(&x[b * block..(b + 1) * block]);
-            }
-        }
-    });
-    act
 }
 
 /// ggml's `make_block_q4_Kx8` with an interleave of eight bytes.

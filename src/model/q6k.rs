@@ -19,8 +19,9 @@
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use super::pool::{self, Order};
-use super::q4k_x8::{quantize_rows, BlockQ8K, QK_K};
+use super::q4k_x8::{BlockQ8K, QK_K};
+use crate::kernels::pool::{self, Order};
+use crate::kernels::rows::quantize_rows;
 
 /// Bytes of one GGUF q6_K block: 128 of low nibbles, 64 of high bit pairs, 16 signed 8-bit
 /// scales (one per 16 weights), the f16 super-block scale.

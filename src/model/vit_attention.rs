@@ -18,7 +18,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::pool::{self, Order};
+use crate::kernels::pool::{self, Order};
 
 /// Rows of the micro-kernel's output tile.
 const MR: usize = 6;
@@ -27,16 +27,10 @@ const NR: usize = 16;
 /// Queries per work item (a multiple of [`MR`]).
 const QUERY_BLOCK: usize = 48;
 
-/// Whether this CPU runs [`attention`]'s kernels.
+/// Whether [`attention`]'s kernels run (AVX2 and FMA, unless the process chose the scalar
+/// kernel set: [`crate::kernels::isa`]; candle's attention runs otherwise).
 fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::kernels::isa() >= crate::kernels::Isa::Avx2
 }
 
 /// `softmax((q · scale) kᵀ) v` per head for `q`, `k`, `v` of `[b, n, heads·d]` (f32, on the

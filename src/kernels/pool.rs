@@ -19,7 +19,7 @@ use std::sync::{Mutex, PoisonError};
 /// may be shorter), where `first` is the index of the run's first item, on candle's pool
 /// when `parallel`; otherwise once, on this thread, over all of `out`. Every item is in
 /// exactly one run.
-pub(super) fn for_each_run<T: Send>(
+pub(crate) fn for_each_run<T: Send>(
     out: &mut [T],
     unit: usize,
     parallel: bool,
@@ -46,7 +46,7 @@ pub(super) fn for_each_run<T: Send>(
 
 /// One tile of a row-major matrix: rows `row0..row0 + rows.len()`, each of `rows` that row's
 /// stretch of columns from `col0` on (as wide as the tile).
-pub(super) struct Tile<'t, 'o, T> {
+pub(crate) struct Tile<'t, 'o, T> {
     pub row0: usize,
     pub col0: usize,
     pub rows: &'t mut [&'o mut [T]],
@@ -64,7 +64,7 @@ impl<T: Copy> Tile<'_, '_, T> {
 
 /// The order in which [`for_each_tile`] hands out tiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Order {
+pub(crate) enum Order {
     /// Every tile of the first block of rows, then of the next: a matrix product's
     /// activation rows stay in cache while the weight passes over them.
     RowBlocks,
@@ -80,7 +80,7 @@ pub(super) enum Order {
 /// The rows are cut into their tiles' stretches once, on this thread: a slice per row and
 /// tile, which for the largest products (512 rows of the 7B's MLP, 300 thousand stretches)
 /// is a few MB and a fraction of a millisecond against the hundreds the product takes.
-pub(super) fn for_each_tile<T: Send>(
+pub(crate) fn for_each_tile<T: Send>(
     out: &mut [T],
     cols: usize,
     (tile_rows, tile_cols): (usize, usize),

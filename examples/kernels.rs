@@ -1,0 +1,73 @@
+//! Every kernel set this CPU runs, side by side on the same weights (issue 21): the q8_0
+//! product at the 7B's shapes, one activation row (a decode step) and 512 (a prefill chunk).
+//! The sets take turns within each repetition, so a noisy neighbour hits them alike; medians.
+//!
+//!     cargo run --release --example kernels -- [SHAPE-SUBSTRING] [REPS]
+
+use std::time::Instant;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use huatuo::kernels::{cpu_features, q8_0, Isa};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> candle_core::Result<()> {
+    let arg = |i: usize| std::env::args().nth(i).unwrap_or_default();
+    let only = arg(1);
+    let reps: usize = arg(2).parse().unwrap_or(9);
+    let sets: Vec<Isa> = Isa::available()
+        .into_iter()
+        .filter(|&s| s != Isa::Scalar)
+        .collect();
+    println!(
+        "kernel sets {sets:?}, CPU: {}, {} threads",
+        cpu_features().join(" "),
+        candle_core::utils::get_num_threads()
+    );
+    for (name, n, k) in [
+        ("gate 18944x3584", 18944usize, 3584usize),
+        ("down 3584x18944", 3584, 18944),
+        ("qkv 4608x3584", 4608, 3584),
+        ("clip fc1 4096x1024", 4096, 1024),
+        ("cached 512x3584", 512, 3584),
+    ] {
+        if !name.contains(&only) {
+            continue;
+        }
+        let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+        let bytes = QTensor::quantize(&w, GgmlDType::Q8_0)?.data()?.into_owned();
+        for m in [1usize, 512] {
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?
+                .flatten_all()?
+                .to_vec1()?;
+            let mut out = vec![0f32; m * n];
+            let inner = if m == 1 { 20 } else { 1 };
+            let mut times = vec![Vec::new(); sets.len()];
+            for _ in 0..reps {
+                for (s, &set) in sets.iter().enumerate() {
+                    let t = Instant::now();
+                    for _ in 0..inner {
+                        q8_0::matmul_with(set, &bytes, n, k, &x, m, &mut out);
+                    }
+                    times[s].push(t.elapsed().as_secs_f64() / inner as f64);
+                }
+            }
+            let base = median(times[0].clone());
+            for (s, set) in sets.iter().enumerate() {
+                let t = median(times[s].clone());
+                println!(
+                    "q8_0 {name} m={m:3} {set:6}: {:8.3} ms  {:5.1} GB/s  {:6.1} GMAC/s  {:.2}x",
+                    t * 1e3,
+                    bytes.len() as f64 / t / 1e9,
+                    (m * n * k) as f64 / t / 1e9,
+                    base / t
+                );
+            }
+        }
+    }
+    Ok(())
+}
