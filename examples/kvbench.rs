@@ -34,7 +34,7 @@ fn main() -> Result<()> {
             let scores = (q.matmul(&k.t()?)? * scale as f64)?;
             candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
         };
-        let f16_path = || huatuo::model::kv_attention::decode(&q, &k16, &v16, scale);
+        let f16_path = || huatuo::kernels::kv_attention::decode(&q, &k16, &v16, scale);
         println!(
             "{kv} KV heads × {groups} queries, {t:5} positions: f32 (candle) {:6.3} ms, f16 (huatuo) {:6.3} ms",
             median_ms(&f32_path, 51)?,

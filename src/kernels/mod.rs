@@ -10,19 +10,26 @@
 //! of testing CPU features on every forward pass.
 //!
 //! Shared pieces live in their own files, never in another kernel's: [`pool`] (work over
-//! candle's thread pool, each worker given its own `&mut` part) and [`rows`] (activation rows
-//! quantized block by block).
+//! candle's thread pool, each worker given its own `&mut` part), [`rows`] (activation rows
+//! quantized block by block) and [`softmax`].
 //!
-//! Moved here so far: q8_0. The q4_K, q6_K, f16 KV attention and vision attention kernels are
-//! still in `model/` and follow the same [`isa`] switch.
+//! The operations: [`q4k`] (interleaved q4_K), [`q6k`], [`q8_0`], [`kv_attention`] (a decode
+//! step over the f16 KV cache) and [`vit_attention`] (the vision tower's), with the softmax
+//! both attention kernels share ([`softmax`]). AVX-512 loops exist for q8_0 so far; the other
+//! operations run their AVX2 loops on an AVX-512 CPU.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+pub mod kv_attention;
 pub(crate) mod pool;
+pub mod q4k;
+pub mod q6k;
 pub mod q8_0;
 pub(crate) mod rows;
+pub(crate) mod softmax;
+pub mod vit_attention;
 
 /// The instruction sets huatuo has kernels for, in order: each one's CPU has the ones before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

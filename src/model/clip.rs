@@ -9,8 +9,8 @@ use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::ClipVisionConfig;
 use super::linear::Linear;
-use super::vit_attention;
 use super::weights::Weights;
+use crate::kernels::vit_attention;
 
 /// Which hidden state and which tokens of it the projector sees.
 #[derive(Debug, Clone, Copy)]

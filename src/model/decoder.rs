@@ -93,17 +93,17 @@ impl Attention {
         let scale = 1.0 / (g.head_dim as f64).sqrt();
         let (k, v) = if k.dtype() == q.dtype() {
             (k, v)
-        } else if n == 1 && b == 1 && super::kv_attention::supported() {
-            // A decode step over an f16 cache, read where it is.
-            let ctx = super::kv_attention::decode(&q, &k, &v, scale as f32)?
+        } else if n == 1 && b == 1 {
+            // A decode step over an f16 cache, read where it is (on every CPU: the scalar
+            // loops where huatuo has no SIMD ones), never converted per step.
+            let ctx = crate::kernels::kv_attention::decode(&q, &k, &v, scale as f32)?
                 .to_dtype(q.dtype())?
                 .reshape((b, g.heads, n, g.head_dim))?
                 .transpose(1, 2)?
                 .reshape((b, n, ()))?;
             return self.o.forward(&ctx);
         } else {
-            // A prefill (or a CPU without AVX2/F16C): the cache's views in the activations'
-            // dtype, once for the call.
+            // A prefill: the cache's views in the activations' dtype, once for the call.
             (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?)
         };
         // Scores are a step's largest buffers at a long prompt's last chunk (the 34B's: 56

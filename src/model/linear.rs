@@ -8,14 +8,14 @@
 //! it pick the multiplication per layer:
 //!
 //! - **q4k on x86 with AVX2**: the weight is interleaved eight rows at a time at load
-//!   ([`super::q4k_x8`], ggml's `block_q4_Kx8`: the same 4.5 bits per weight as the GGUF
+//!   ([`crate::kernels::q4k`], ggml's `block_q4_Kx8`: the same 4.5 bits per weight as the GGUF
 //!   blocks) and multiplied by huatuo's port of ggml's AVX2 kernels, for every row count.
 //!   A layer made from q4_K blocks interleaves them when it is made
 //!   ([`QWeight::interleave`]) and keeps only the interleaved copy.
 //! - **q8_0 on x86 with AVX2**: huatuo's own kernels ([`crate::kernels::q8_0`]) on the blocks as
 //!   they are, for every row count.
 //! - **q6k on x86 with AVX2**, few rows (decode, the LM head): huatuo's kernel
-//!   ([`super::q6k`]) on the blocks as they are.
+//!   ([`crate::kernels::q6k`]) on the blocks as they are.
 //! - **everything else** (q5k, q6k's prefills, q8_0 and q4k elsewhere, q4k in the compact layout,
 //!   [`super::quant::WeightLayout`]): candle's plain block kernels for a
 //!   few rows (decode) and, for 32 rows or more (prefill, the vision tower), the weight is
@@ -27,10 +27,10 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 
-use super::q4k_x8::Q4kX8;
-use super::q6k;
 use super::qweight::Blocks;
 pub(crate) use super::qweight::QWeight;
+use crate::kernels::q4k::Q4kX8;
+use crate::kernels::q6k;
 use crate::kernels::q8_0;
 use candle_nn::VarBuilder;
 
@@ -403,8 +403,8 @@ impl CustomOp1 for BlockMatMul {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::q4k as q4k_x8;
     use crate::model::mapped::MappedFile;
-    use crate::model::q4k_x8;
 
     fn quantized(dtype: GgmlDType, n: usize, k: usize) -> (Linear, Tensor) {
         let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).expect("randn");

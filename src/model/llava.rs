@@ -260,7 +260,7 @@ impl Huatuo {
 
     /// An empty KV cache for this model: f16 for quantized weights on a CPU (half the
     /// memory, llama.cpp's default; quantized answers are approximate anyway, and
-    /// [`super::kv_attention`] reads it in place at decode), otherwise in the activations'
+    /// [`crate::kernels::kv_attention`] reads it in place at decode), otherwise in the activations'
     /// dtype, so that `--quant none` stays exact.
     pub fn new_cache(&self) -> KvCache {
         let cache = KvCache::with_limit(self.decoder.num_layers(), self.context_length);

@@ -121,7 +121,7 @@ pub fn tensor_type(name: &str, shape: &[usize], quant: Quant) -> GgmlDType {
 #[serde(rename_all = "lowercase")]
 pub enum WeightLayout {
     /// Interleaved eight rows at a time for huatuo's AVX2 kernels where the CPU has them
-    /// (x86 with AVX2, FMA and F16C; `model::q4k_x8`): the same 4.5 bits per weight as the
+    /// (x86 with AVX2, FMA and F16C; `kernels::q4k`): the same 4.5 bits per weight as the
     /// GGUF blocks (interleaved as they load; the blocks are not kept), and about 2× faster prefill.
     #[default]
     Repacked,

@@ -22,7 +22,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor, QuantizedType};
 use candle_core::{CpuStorage, Device, Result, Shape, Tensor};
 
 use super::mapped::{self, MappedFile};
-use super::q4k_x8::{self, Q4kX8};
+use crate::kernels::q4k::{self as q4k_x8, Q4kX8};
 
 /// A quantized weight as read from a GGUF file or built in memory.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! q4_K weights interleaved eight rows at a time, and the x86 AVX2 kernels that multiply them
-//! (issue 6: decode at memory speed, prefill near llama.cpp's, 4.5 bits per weight).
+//! q4_K weights interleaved eight rows at a time, and the kernels that multiply them (issue 6:
+//! decode at memory speed, prefill near llama.cpp's, 4.5 bits per weight; issue 21: the
+//! product's loops in `scalar.rs`, the reference, and `x86_avx2.rs`).
 //!
 //! This is ggml's `block_q4_Kx8` layout and its `gemv_q4_K_8x8_q8_K` kernel (llama.cpp,
 //! `ggml/src/ggml-cpu/repack.cpp` and `arch/x86/repack.cpp`, MIT licence), ported to Rust:
@@ -28,11 +29,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::f16;
 
-use crate::kernels::pool::{self, Order};
-use crate::kernels::rows::quantize_rows;
+use super::pool::{self, Order};
+use super::rows::{quantize_rows, BlockQ8K, QK_K};
+use super::{isa, Isa};
 
-/// Weights per q4_K / q8_K block.
-pub(super) const QK_K: usize = 256;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+
 /// Bytes of one GGUF q4_K block: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of
 /// nibbles.
 const Q4K_BYTES: usize = 144;
@@ -40,9 +44,6 @@ const Q4K_BYTES: usize = 144;
 /// while every weight group of a chunk passes over them (32 and 4 were the best of 16–128
 /// and 2–8 on the 7B's gate and down projections at 512 rows, `examples/kbench.rs`).
 const ROW_BLOCK: usize = 32;
-/// Interleaved blocks (9 kB) prefetched ahead at decode: the 7B's LM head shape as q4_K
-/// took a median 15.6 ms instead of 17.4 on two cores (`examples/kbench.rs`, alternating).
-const PREFETCH_BLOCKS: usize = 8;
 /// Weight groups (eight rows each) per work item.
 const GROUP_CHUNK: usize = 4;
 
@@ -57,50 +58,11 @@ struct BlockQ4Kx8 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4Kx8>() == 8 * Q4K_BYTES);
 
-/// One activation block quantized to 8 bits (ggml's `block_q8_K`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(super) struct BlockQ8K {
-    pub(super) d: f32,
-    pub(super) qs: [i8; QK_K],
-    pub(super) bsums: [i16; QK_K / 16],
-}
-
-impl BlockQ8K {
-    pub(super) const ZERO: Self = Self {
-        d: 0.0,
-        qs: [0; QK_K],
-        bsums: [0; QK_K / 16],
-    };
-
-    /// ggml's `quantize_row_q8_K_ref` for 256 values: the scale from the value of largest
-    /// magnitude, then round-to-nearest-even (`nearest_int`), written so that it vectorizes.
-    pub(super) fn quantize(xs: &[f32]) -> Self {
-        let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
-        let mut out = Self::ZERO;
-        if amax == 0.0 {
-            return out;
-        }
-        // The first value of that magnitude gives the sign, as in ggml.
-        let max = xs.iter().copied().find(|x| x.abs() == amax).unwrap_or(amax);
-        let iscale = -127f32 / max;
-        for (q, &x) in out.qs.iter_mut().zip(xs) {
-            // ggml's nearest_int: |iscale·x| ≤ 127, so the float trick is exact.
-            let v = iscale * x + 12_582_912.0;
-            *q = ((v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000) as i8;
-        }
-        for (sum, qs) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
-            *sum = qs.iter().map(|&q| q as i16).sum();
-        }
-        out.d = 1.0 / iscale;
-        out
-    }
-}
-
 /// Whether the interleaved q4_K kernels run (x86-64 with AVX2, FMA and F16C, and the kernel
-/// set chosen for the process is not `scalar`: [`crate::kernels::isa`]).
+/// set chosen for the process is not `scalar`: [`super::isa`]); elsewhere the weights keep
+/// candle's layout and kernels.
 pub(crate) fn supported() -> bool {
-    crate::kernels::isa() >= crate::kernels::Isa::Avx2
+    isa() >= Isa::Avx2
 }
 
 /// Whether an `[n, k]` q4_K weight can be interleaved (and [`supported`] runs it).
@@ -109,7 +71,7 @@ pub(crate) fn fits(n: usize, k: usize) -> bool {
 }
 
 /// A `[n, k]` q4_K weight in the interleaved layout.
-pub(crate) struct Q4kX8 {
+pub struct Q4kX8 {
     blocks: Vec<BlockQ4Kx8>,
     n: usize,
     k: usize,
@@ -179,32 +141,12 @@ impl Q4kX8 {
             }
             let (group, lane) = (id / 8, id % 8);
             for blk in &self.blocks[group * kb..(group + 1) * kb] {
-                let d = blk.d[lane].to_f32();
-                let dmin = blk.dmin[lane].to_f32();
-                // Sub-block t's scales and mins of the eight rows are packed like one q4_K
-                // block's eight sub-blocks, with the row in the sub-block's place.
-                let scale_min = |t: usize| {
-                    let q = &blk.scales[t * 12..t * 12 + 12];
-                    if lane < 4 {
-                        (q[lane] & 63, q[lane + 4] & 63)
-                    } else {
-                        (
-                            (q[lane + 4] & 0xF) | ((q[lane - 4] >> 6) << 4),
-                            (q[lane + 4] >> 4) | ((q[lane] >> 6) << 4),
-                        )
-                    }
-                };
-                // This row's 128 nibble bytes, eight at a time from every eighth chunk.
-                let mut qs = [0u8; 128];
-                for (c, chunk) in qs.chunks_exact_mut(8).enumerate() {
-                    let at = (c * 8 + lane) * 8;
-                    chunk.copy_from_slice(&blk.qs[at..at + 8]);
-                }
+                let row = lane_block(blk, lane);
                 for j in 0..4 {
-                    let bytes = &qs[32 * j..32 * j + 32];
+                    let bytes = &row.qs[32 * j..32 * j + 32];
                     for (t, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
-                        let (sc, m) = scale_min(t);
-                        let (dl, ml) = (d * sc as f32, dmin * m as f32);
+                        let (sc, m) = row.scale_min[t];
+                        let (dl, ml) = (row.d * sc as f32, row.dmin * m as f32);
                         out.extend(bytes.iter().map(|&b| dl * ((b >> shift) & 0xF) as f32 - ml));
                     }
                 }
@@ -220,12 +162,22 @@ impl Q4kX8 {
 
     /// `dst[m, n] = lhs[m, k] · Wᵀ` on candle's thread pool.
     pub fn matmul(&self, lhs: &[f32], m: usize, dst: &mut [f32]) {
+        self.run(isa(), lhs, m, dst);
+    }
+
+    /// [`Q4kX8::matmul`] on the kernels of `set` (tests and benchmarks compare the sets this
+    /// CPU runs, the scalar reference included).
+    ///
+    /// # Panics
+    /// When this CPU does not run `set`.
+    pub fn matmul_with(&self, set: Isa, lhs: &[f32], m: usize, dst: &mut [f32]) {
+        assert!(set.supported(), "this CPU does not run the {set} kernels");
+        self.run(set, lhs, m, dst);
+    }
+
+    fn run(&self, set: Isa, lhs: &[f32], m: usize, dst: &mut [f32]) {
         assert_eq!(lhs.len(), m * self.k, "lhs is not [{m}, {}]", self.k);
         assert_eq!(dst.len(), m * self.n, "dst is not [{m}, {}]", self.n);
-        assert!(
-            supported(),
-            "the interleaved q4_K kernels need AVX2, FMA and F16C"
-        );
         let kb = self.k / QK_K;
 
         // Activations to q8_K, a row per item (parallel when there are many).
@@ -244,21 +196,72 @@ impl Q4kX8 {
                         let take = (tile.rows.len() - r).min(4);
                         let row = tile.row0 + r;
                         let a = |i: usize| &act[(row + i) * kb..(row + i + 1) * kb];
-                        // SAFETY: `supported()` was checked above, and each `a(i)` holds as
-                        // many blocks as `w`.
-                        unsafe {
-                            match take {
-                                4 => tile.put(r, j * 8, &gemm_tile(w, [a(0), a(1), a(2), a(3)])),
-                                3 => tile.put(r, j * 8, &gemm_tile(w, [a(0), a(1), a(2)])),
-                                2 => tile.put(r, j * 8, &gemm_tile(w, [a(0), a(1)])),
-                                _ => tile.put(r, j * 8, &gemm_tile(w, [a(0)])),
-                            }
+                        match take {
+                            4 => tile.put(r, j * 8, &gemm_tile(set, w, [a(0), a(1), a(2), a(3)])),
+                            3 => tile.put(r, j * 8, &gemm_tile(set, w, [a(0), a(1), a(2)])),
+                            2 => tile.put(r, j * 8, &gemm_tile(set, w, [a(0), a(1)])),
+                            _ => tile.put(r, j * 8, &gemm_tile(set, w, [a(0)])),
                         }
                         r += take;
                     }
                 }
             }
         });
+    }
+}
+
+/// One weight row's part of an interleaved block, as its own q4_K block reads: its scales,
+/// its eight sub-blocks' 6-bit scales and mins, its 128 nibble bytes (value `64·j + l` in
+/// the low nibble of byte `32·j + l`, value `64·j + 32 + l` in the high one).
+struct LaneBlock {
+    d: f32,
+    dmin: f32,
+    scale_min: [(u8, u8); 8],
+    qs: [u8; 128],
+}
+
+/// Row `lane` (0–7) of the interleaved block `blk`.
+fn lane_block(blk: &BlockQ4Kx8, lane: usize) -> LaneBlock {
+    // Sub-block t's scales and mins of the eight rows are packed like one q4_K block's eight
+    // sub-blocks, with the row in the sub-block's place.
+    let scale_min = std::array::from_fn(|t| {
+        let q = &blk.scales[t * 12..t * 12 + 12];
+        if lane < 4 {
+            (q[lane] & 63, q[lane + 4] & 63)
+        } else {
+            (
+                (q[lane + 4] & 0xF) | ((q[lane - 4] >> 6) << 4),
+                (q[lane + 4] >> 4) | ((q[lane] >> 6) << 4),
+            )
+        }
+    });
+    // This row's 128 nibble bytes, eight at a time from every eighth chunk.
+    let mut qs = [0u8; 128];
+    for (c, chunk) in qs.chunks_exact_mut(8).enumerate() {
+        let at = (c * 8 + lane) * 8;
+        chunk.copy_from_slice(&blk.qs[at..at + 8]);
+    }
+    LaneBlock {
+        d: blk.d[lane].to_f32(),
+        dmin: blk.dmin[lane].to_f32(),
+        scale_min,
+        qs,
+    }
+}
+
+/// `out[r][j] = a[r] · w_row(j)` for the eight weight rows of one interleaved group and `R`
+/// activation rows of `w.len()` blocks, on `set` (one the CPU runs).
+fn gemm_tile<const R: usize>(set: Isa, w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
+    assert!(
+        a.iter().all(|a| a.len() == w.len()),
+        "q4_K: activation rows of another length than the weight's {} blocks",
+        w.len()
+    );
+    match set {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU runs `set` (`isa()` or checked by `matmul_with`): AVX2, FMA, F16C.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86_avx2::gemm_tile(w, a) },
+        _ => scalar::gemm_tile(w, a),
     }
 }
 
@@ -299,176 +302,6 @@ fn interleave(src: &[&[u8]; 8]) -> BlockQ4Kx8 {
         pack(i * 12 + 48, s, m);
     }
     out
-}
-
-/// Eight outputs for each of `R` activation rows: `out[r][j] = a[r] · w_row(j)` for the
-/// eight weight rows of one interleaved group. ggml's AVX2 gemv, with the row-independent
-/// half of its work (nibbles, scales, mins) done once for all `R` rows.
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C. (Each `a[r]` must have `w.len()` blocks, which is
-/// checked: every access is in bounds of a block.)
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_tile<const R: usize>(w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
-    use std::arch::x86_64::*;
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-
-    let deltamask = _mm_set_epi8(15, 14, 7, 6, 13, 12, 5, 4, 11, 10, 3, 2, 9, 8, 1, 0);
-    let scalemask = _mm_set_epi8(7, 7, 3, 3, 6, 6, 2, 2, 5, 5, 1, 1, 4, 4, 0, 0);
-    let finalpermutemask = _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0);
-    let m4b = _mm256_set1_epi8(0x0F);
-
-    let mut acc_row = [_mm256_setzero_ps(); R];
-    let mut acc_min_rows = [_mm256_setzero_ps(); R];
-
-    for (b, wb) in w.iter().enumerate() {
-        // At decode (one activation row) the weight streams from memory once: prefetch it
-        // (`wrapping_add`: past the last block the address is only named, never read).
-        if R == 1 {
-            let ahead = (wb as *const BlockQ4Kx8).wrapping_add(PREFETCH_BLOCKS) as *const u8;
-            for line in 0..size_of::<BlockQ4Kx8>() / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
-            }
-        }
-        // SAFETY: `d` and `dmin` are eight f16 each, 16 bytes: one unaligned load each.
-        let (d, dmin) = unsafe {
-            (
-                _mm_loadu_si128(wb.d.as_ptr() as *const __m128i),
-                _mm_loadu_si128(wb.dmin.as_ptr() as *const __m128i),
-            )
-        };
-        let col_scale_f32 = _mm256_cvtph_ps(_mm_shuffle_epi8(d, deltamask));
-        let col_dmin_f32 = _mm256_cvtph_ps(dmin);
-
-        let mut iacc_b = [_mm256_setzero_si256(); R];
-        let mut iacc_min_b = [_mm256_setzero_si256(); R];
-        let mut q8s: [__m256i; R] = std::array::from_fn(|r| {
-            // SAFETY: `bsums` is sixteen i16, 32 bytes: one unaligned load.
-            let sums = unsafe { _mm256_loadu_si256(a[r][b].bsums.as_ptr() as *const __m256i) };
-            let s = _mm256_castsi128_si256(_mm_hadd_epi16(
-                _mm256_castsi256_si128(sums),
-                _mm256_extracti128_si256::<1>(sums),
-            ));
-            _mm256_permute2f128_si256::<0>(s, s)
-        });
-
-        for sb in 0..QK_K / 64 {
-            // SAFETY: sub-block `sb < 4` is bytes `256·sb..256·sb + 256` of the 1024 of `qs`.
-            let qs = unsafe { wb.qs.as_ptr().add(sb * 256) };
-            // SAFETY: `off ≤ 224` below: the 32 bytes lie in the sub-block's 256.
-            let raw = |off: usize| unsafe { _mm256_loadu_si256(qs.add(off) as *const __m256i) };
-            // Rows 0-3 and 4-7 of each 64-byte stretch: eight chunks of 32 bytes.
-            let raws: [__m256i; 8] = std::array::from_fn(|i| raw(32 * i));
-
-            let lo = |v: __m256i| _mm256_and_si256(v, m4b);
-            let hi = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4b);
-            // The two operands of each pair of products, for the eight weight rows.
-            let ev = |x0123: __m256i, x4567: __m256i| {
-                _mm256_blend_epi32::<170>(x0123, _mm256_shuffle_epi32::<177>(x4567))
-            };
-            let od = |x0123: __m256i, x4567: __m256i| {
-                _mm256_blend_epi32::<170>(_mm256_shuffle_epi32::<177>(x0123), x4567)
-            };
-            let operands = |x: [__m256i; 8]| -> [__m256i; 8] {
-                std::array::from_fn(|i| {
-                    let (a, b) = (x[i / 2 * 2], x[i / 2 * 2 + 1]);
-                    if i % 2 == 0 {
-                        ev(a, b)
-                    } else {
-                        od(a, b)
-                    }
-                })
-            };
-            let w0 = operands(raws.map(lo));
-            let w1 = operands(raws.map(hi));
-
-            let unpack = |at: usize| {
-                let mut u = [0u32; 4];
-                for (i, v) in u.iter_mut().take(3).enumerate() {
-                    let p = at + i * 4;
-                    *v = u32::from_le_bytes([
-                        wb.scales[p],
-                        wb.scales[p + 1],
-                        wb.scales[p + 2],
-                        wb.scales[p + 3],
-                    ]);
-                }
-                u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
-                let uaux = u[1] & KMASK1;
-                u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
-                u[2] = uaux;
-                u[0] &= KMASK1;
-                _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32)
-            };
-            let mins_and_scales_0 = unpack(24 * sb);
-            let mins_and_scales_1 = unpack(12 + 24 * sb);
-            let scales_0 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(mins_and_scales_0, scalemask));
-            let scales_1 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(mins_and_scales_1, scalemask));
-            let mins_01 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
-                _mm_shuffle_epi32::<78>(mins_and_scales_0),
-                _mm_shuffle_epi32::<78>(mins_and_scales_1),
-            ));
-
-            for r in 0..R {
-                // SAFETY: sub-block `sb < 4` is values `64·sb..64·sb + 64` of the 256 of `qs`.
-                let q8 = unsafe { a[r][b].qs.as_ptr().add(sb * 64) };
-                let lhs = |off: usize| {
-                    // SAFETY: `off ≤ 48` below: the 16 bytes lie in the sub-block's 64.
-                    let v = unsafe { _mm_loadu_si128(q8.add(off) as *const __m128i) };
-                    let v = _mm256_castsi128_si256(v);
-                    _mm256_permute2f128_si256::<0>(v, v)
-                };
-                let (l00, l01, l10, l11) = (lhs(0), lhs(16), lhs(32), lhs(48));
-                let dot = |wv: &[__m256i; 8], la: __m256i, lb: __m256i| {
-                    let mut acc = _mm256_maddubs_epi16(wv[0], _mm256_shuffle_epi32::<0>(la));
-                    let t = |x: __m256i, y: __m256i| _mm256_maddubs_epi16(x, y);
-                    acc = _mm256_add_epi16(acc, t(wv[1], _mm256_shuffle_epi32::<85>(la)));
-                    acc = _mm256_add_epi16(acc, t(wv[2], _mm256_shuffle_epi32::<170>(la)));
-                    acc = _mm256_add_epi16(acc, t(wv[3], _mm256_shuffle_epi32::<255>(la)));
-                    acc = _mm256_add_epi16(acc, t(wv[4], _mm256_shuffle_epi32::<0>(lb)));
-                    acc = _mm256_add_epi16(acc, t(wv[5], _mm256_shuffle_epi32::<85>(lb)));
-                    acc = _mm256_add_epi16(acc, t(wv[6], _mm256_shuffle_epi32::<170>(lb)));
-                    _mm256_add_epi16(acc, t(wv[7], _mm256_shuffle_epi32::<255>(lb)))
-                };
-                let iacc_0 = _mm256_madd_epi16(dot(&w0, l00, l01), scales_0);
-                let iacc_1 = _mm256_madd_epi16(dot(&w1, l10, l11), scales_1);
-                iacc_b[r] = _mm256_add_epi32(iacc_b[r], _mm256_add_epi32(iacc_0, iacc_1));
-                let q8s_sb = _mm256_shuffle_epi32::<0>(q8s[r]);
-                iacc_min_b[r] = _mm256_add_epi32(iacc_min_b[r], _mm256_madd_epi16(q8s_sb, mins_01));
-                q8s[r] = _mm256_bsrli_epi128::<4>(q8s[r]);
-            }
-        }
-
-        for r in 0..R {
-            let row_scale_f32 = _mm256_set1_ps(a[r][b].d);
-            acc_row[r] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(iacc_b[r]),
-                _mm256_mul_ps(col_scale_f32, row_scale_f32),
-                acc_row[r],
-            );
-            acc_min_rows[r] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(iacc_min_b[r]),
-                _mm256_mul_ps(col_dmin_f32, row_scale_f32),
-                acc_min_rows[r],
-            );
-        }
-    }
-
-    let mut out = [[0f32; 8]; R];
-    for (o, (acc, acc_min)) in out.iter_mut().zip(acc_row.iter().zip(&acc_min_rows)) {
-        let v = _mm256_permutevar8x32_ps(*acc, finalpermutemask);
-        // SAFETY: `o` is eight f32: one unaligned 32-byte store.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm256_sub_ps(v, *acc_min)) };
-    }
-    out
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn gemm_tile<const R: usize>(_: &[BlockQ4Kx8], _: [&[BlockQ8K]; R]) -> [[f32; 8]; R] {
-    unreachable!("the interleaved q4_K kernels run only where `supported()` is true")
 }
 
 #[cfg(test)]
@@ -525,10 +358,7 @@ mod tests {
 
     #[test]
     fn interleaved_kernels_compute_the_quantized_product() {
-        if !supported() {
-            eprintln!("skipped: no AVX2/FMA/F16C");
-            return;
-        }
+        eprintln!("q4_K kernel sets run here: {:?}", Isa::available());
         let (n, k) = (40, 768);
         let (bytes, deq) = weight(n, k, 7);
         let packed = Q4kX8::pack(&bytes, n, k).expect("pack");
@@ -540,15 +370,17 @@ mod tests {
                     ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * if i % 5 == 0 { 4.0 } else { 1.0 }
                 })
                 .collect();
-            let mut got = vec![f32::NAN; m * n];
-            packed.matmul(&lhs, m, &mut got);
             let want = reference(&deq, &lhs, m, n, k);
             let scale = want.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-5 * scale.max(1.0),
-                    "m {m}, output {i}: got {g}, want {w}"
-                );
+            for set in Isa::available() {
+                let mut got = vec![f32::NAN; m * n];
+                packed.matmul_with(set, &lhs, m, &mut got);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * scale.max(1.0),
+                        "{set} m {m}, output {i}: got {g}, want {w}"
+                    );
+                }
             }
         }
     }
