@@ -1,5 +1,5 @@
 //! Times the per-tensor checksum check that every quantized load runs
-//! (`huatuo::model::gguf::verify_file`, the same code as the load's check) on a synthetic
+//! (`huatuo::model::store::gguf::verify_file`, the same code as the load's check) on a synthetic
 //! cache file of the 7B's size class: `cargo run --release --example gguf_checksum -- 4`
 //! writes a 4 GB GGUF (100 f32 tensors of 40 MB, like the 7B's largest matrices in q8_0)
 //! to a temp dir, checks it twice (the page cache is warm both times, as it is after a
@@ -35,7 +35,7 @@ fn main() -> std::io::Result<()> {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes());
     }
-    let sum = huatuo::model::gguf::checksum(&data);
+    let sum = huatuo::model::store::gguf::checksum(&data);
 
     let mut header = Vec::new();
     header.extend_from_slice(&0x4655_4747u32.to_le_bytes());
@@ -44,7 +44,7 @@ fn main() -> std::io::Result<()> {
     header.extend_from_slice(&2u64.to_le_bytes());
     string(&mut header, "huatuo.format");
     header.extend_from_slice(&4u32.to_le_bytes());
-    header.extend_from_slice(&huatuo::model::gguf::FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&huatuo::model::store::gguf::FORMAT_VERSION.to_le_bytes());
     string(&mut header, "huatuo.checksums");
     header.extend_from_slice(&9u32.to_le_bytes());
     header.extend_from_slice(&10u32.to_le_bytes());
@@ -77,7 +77,7 @@ fn main() -> std::io::Result<()> {
     );
     for run in 1..=2 {
         let started = Instant::now();
-        let result = huatuo::model::gguf::verify_file(&path);
+        let result = huatuo::model::store::gguf::verify_file(&path);
         let secs = started.elapsed().as_secs_f64();
         println!(
             "check {run}: {result:?} in {secs:.3} s, {:.2} GB/s; {:.2} s for the 7B's 8.1 GB of q8_0",

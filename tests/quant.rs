@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor, D};
 use huatuo::engine::Pipeline;
 use huatuo::model::config::Family;
-use huatuo::model::quant::{LoadOptions, LoadReport};
+use huatuo::model::store::quant::{LoadOptions, LoadReport};
 use huatuo::model::{Checkpoint, Huatuo, Logits};
 use huatuo::protocol::Quant;
 use huatuo::protocol::SamplingParams;
@@ -362,7 +362,7 @@ fn quantized_models_hold_fewer_weight_bytes() {
 /// 4.5 bits per weight), and the compact layout computes the same model within q4k's bound.
 #[test]
 fn both_q4k_layouts_hold_the_same_bytes_and_are_as_accurate() {
-    use huatuo::model::quant::WeightLayout;
+    use huatuo::model::store::quant::WeightLayout;
     let cache = tempfile::tempdir().expect("tmp");
     let ckpt = Checkpoint::open(checkpoint()).expect("open");
     let opts = LoadOptions {
@@ -523,7 +523,7 @@ fn damaged_tensor_bytes_are_found_by_their_checksum_and_rebuilt() {
     let cache = tempfile::tempdir().expect("tmp");
     let (_, report) = load(checkpoint(), Quant::Q8_0, cache.path());
     let file = report.cache_file.expect("file");
-    assert_eq!(huatuo::model::gguf::verify_file(&file), Ok(()));
+    assert_eq!(huatuo::model::store::gguf::verify_file(&file), Ok(()));
     let clean = std::fs::read(&file).expect("read");
     let mut bytes = clean.clone();
     let at = bytes.len() - 4096; // inside the last tensors' data, past the header
@@ -531,7 +531,7 @@ fn damaged_tensor_bytes_are_found_by_their_checksum_and_rebuilt() {
         *b ^= 0x5a ^ i as u8;
     }
     std::fs::write(&file, &bytes).expect("write");
-    let why = huatuo::model::gguf::verify_file(&file).expect_err("damage found");
+    let why = huatuo::model::store::gguf::verify_file(&file).expect_err("damage found");
     assert!(why.contains("checksum"), "{why}");
 
     let (_, report) = load(checkpoint(), Quant::Q8_0, cache.path());

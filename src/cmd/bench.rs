@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::cli::{BenchArgs, Shape};
 use crate::engine::cache::{self, Caches, ImageKey, ImageSource, PromptImage};
 use crate::model::config::{ClipVisionConfig, LlavaConfig};
-use crate::model::quant::{choose_quant, LoadOptions, WeightLayout};
+use crate::model::store::quant::{choose_quant, LoadOptions, WeightLayout};
 use crate::model::{Checkpoint, Huatuo, KvCache, Logits};
 use crate::protocol::Quant;
 use crate::text::IMAGE_TOKEN_INDEX;

@@ -25,7 +25,7 @@ use crate::engine::remote::Remote;
 use crate::engine::{Engine, EngineHandle, ResolveError, ResolvedModel, Resolver};
 use crate::hub::{self, memory::WeightFormat};
 use crate::model::decoder::PREFILL_CHUNK;
-use crate::model::quant::choose_quant;
+use crate::model::store::quant::choose_quant;
 use crate::protocol::{DevicePref, LoadStage, ModelSpec, Quant, SamplingOverrides};
 use std::ops::ControlFlow;
 

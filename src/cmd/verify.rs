@@ -38,11 +38,11 @@ pub fn run(args: VerifyArgs, facts: TermFacts) -> Result<()> {
         .ok()
         .map(|d| d.quant_cache());
     let quantized: Vec<(String, Option<String>)> = quant_dir
-        .map(|dir| crate::model::gguf::hub_cache_files(&dir, &repo))
+        .map(|dir| crate::model::store::gguf::hub_cache_files(&dir, &repo))
         .unwrap_or_default()
         .into_iter()
         .map(|p| {
-            let problem = crate::model::gguf::verify_file(&p).err();
+            let problem = crate::model::store::gguf::verify_file(&p).err();
             (p.display().to_string(), problem)
         })
         .collect();

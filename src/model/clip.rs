@@ -9,7 +9,7 @@ use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, VarBuilder};
 
 use super::config::ClipVisionConfig;
 use super::linear::Linear;
-use super::weights::Weights;
+use super::store::weights::Weights;
 use crate::kernels::vit_attention;
 
 /// Which hidden state and which tokens of it the projector sees.

@@ -11,7 +11,7 @@ use candle_nn::{RmsNorm, VarBuilder};
 use super::config::LlavaConfig;
 use super::kv_cache::KvCache;
 use super::linear::{Embedding, Linear};
-use super::weights::Weights;
+use super::store::weights::Weights;
 
 /// Positions a forward pass runs at once. A longer prompt runs in chunks of this many, so
 /// its attention scores (`heads × chunk × context` floats) stay bounded: the last chunk of a

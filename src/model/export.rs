@@ -37,7 +37,7 @@ use serde_json::{json, Map, Value};
 
 use super::checkpoint::{vision_subdir, Checkpoint};
 use super::config::read_json;
-use super::mapped::MappedFile as Mapped;
+use super::store::mapped::MappedFile as Mapped;
 use super::ModelError;
 use crate::protocol::SamplingParams;
 

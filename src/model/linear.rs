@@ -17,7 +17,7 @@
 //! - **q6k on x86 with AVX2**, few rows (decode, the LM head): huatuo's kernel
 //!   ([`crate::kernels::q6k`]) on the blocks as they are.
 //! - **everything else** (q5k, q6k's prefills, q8_0 and q4k elsewhere, q4k in the compact layout,
-//!   [`super::quant::WeightLayout`]): candle's plain block kernels for a
+//!   [`super::store::quant::WeightLayout`]): candle's plain block kernels for a
 //!   few rows (decode) and, for 32 rows or more (prefill, the vision tower), the weight is
 //!   dequantized to f32 for that call and multiplied with the dense gemm, which is 1.5–3.5×
 //!   faster than q8_0/q6k's block kernels on AVX2 and never keeps a second copy.
@@ -27,8 +27,8 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 
-use super::qweight::Blocks;
-pub(crate) use super::qweight::QWeight;
+use super::store::qweight::Blocks;
+pub(crate) use super::store::qweight::QWeight;
 use crate::kernels::q4k::Q4kX8;
 use crate::kernels::q6k;
 use crate::kernels::q8_0;
@@ -404,7 +404,7 @@ impl CustomOp1 for BlockMatMul {
 mod tests {
     use super::*;
     use crate::kernels::q4k as q4k_x8;
-    use crate::model::mapped::MappedFile;
+    use crate::model::store::mapped::MappedFile;
 
     fn quantized(dtype: GgmlDType, n: usize, k: usize) -> (Linear, Tensor) {
         let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).expect("randn");

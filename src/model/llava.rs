@@ -14,9 +14,10 @@ use super::config::{ClipVisionConfig, LlavaConfig};
 use super::decoder::{Decoder, Logits};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
-use super::quant::{ConvertProgress, LoadOptions, LoadReport, WeightLayout};
-use super::weights::{QuantizedWeights, Synthetic, SyntheticDense, Weights};
-use super::{gguf, ModelError};
+use super::store::gguf;
+use super::store::quant::{ConvertProgress, LoadOptions, LoadReport, WeightLayout};
+use super::store::weights::{QuantizedWeights, Synthetic, SyntheticDense, Weights};
+use super::ModelError;
 use crate::protocol::Quant;
 use crate::text::IMAGE_TOKEN_INDEX;
 

@@ -1,5 +1,7 @@
 //! The HuatuoGPT-Vision network and its inputs: checkpoint layout and configs, tokenizer,
-//! image preprocessing, CLIP tower, projector, decoder, KV cache and sampling.
+//! image preprocessing, CLIP tower, projector, decoder, KV cache and sampling; where its
+//! weights are kept (safetensors, the quantized GGUF cache, memory-mapped blocks) is
+//! [`store`], and the CPU kernels that multiply them are `crate::kernels`.
 //! Never prints, never reads the environment, knows nothing of chat or terminals.
 
 use std::path::PathBuf;
@@ -9,18 +11,13 @@ pub mod clip;
 pub mod config;
 pub mod decoder;
 pub mod export;
-pub mod gguf;
-pub mod gguf_write;
 pub mod kv_cache;
 pub mod linear;
 pub mod llava;
-mod mapped;
 pub mod preprocess;
-pub mod quant;
-mod qweight;
 pub mod sampling;
+pub mod store;
 pub mod tokenizer;
-pub mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use decoder::Logits;

@@ -18,11 +18,11 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::checkpoint::Checkpoint;
 use super::gguf::{Partial, ALIGNMENT, CHECKSUMS_KEY, FORMAT_VERSION};
 use super::quant::{tensor_type, ConvertProgress};
 use super::weights::{check_extents, check_shape};
-use super::ModelError;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::ModelError;
 use crate::protocol::Quant;
 
 /// f32 values converted per chunk (16 MB), per worker.

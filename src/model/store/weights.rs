@@ -13,9 +13,9 @@ use candle_nn::{LayerNorm, RmsNorm, VarBuilder};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoint::Checkpoint;
-use super::linear::{Embedding, Linear, QWeight};
 use super::quant::{tensor_type, WeightLayout};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::linear::{Embedding, Linear, QWeight};
 use crate::protocol::Quant;
 
 /// The rule the safetensors crate (and so the dense loader) enforces on a shard's data

@@ -40,13 +40,13 @@ use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use sha2::{Digest, Sha256};
 
-use super::checkpoint::Checkpoint;
 use super::gguf_write;
-use super::linear::QWeight;
 use super::mapped::MappedFile;
 use super::quant::{ConvertProgress, WeightLayout};
 use super::weights::TensorMap;
-use super::ModelError;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::linear::QWeight;
+use crate::model::ModelError;
 use crate::protocol::Quant;
 
 /// Bumped whenever the file layout or the tensor-type policy changes, which invalidates

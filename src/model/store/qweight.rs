@@ -228,12 +228,12 @@ impl std::fmt::Debug for Blocks {
 
 impl Blocks {
     /// candle's block operations on these blocks.
-    pub(super) fn get(&self) -> &dyn QuantizedType {
+    pub(crate) fn get(&self) -> &dyn QuantizedType {
         self.data.as_ref()
     }
 
     /// The whole weight as a dense f32 `[out, in]` tensor.
-    pub(super) fn dequantize_tensor(&self, shape: (usize, usize)) -> Result<Tensor> {
+    pub(crate) fn dequantize_tensor(&self, shape: (usize, usize)) -> Result<Tensor> {
         match self.data.dequantize(shape.0 * shape.1)? {
             CpuStorage::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu),
             _ => candle_core::bail!("dequantized blocks are not f32"),
@@ -335,7 +335,7 @@ mod tests {
         let tensor = tensor.clone();
         let data = tensor.data().expect("data");
         let layer =
-            super::super::linear::Linear::quantized(weight.clone(), None, true).expect("layer");
+            crate::model::linear::Linear::quantized(weight.clone(), None, true).expect("layer");
         let interleaved = weight.interleave().expect("interleave");
         assert_eq!(
             matches!(interleaved, QWeight::Interleaved(_)),
