@@ -1,5 +1,6 @@
-//! Every kernel set this CPU runs, side by side on the same weights (issue 21): the q8_0
-//! product at the 7B's shapes, one activation row (a decode step) and 512 (a prefill chunk).
+//! Every kernel set this CPU runs, side by side on the same weights (issue 21): the q8_0 and
+//! interleaved q4_K products at the 7B's shapes, one activation row (a decode step) and 512
+//! (a prefill chunk).
 //! The sets take turns within each repetition, so a noisy neighbour hits them alike; medians.
 //!
 //!     cargo run --release --example kernels -- [SHAPE-SUBSTRING] [REPS]
@@ -8,6 +9,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use huatuo::kernels::q4k::Q4kX8;
 use huatuo::kernels::{cpu_features, q8_0, Isa};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -40,7 +42,9 @@ fn main() -> candle_core::Result<()> {
         }
         let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let bytes = QTensor::quantize(&w, GgmlDType::Q8_0)?.data()?.into_owned();
-        for m in [1usize, 512] {
+        let q4k_bytes = QTensor::quantize(&w, GgmlDType::Q4K)?.data()?.into_owned();
+        let q4k = Q4kX8::pack(&q4k_bytes, n, k).expect("an [n, k] q4_K weight");
+        for (kind, m) in [("q8_0", 1usize), ("q8_0", 512), ("q4k", 1), ("q4k", 512)] {
             let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?
                 .flatten_all()?
                 .to_vec1()?;
@@ -51,18 +55,27 @@ fn main() -> candle_core::Result<()> {
                 for (s, &set) in sets.iter().enumerate() {
                     let t = Instant::now();
                     for _ in 0..inner {
-                        q8_0::matmul_with(set, &bytes, n, k, &x, m, &mut out);
+                        if kind == "q8_0" {
+                            q8_0::matmul_with(set, &bytes, n, k, &x, m, &mut out);
+                        } else {
+                            q4k.matmul_with(set, &x, m, &mut out);
+                        }
                     }
                     times[s].push(t.elapsed().as_secs_f64() / inner as f64);
                 }
             }
             let base = median(times[0].clone());
+            let size = if kind == "q8_0" {
+                bytes.len()
+            } else {
+                q4k_bytes.len()
+            };
             for (s, set) in sets.iter().enumerate() {
                 let t = median(times[s].clone());
                 println!(
-                    "q8_0 {name} m={m:3} {set:6}: {:8.3} ms  {:5.1} GB/s  {:6.1} GMAC/s  {:.2}x",
+                    "{kind} {name} m={m:3} {set:6}: {:8.3} ms  {:5.1} GB/s  {:6.1} GMAC/s  {:.2}x",
                     t * 1e3,
-                    bytes.len() as f64 / t / 1e9,
+                    size as f64 / t / 1e9,
                     (m * n * k) as f64 / t / 1e9,
                     base / t
                 );

@@ -36,6 +36,8 @@ use super::{isa, Isa};
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
 /// Bytes of one GGUF q4_K block: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of
 /// nibbles.
@@ -259,8 +261,12 @@ fn gemm_tile<const R: usize>(set: Isa, w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) ->
     );
     match set {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU runs `set` (`isa()` or checked by `matmul_with`): AVX-512 F/BW/VL
+        // and AVX2's; the lengths were checked above.
+        Isa::Avx512 => unsafe { x86_avx512::gemm_tile(w, a) },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU runs `set` (`isa()` or checked by `matmul_with`): AVX2, FMA, F16C.
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86_avx2::gemm_tile(w, a) },
+        Isa::Avx2 => unsafe { x86_avx2::gemm_tile(w, a) },
         _ => scalar::gemm_tile(w, a),
     }
 }
