@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use huatuo::kernels::q4k::Q4kX8;
-use huatuo::kernels::{cpu_features, q8_0, Isa};
+use huatuo::kernels::{cpu_features, q6k, q8_0, Isa};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -80,6 +80,39 @@ fn main() -> candle_core::Result<()> {
                     base / t
                 );
             }
+        }
+    }
+    // q6_K at decode: the LM head of q4k (the 7B's, 447 MB) and a layer's shape.
+    for (name, n, k) in [
+        ("lm_head 152064x3584", 152064usize, 3584usize),
+        ("gate 18944x3584", 18944, 3584),
+    ] {
+        if !name.contains(&only) {
+            continue;
+        }
+        let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+        let bytes = QTensor::quantize(&w, GgmlDType::Q6K)?.data()?.into_owned();
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (1, k), &Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut out = vec![0f32; n];
+        let mut times = vec![Vec::new(); sets.len()];
+        for _ in 0..reps {
+            for (s, &set) in sets.iter().enumerate() {
+                let t = Instant::now();
+                q6k::matmul_with(set, &bytes, n, k, &x, 1, &mut out);
+                times[s].push(t.elapsed().as_secs_f64());
+            }
+        }
+        let base = median(times[0].clone());
+        for (s, set) in sets.iter().enumerate() {
+            let t = median(times[s].clone());
+            println!(
+                "q6k {name} m=  1 {set:6}: {:8.3} ms  {:5.1} GB/s  {:.2}x",
+                t * 1e3,
+                bytes.len() as f64 / t / 1e9,
+                base / t
+            );
         }
     }
     Ok(())

@@ -15,8 +15,8 @@
 //!
 //! The operations: [`q4k`] (interleaved q4_K), [`q6k`], [`q8_0`], [`kv_attention`] (a decode
 //! step over the f16 KV cache) and [`vit_attention`] (the vision tower's), with the softmax
-//! both attention kernels share ([`softmax`]). AVX-512 loops exist for q8_0 so far; the other
-//! operations run their AVX2 loops on an AVX-512 CPU.
+//! both attention kernels share ([`softmax`]). AVX-512 loops exist for q8_0, q4_K and q6_K;
+//! the attention kernels run their AVX2 loops on an AVX-512 CPU.
 
 use std::fmt;
 use std::str::FromStr;

@@ -27,6 +27,8 @@ use super::{isa, Isa};
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
 /// Bytes of one GGUF q6_K block: 128 of low nibbles, 64 of high bit pairs, 16 signed 8-bit
 /// scales (one per 16 weights), the f16 super-block scale.
@@ -93,9 +95,13 @@ fn dot(set: Isa, w: &[u8], a: &[BlockQ8K]) -> f32 {
     );
     match set {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU runs `set` (`isa()` or checked by `matmul_with`): AVX-512 F/BW/VL
+        // and AVX2's; `w` holds `a.len()` blocks (checked above).
+        Isa::Avx512 => unsafe { x86_avx512::dot(w, a) },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU runs `set` (`isa()` or checked by `matmul_with`): AVX2, FMA, F16C;
         // `w` holds `a.len()` blocks (checked above).
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86_avx2::dot(w, a) },
+        Isa::Avx2 => unsafe { x86_avx2::dot(w, a) },
         _ => scalar::dot(w, a),
     }
 }

@@ -8,11 +8,11 @@ use super::{BlockQ8K, BLOCK_BYTES, QK_K};
 /// How far ahead (10 kB) the kernel prefetches weight blocks: the hardware prefetcher alone
 /// left the single-core product of the 7B's LM head at 5–8 GB/s, slower than candle's
 /// kernel; 4 blocks ahead did not help, 24 and 48 did alike (`examples/kbench.rs`).
-const PREFETCH_BLOCKS: usize = 48;
+pub(super) const PREFETCH_BLOCKS: usize = 48;
 
 /// ggml's `get_scale_shuffle`: mask `i` spreads scale bytes `2i` and `2i + 1` over the
 /// 8 + 8 sixteen-bit lanes that a `maddubs` of 32 weights fills.
-const SCALE_SHUFFLE: [[u8; 16]; 8] = {
+pub(super) const SCALE_SHUFFLE: [[u8; 16]; 8] = {
     let mut m = [[0u8; 16]; 8];
     let mut i = 0;
     while i < 8 {
