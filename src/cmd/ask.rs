@@ -78,21 +78,14 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
     if args.model.model.len() > 1 {
         return compare(args, facts);
     }
-    let prompt = read_prompt(&args.prompt, facts)?;
-    if args.images.len() > MAX_IMAGES_PER_TURN {
-        // Before any file is read; the conversation core checks the same rule.
-        return Err(TurnError::TooManyImages(args.images.len()).into());
-    }
-    let images = args
-        .images
-        .iter()
-        .map(|p| attach(p, args.window.as_ref(), args.frame))
-        .collect::<Result<Vec<_>>>()?;
-    describe_dicom(&images);
-    let dirs = Dirs::from_env()?;
-    let settings = Settings::load(&dirs.config_file())?;
-    let sampling = super::sampling(&args.sampling, &settings)?;
-    let remote = super::remote(&args.remote, &settings)?;
+    let Prepared {
+        prompt,
+        images,
+        dirs,
+        settings,
+        sampling,
+        remote,
+    } = prepare(&args, facts)?;
     let spec = super::spec_for(remote.as_ref(), &args.model, &args.runtime, &settings)?;
     let store = Store::new(dirs.sessions());
     // One turn at a time per session, from reading its history to writing this turn.
@@ -253,12 +246,21 @@ fn ask(args: AskArgs, facts: TermFacts) -> Result<()> {
 /// `ask --model A --model B`: the same question to each model in turn (one loaded at a time,
 /// so two that do not fit in memory together still compare), each answer under its model's
 /// name; with `--json`, an array of the reports `ask --json` prints.
-fn compare(args: AskArgs, facts: TermFacts) -> Result<()> {
-    if args.session.is_some() {
-        bail!(
-            "--session continues one conversation with one model: compare models without --session"
-        );
-    }
+/// What a question needs before any model is looked for, read and checked the same way for
+/// one model and for a comparison.
+struct Prepared {
+    prompt: String,
+    images: Vec<ImageRef>,
+    dirs: Dirs,
+    settings: Settings,
+    sampling: crate::protocol::SamplingOverrides,
+    remote: Option<super::Remote>,
+}
+
+/// The prompt, the images (at most [`MAX_IMAGES_PER_TURN`], counted before any file is read;
+/// the conversation core checks the same rule) with their DICOM facts on stderr, config.toml,
+/// the sampling overrides and the endpoint.
+fn prepare(args: &AskArgs, facts: TermFacts) -> Result<Prepared> {
     let prompt = read_prompt(&args.prompt, facts)?;
     if args.images.len() > MAX_IMAGES_PER_TURN {
         return Err(TurnError::TooManyImages(args.images.len()).into());
@@ -273,6 +275,30 @@ fn compare(args: AskArgs, facts: TermFacts) -> Result<()> {
     let settings = Settings::load(&dirs.config_file())?;
     let sampling = super::sampling(&args.sampling, &settings)?;
     let remote = super::remote(&args.remote, &settings)?;
+    Ok(Prepared {
+        prompt,
+        images,
+        dirs,
+        settings,
+        sampling,
+        remote,
+    })
+}
+
+fn compare(args: AskArgs, facts: TermFacts) -> Result<()> {
+    if args.session.is_some() {
+        bail!(
+            "--session continues one conversation with one model: compare models without --session"
+        );
+    }
+    let Prepared {
+        prompt,
+        images,
+        settings,
+        sampling,
+        remote,
+        ..
+    } = prepare(&args, facts)?;
     let specs = args
         .model
         .model

@@ -46,6 +46,11 @@ const Q4K_BYTES: usize = 144;
 /// while every weight group of a chunk passes over them (32 and 4 were the best of 16–128
 /// and 2–8 on the 7B's gate and down projections at 512 rows, `examples/kbench.rs`).
 const ROW_BLOCK: usize = 32;
+/// Interleaved blocks (9 kB) the SIMD loops prefetch ahead at decode: the 7B's LM head shape
+/// as q4_K took a median 15.6 ms instead of 17.4 on two cores (`examples/kbench.rs`,
+/// alternating).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const PREFETCH_BLOCKS: usize = 8;
 /// Weight groups (eight rows each) per work item.
 const GROUP_CHUNK: usize = 4;
 
@@ -269,6 +274,30 @@ fn gemm_tile<const R: usize>(set: Isa, w: &[BlockQ4Kx8], a: [&[BlockQ8K]; R]) ->
         Isa::Avx2 => unsafe { x86_avx2::gemm_tile(w, a) },
         _ => scalar::gemm_tile(w, a),
     }
+}
+
+/// The eight rows' 6-bit scales (or, from the second 12 bytes of a sub-block, the rest of
+/// them and the mins) unpacked from q4_K's 12-byte packing at `at` into four u32 of one byte
+/// per row, as ggml's kernels load them (`KMASK1..3`); shared by the SIMD loops.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+// Inlined into the SIMD loops: called out of line, it made the q4_K products 1.4–2× slower
+// (examples/kernels, qkv shape, both sets).
+#[inline(always)]
+pub(super) fn scales_and_mins(scales: &[u8; 96], at: usize) -> [u32; 4] {
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let mut u = [0u32; 4];
+    for (i, v) in u.iter_mut().take(3).enumerate() {
+        let p = at + i * 4;
+        *v = u32::from_le_bytes([scales[p], scales[p + 1], scales[p + 2], scales[p + 3]]);
+    }
+    u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+    let uaux = u[1] & KMASK1;
+    u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+    u[2] = uaux;
+    u[0] &= KMASK1;
+    u
 }
 
 /// ggml's `make_block_q4_Kx8` with an interleave of eight bytes.

@@ -4,11 +4,7 @@
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use super::{BlockQ4Kx8, BlockQ8K, QK_K};
-
-/// Interleaved blocks (9 kB) prefetched ahead at decode: the 7B's LM head shape as q4_K
-/// took a median 15.6 ms instead of 17.4 on two cores (`examples/kbench.rs`, alternating).
-const PREFETCH_BLOCKS: usize = 8;
+use super::{BlockQ4Kx8, BlockQ8K, PREFETCH_BLOCKS, QK_K};
 
 /// Eight outputs for each of `R` activation rows: `out[r][j] = a[r] · w_row(j)` for the
 /// eight weight rows of one interleaved group. ggml's AVX2 gemv, with the row-independent
@@ -23,10 +19,6 @@ pub(super) unsafe fn gemm_tile<const R: usize>(
     a: [&[BlockQ8K]; R],
 ) -> [[f32; 8]; R] {
     use std::arch::x86_64::*;
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-
     let deltamask = _mm_set_epi8(15, 14, 7, 6, 13, 12, 5, 4, 11, 10, 3, 2, 9, 8, 1, 0);
     let scalemask = _mm_set_epi8(7, 7, 3, 3, 6, 6, 2, 2, 5, 5, 1, 1, 4, 4, 0, 0);
     let finalpermutemask = _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0);
@@ -97,21 +89,7 @@ pub(super) unsafe fn gemm_tile<const R: usize>(
             let w1 = operands(raws.map(hi));
 
             let unpack = |at: usize| {
-                let mut u = [0u32; 4];
-                for (i, v) in u.iter_mut().take(3).enumerate() {
-                    let p = at + i * 4;
-                    *v = u32::from_le_bytes([
-                        wb.scales[p],
-                        wb.scales[p + 1],
-                        wb.scales[p + 2],
-                        wb.scales[p + 3],
-                    ]);
-                }
-                u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
-                let uaux = u[1] & KMASK1;
-                u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
-                u[2] = uaux;
-                u[0] &= KMASK1;
+                let u = super::scales_and_mins(&wb.scales, at);
                 _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32)
             };
             let mins_and_scales_0 = unpack(24 * sb);

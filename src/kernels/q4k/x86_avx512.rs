@@ -8,29 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BlockQ4Kx8, BlockQ8K, QK_K};
-
-/// Interleaved blocks (9 kB) prefetched ahead at decode, as the AVX2 loop does.
-const PREFETCH_BLOCKS: usize = 8;
-
-/// Sub-block `sb`'s eight rows' 6-bit scales and mins as q4_K packs them (four u32: scales of
-/// rows 0–3, 4–7, mins of rows 0–3, 4–7, one byte each), from the 12 bytes at `at`.
-fn unpack(scales: &[u8; 96], at: usize) -> [u32; 4] {
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-    let mut u = [0u32; 4];
-    for (i, v) in u.iter_mut().take(3).enumerate() {
-        let p = at + i * 4;
-        *v = u32::from_le_bytes([scales[p], scales[p + 1], scales[p + 2], scales[p + 3]]);
-    }
-    u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
-    let uaux = u[1] & KMASK1;
-    u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
-    u[2] = uaux;
-    u[0] &= KMASK1;
-    u
-}
+use super::{BlockQ4Kx8, BlockQ8K, PREFETCH_BLOCKS, QK_K};
 
 /// Eight outputs for each of `R` activation rows: `out[r][j] = a[r] · w_row(j)` for the eight
 /// weight rows of one interleaved group.
@@ -112,7 +90,7 @@ pub(super) unsafe fn gemm_tile<const R: usize>(
             let w1 = operands(raws.map(hi));
 
             let ms = |sb: usize, half: usize| {
-                let u = unpack(&wb.scales, 24 * sb + 12 * half);
+                let u = super::scales_and_mins(&wb.scales, 24 * sb + 12 * half);
                 _mm_set_epi32(u[3] as i32, u[2] as i32, u[1] as i32, u[0] as i32)
             };
             let (ms00, ms01, ms10, ms11) = (ms(sb0, 0), ms(sb0, 1), ms(sb1, 0), ms(sb1, 1));
