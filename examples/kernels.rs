@@ -1,6 +1,6 @@
 //! Every kernel set this CPU runs, side by side on the same weights (issue 21): the q8_0 and
 //! interleaved q4_K products at the 7B's shapes, one activation row (a decode step) and 512
-//! (a prefill chunk).
+//! (a prefill chunk), the q6_K product at decode, and both attention kernels.
 //! The sets take turns within each repetition, so a noisy neighbour hits them alike; medians.
 //!
 //!     cargo run --release --example kernels -- [SHAPE-SUBSTRING] [REPS]
@@ -8,9 +8,9 @@
 use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use huatuo::kernels::q4k::Q4kX8;
-use huatuo::kernels::{cpu_features, q6k, q8_0, Isa};
+use huatuo::kernels::{cpu_features, kv_attention, q6k, q8_0, vit_attention, Isa};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -115,5 +115,55 @@ fn main() -> candle_core::Result<()> {
             );
         }
     }
+    // The attention kernels: the vision tower's (one 336-pixel image, CLIP-L's 16 heads of
+    // 64) and a decode step's over the f16 KV cache (the 7B's 4 KV heads of 128, 7 query
+    // heads each) at two depths.
+    if "vit attention".contains(&only) {
+        let (n, heads, d) = (577usize, 16usize, 64usize);
+        let t = |s: f32| Tensor::randn(0f32, s, (1, n, heads * d), &Device::Cpu);
+        let (q, k, v) = (t(1.0)?, t(1.0)?, t(1.0)?);
+        let mut times = vec![Vec::new(); sets.len()];
+        for _ in 0..reps {
+            for (s, &set) in sets.iter().enumerate() {
+                let start = Instant::now();
+                for _ in 0..5 {
+                    vit_attention::attention_with(set, &q, &k, &v, heads, 0.125)?;
+                }
+                times[s].push(start.elapsed().as_secs_f64() / 5.0);
+            }
+        }
+        report("vit attention 577x16x64", &sets, &times);
+    }
+    for depth in [512usize, 4096] {
+        let name = format!("kv attention t={depth}");
+        if !name.contains(&only) {
+            continue;
+        }
+        let (kv, groups, d) = (4usize, 7usize, 128usize);
+        let q = Tensor::randn(0f32, 1.0, (1, kv, groups, d), &Device::Cpu)?;
+        let cache =
+            |_: u8| Tensor::randn(0f32, 1.0, (1, kv, depth, d), &Device::Cpu)?.to_dtype(DType::F16);
+        let (k, v) = (cache(0)?, cache(1)?);
+        let mut times = vec![Vec::new(); sets.len()];
+        for _ in 0..reps {
+            for (s, &set) in sets.iter().enumerate() {
+                let start = Instant::now();
+                for _ in 0..50 {
+                    kv_attention::decode_with(set, &q, &k, &v, 0.088)?;
+                }
+                times[s].push(start.elapsed().as_secs_f64() / 50.0);
+            }
+        }
+        report(&name, &sets, &times);
+    }
     Ok(())
+}
+
+/// One line per set: its median time and its speed against the first set's.
+fn report(name: &str, sets: &[Isa], times: &[Vec<f64>]) {
+    let base = median(times[0].clone());
+    for (s, set) in sets.iter().enumerate() {
+        let t = median(times[s].clone());
+        println!("{name} {set:6}: {:8.3} ms  {:.2}x", t * 1e3, base / t);
+    }
 }

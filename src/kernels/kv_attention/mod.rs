@@ -1,7 +1,8 @@
 //! A decode step's attention straight over a half-precision KV cache (issues 6 and 21): this
 //! file holds the entry point (shapes, views, threading); the per-head loops are in
 //! `scalar.rs` (the reference, and what runs without AVX2: on aarch64 too, so the cache is
-//! never converted to f32 per step anywhere) and `x86_avx2.rs`.
+//! never converted to f32 per step anywhere), `x86_avx2.rs` and `x86_avx512.rs` (heads a
+//! multiple of 16 wide; others take AVX2's loops on that CPU).
 //!
 //! Quantized models keep their KV cache in f16, as llama.cpp does by default: half the
 //! memory (the 34B's cache at its 4,096-position context is 1 GB instead of 2) and half the
@@ -25,6 +26,8 @@ use super::{isa, pool, Isa};
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
 /// `softmax(q · kᵀ · scale) · v` for one query position: `q` is `[1, kv_heads, groups, d]`
 /// f32 (the query heads that share a KV head, stacked), `k` and `v` are `[1, kv_heads, t, d]`
@@ -125,8 +128,13 @@ fn head(
     );
     match set {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU runs `set` (`isa()` or checked by `decode_with`): AVX2, FMA, F16C;
-        // `d` is a multiple of 8 for any set but scalar (`run`); the lengths were checked.
+        // SAFETY: the CPU runs `set` (`isa()` or checked by `decode_with`): AVX-512 F and
+        // AVX2, FMA, F16C; `d` is a multiple of 16 here; the lengths were checked.
+        Isa::Avx512 if d.is_multiple_of(16) => unsafe {
+            x86_avx512::head(q, k, v, (groups, t, d), scale, scores, ctx)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above: AVX2, FMA, F16C, `d` a multiple of 8.
         Isa::Avx2 | Isa::Avx512 => unsafe {
             x86_avx2::head(q, k, v, (groups, t, d), scale, scores, ctx)
         },
@@ -145,8 +153,14 @@ mod tests {
     fn decode_matches_f32_attention_on_the_same_values() {
         eprintln!("f16 decode attention sets run here: {:?}", Isa::available());
         // Nine query rows per KV head: a pass of eight and one of one; 29 positions: whole
-        // and partial blocks; a head width that is not a multiple of 8 (scalar), one row.
-        for (kv, groups, d, cap, t) in [(3, 9, 16, 40, 29), (2, 3, 12, 8, 5), (1, 1, 8, 1, 1)] {
+        // and partial blocks; a head width that is not a multiple of 8 (scalar), one of 8
+        // (AVX2's loops under the AVX-512 set), 128 (the models'), one row.
+        for (kv, groups, d, cap, t) in [
+            (3, 9, 16, 40, 29),
+            (2, 3, 12, 8, 5),
+            (1, 1, 8, 1, 1),
+            (2, 7, 128, 80, 70),
+        ] {
             for set in Isa::available() {
                 check(set, kv, groups, d, cap, t);
             }

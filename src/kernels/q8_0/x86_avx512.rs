@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86_avx2::{lanes, weight_scales};
+use super::x86_avx2::{lanes, prefetch_ahead, weight_scales};
 use super::{BlockQ8, BlockQ8x8, BLOCK_BYTES, QK};
 
 /// `out[i] = a · w[i]` for eight weight rows and one activation row (a decode step): two
@@ -34,6 +34,7 @@ pub(super) unsafe fn tile8(w: [&[u8]; 8], a: &[BlockQ8]) -> [f32; 8] {
     });
     for (b, blk) in a.iter().enumerate() {
         let at = b * BLOCK_BYTES;
+        prefetch_ahead(&wp, at);
         // SAFETY: block `b < a.len()` of every weight row is readable (the contract above);
         // its scale is bytes `at..at + 2`.
         let d = |i: usize| unsafe { (wp[i].add(at) as *const i16).read_unaligned() };
