@@ -20,7 +20,11 @@ use crate::util::{copy_dir, fixture, process_dir};
 /// Largest cosine distance (1 − cos) between a quantized model's logits and f32's at any
 /// position of the test prompt (a 576-position image plus text). Measured on this
 /// checkpoint: q8_0 2.3e-4, q6k 1.2e-3, q5k 4.2e-3, q4k 3.0e-2 (the same to two digits
-/// since quantized models keep their KV cache in f16); the bounds are about 3× those. q8_0 was 7.9e-5 while its prefill multiplied a dequantized f32 copy of each weight;
+/// since quantized models keep their KV cache in f16); the bounds are about 3× those. Those
+/// figures came from the AVX2 kernels; the AVX-512 ones give 2.4e-4, 1.2e-3, 4.2e-3 and
+/// 3.0e-2 (issue 21): every set computes the same exact integer sums and scales them in the
+/// same steps, so one bound serves every kernel set (`kernels::*` tests hold each set to its
+/// scalar reference). q8_0 was 7.9e-5 while its prefill multiplied a dequantized f32 copy of each weight;
 /// its kernels now quantize the activations to 8 bits too, as llama.cpp's do. A random network with uniform weights is harsher than a trained one: k-quants
 /// lose more on uniform than on bell-shaped weights, and every quantized matrix on the path
 /// (vision tower, projector, decoder, LM head) adds its error.
