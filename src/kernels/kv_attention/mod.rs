@@ -23,6 +23,25 @@ use half::f16;
 
 use super::{isa, pool, Isa};
 
+/// `$f::<G>(args…)` for `G` = `$rows` (1–8): the SIMD weighted sums take the query rows of a
+/// KV head eight at a time, with a loop of its own for each count (defined before the
+/// per-instruction-set modules, which use it).
+#[cfg(target_arch = "x86_64")]
+macro_rules! for_rows {
+    ($rows:expr, $f:ident($($arg:expr),*)) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
+}
+
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;

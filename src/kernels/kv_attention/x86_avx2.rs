@@ -94,18 +94,7 @@ pub(super) unsafe fn head(
         let out = &mut ctx[g0 * d..];
         // SAFETY: the CPU's features are this function's; `rows` and `out` hold the
         // `groups - g0 ≥ G` rows from `g0` on, `v` its `t · d` values (the contract above).
-        unsafe {
-            match (groups - g0).min(8) {
-                1 => weighted_sum::<1>(v, d, rows, out),
-                2 => weighted_sum::<2>(v, d, rows, out),
-                3 => weighted_sum::<3>(v, d, rows, out),
-                4 => weighted_sum::<4>(v, d, rows, out),
-                5 => weighted_sum::<5>(v, d, rows, out),
-                6 => weighted_sum::<6>(v, d, rows, out),
-                7 => weighted_sum::<7>(v, d, rows, out),
-                _ => weighted_sum::<8>(v, d, rows, out),
-            }
-        }
+        unsafe { for_rows!((groups - g0).min(8), weighted_sum(v, d, rows, out)) }
     }
 }
 
