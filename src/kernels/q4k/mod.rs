@@ -70,11 +70,13 @@ const X16: usize = 16;
 /// Fewest activation rows that take the 16-row tiles on AVX-512: below, the four-row
 /// [`gemm_tile`], whose cost grows with the rows where a 16-row tile costs the same for 1 or
 /// 16 (padded rows are zeros).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const X16_MIN_ROWS: usize = 8;
 /// Activation rows per block of work on the 16-row tiles: sixteen tiles, over whose
 /// interleaved activations (4.4 kB a block each) each weight group passes once unpacked
 /// (64, 128, 256 and 512 rows: 350, 450, 480 and 500 GMAC/s on the 7B's projections at 512
 /// rows, with 256 best on the smaller ones; `examples/kernels`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const X16_ROW_BLOCK: usize = 256;
 
 /// Eight q4_K blocks (one per weight row) of the same 256 columns, interleaved.
@@ -92,6 +94,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ4Kx8>() == 8 * Q4K_BYTES);
 /// nibbles one per byte, so that `vpdpbusd` can broadcast any weight row's four values
 /// against sixteen activation rows, and the scales, mins and sums it needs per row and
 /// sub-block as plain integers. Made per work item from [`BlockQ4Kx8`], never stored.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Q4kUnpacked {
@@ -133,6 +136,7 @@ impl Q4kUnpacked {
 /// operand; the bias comes off through [`Q4kUnpacked::corr`]), `bsums[16·p + l]` row `l`'s
 /// sums of sub-blocks `2p` and `2p + 1` as two i16, `d[l]` its scale. Rows past the matrix are
 /// zeros.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct BlockQ8Kx16 {
