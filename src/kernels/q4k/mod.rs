@@ -69,7 +69,9 @@ const GROUP_CHUNK: usize = 4;
 const X16: usize = 16;
 /// Fewest activation rows that take the 16-row tiles on AVX-512: below, the four-row
 /// [`gemm_tile`], whose cost grows with the rows where a 16-row tile costs the same for 1 or
-/// 16 (padded rows are zeros).
+/// 16 (padded rows are zeros). Reasoned from the loops' instruction counts (the tile does a
+/// row in about a quarter of the four-row loop's), not tuned: prefills and images are far
+/// above it, decode (one row) far below.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const X16_MIN_ROWS: usize = 8;
 /// Activation rows per block of work on the 16-row tiles: sixteen tiles, over whose

@@ -1,6 +1,6 @@
 //! q6_K products on the GGUF blocks as they are (issue 6: the LM head of q4k and q5k, and
 //! every matrix of q6k, at decode; issue 21: `scalar.rs` is the reference beside
-//! `x86_avx2.rs`, and the entry point here dispatches on [`super::isa`]).
+//! `x86_avx2.rs` and `x86_avx512.rs`, and the entry point here dispatches on [`super::isa`]).
 //!
 //! candle 0.11.1's q6_K kernel subtracts q6_K's offset of 32 from every product (a second
 //! `maddubs` and a `sub` per 32 weights) and unpacks the high bits with three extra shifts;

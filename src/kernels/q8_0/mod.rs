@@ -18,8 +18,9 @@
 //!   multiply-adds, 85–100 GMAC/s on two cores where the pair tiles ran at 55–75.
 //!
 //! With AVX-512 VNNI, `vpdpbusd` does the multiply and both adds at once: [`tile8`] takes two
-//! weight rows per 512-bit register and [`tile_x8`] runs on 256-bit VNNI; the few-row tiles
-//! stay on AVX2's code, which that CPU also runs.
+//! weight rows per 512-bit register and [`tile_x8`] two four-column steps; the few-row tiles
+//! stay on AVX2's code, which that CPU also runs. At decode both sets' [`tile8`] prefetch each
+//! of their eight weight rows ahead (`x86_avx2::PREFETCH_BYTES`).
 //!
 //! Weights are read where they are: no repacking, no second copy.
 #![allow(unsafe_code)]
